@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The shared BPF runtime: filter, event transport (ring buffer or perf buffer), drop counting
+ * and following the children of `-- CMD`. Every tool includes this once. */
+#ifndef TK_COMMON_BPF_H
+#define TK_COMMON_BPF_H
+
+#include "common.h"
+
+#ifndef TK_EVENT_MAX
+#define TK_EVENT_MAX 1024         /* largest event of the tool: size of the perf scratch slot */
+#endif
+#define TK_FOLLOW_MAX 16384
+
+const volatile struct tk_filter tk_filter = {};
+const volatile struct tk_transport tk_transport = {};
+
+/* Last forced ring-buffer wakeup; racy updates across CPUs only cost an extra wakeup. */
+__u64 tk_last_wakeup_ns = 0;
+
+/* Ring buffer by default; user space switches the type to a perf event array before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} tk_events SEC(".maps");
+
+/* Events that could not be delivered (ring buffer full, perf output failed), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} tk_drops SEC(".maps");
+
+/* Perf-buffer mode builds the event here, since perf output copies from memory we own. */
+struct tk_scratch {
+	__u8 data[TK_EVENT_MAX];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tk_scratch);
+} tk_heap SEC(".maps");
+
+/* Thread groups of `-- CMD` and their descendants. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TK_FOLLOW_MAX);
+	__type(key, __u32);
+	__type(value, __u8);
+} tk_follow SEC(".maps");
+
+static __always_inline void tk_count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&tk_drops, &zero);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int tk_ids_contain(const volatile __u32 *ids, __u32 n, __u32 id)
+{
+	for (int i = 0; i < TK_MAX_IDS; i++)
+		if (i < n && ids[i] == id)
+			return 1;
+	return 0;
+}
+
+/* The one filter every tool applies first, before any other work. */
+static __always_inline int tk_filter_allows(void)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	__u32 tid = (__u32)pid_tgid;
+
+	if (tk_filter.npids && !tk_ids_contain(tk_filter.pids, tk_filter.npids, tgid))
+		return 0;
+	if (tk_filter.ntids && !tk_ids_contain(tk_filter.tids, tk_filter.ntids, tid))
+		return 0;
+	if (tk_filter.has_uid && (__u32)bpf_get_current_uid_gid() != tk_filter.uid)
+		return 0;
+	if (tk_filter.follow && !bpf_map_lookup_elem(&tk_follow, &tgid))
+		return 0;
+	if (tk_filter.comm[0]) {
+		char comm[TK_COMM_LEN];
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		for (int i = 0; i < TK_COMM_LEN; i++) {
+			if (comm[i] != tk_filter.comm[i])
+				return 0;
+			if (!comm[i])
+				break;
+		}
+	}
+	if (tk_filter.cgroup_id &&
+	    bpf_get_current_ancestor_cgroup_id(tk_filter.cgroup_level) != tk_filter.cgroup_id)
+		return 0;
+	return 1;
+}
+
+static __always_inline void tk_fill_hdr(struct tk_hdr *h)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	h->ts_ns = bpf_ktime_get_ns();
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->uid = (__u32)bpf_get_current_uid_gid();
+	h->cpu = bpf_get_smp_processor_id();
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+/* Space for one event, or NULL (counted as a drop). Pair with tk_submit() or tk_discard(). */
+static __always_inline void *tk_reserve(__u32 size)
+{
+	void *e;
+
+	if (tk_transport.use_perfbuf) {
+		__u32 zero = 0;
+
+		return bpf_map_lookup_elem(&tk_heap, &zero);
+	}
+	e = bpf_ringbuf_reserve(&tk_events, size, 0);
+	if (!e)
+		tk_count_drop();
+	return e;
+}
+
+static __always_inline void tk_discard(void *e)
+{
+	if (!tk_transport.use_perfbuf)
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+}
+
+/* Wake the reader only when enough is pending or the last wakeup is old: sparse events are
+ * delivered at once, bursts are batched (one wakeup per event is what makes tracers slow). */
+static __always_inline void tk_submit(void *ctx, void *e, __u32 size)
+{
+	__u64 now, flags = BPF_RB_NO_WAKEUP;
+
+	if (tk_transport.use_perfbuf) {
+		if (size > TK_EVENT_MAX)
+			size = TK_EVENT_MAX;
+		if (bpf_perf_event_output(ctx, &tk_events, BPF_F_CURRENT_CPU, e, size) < 0)
+			tk_count_drop();
+		return;
+	}
+	now = bpf_ktime_get_ns();
+	if (bpf_ringbuf_query(&tk_events, BPF_RB_AVAIL_DATA) + size >= tk_transport.wakeup_bytes ||
+	    now - tk_last_wakeup_ns >= tk_transport.wakeup_ns) {
+		flags = BPF_RB_FORCE_WAKEUP;
+		tk_last_wakeup_ns = now;
+	}
+	bpf_ringbuf_submit(e, flags);
+}
+
+/* -- CMD: a child of a followed thread group is followed too (attached only in that mode). */
+SEC("raw_tp/sched_process_fork")
+int BPF_PROG(tk_follow_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	__u8 one = 1;
+
+	if (ptgid != ctgid && bpf_map_lookup_elem(&tk_follow, &ptgid))
+		bpf_map_update_elem(&tk_follow, &ctgid, &one, BPF_ANY);
+	return 0;
+}
+
+SEC("raw_tp/sched_process_exit")
+int BPF_PROG(tk_follow_exit, struct task_struct *task)
+{
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	__u32 pid = BPF_CORE_READ(task, pid);
+
+	/* the leader exits last... usually; keep the entry until then so late events still pass */
+	if (pid == tgid)
+		bpf_map_delete_elem(&tk_follow, &tgid);
+	return 0;
+}
+
+#endif

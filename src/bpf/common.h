@@ -1,0 +1,41 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Types shared by every tool's BPF program and, through BTF, by the Rust side. */
+#ifndef TK_COMMON_H
+#define TK_COMMON_H
+
+#define TK_COMM_LEN 16
+#define TK_MAX_IDS 8
+
+/* The in-kernel filter, written into rodata before load. Zero means "off" everywhere. */
+struct tk_filter {
+	__u64 cgroup_id;          /* cgroup v2 id (inode) the task must be in or below */
+	__u32 pids[TK_MAX_IDS];   /* thread-group ids (user-space "pid") */
+	__u32 tids[TK_MAX_IDS];   /* thread ids */
+	__u32 npids;
+	__u32 ntids;
+	__u32 uid;
+	__u32 has_uid;            /* uid 0 is a real value: a separate switch */
+	__u32 cgroup_level;       /* depth of cgroup_id below the v2 root */
+	__u32 follow;             /* only tasks whose tgid is in tk_follow (-- CMD) */
+	char comm[TK_COMM_LEN];   /* exact task comm; empty = off */
+};
+
+/* Transport settings, written into rodata before load. */
+struct tk_transport {
+	__u64 wakeup_bytes;       /* ring buffer: wake the reader once this much is pending */
+	__u64 wakeup_ns;          /* ... or when the last wakeup is older than this */
+	__u32 use_perfbuf;        /* 1: tk_events is a perf event array */
+	__u32 _pad;
+};
+
+/* Leads every event: who, when, where. */
+struct tk_hdr {
+	__u64 ts_ns;              /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
+	__u32 pid;                /* tgid */
+	__u32 tid;
+	__u32 uid;
+	__u32 cpu;
+	char comm[TK_COMM_LEN];
+};
+
+#endif

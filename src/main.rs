@@ -1,0 +1,70 @@
+//! tracekit: one small binary for eBPF tracing. This file parses the command line and
+//! dispatches; every tool lives in `tools/`, the shared machinery in `runtime/`.
+
+mod error;
+mod runtime;
+mod tools;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use error::Error;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracekit",
+    version,
+    about = "eBPF tracing toolkit: typed events, counted losses, nothing left behind",
+    after_help = "EXAMPLES:\n    \
+        tracekit probe                      # what this kernel supports\n    \
+        tracekit tcpstate                   # TCP state transitions\n    \
+        tracekit tcpstate --json -- curl -s http://127.0.0.1/\n\n\
+        Every tool takes the common options (--pid, --comm, --json, --duration, ...):\n\
+        see `tracekit <tool> --help`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Which kernel features tracekit can use here
+    Probe(tools::probe::ProbeArgs),
+    /// TCP state transitions (like libbpf-tools tcpstates)
+    Tcpstate(tools::tcpstate::TcpstateArgs),
+    /// Internal: the held start of `-- CMD` (see runtime/child.rs)
+    #[command(name = "__exec-gate", hide = true)]
+    ExecGate {
+        fd: i32,
+        #[arg(last = true)]
+        cmd: Vec<OsString>,
+    },
+}
+
+fn run(cli: Cli) -> Result<i32, Error> {
+    match cli.command {
+        Command::Probe(a) => tools::probe::run(&a),
+        Command::Tcpstate(a) => tools::tcpstate::run(a),
+        Command::ExecGate { fd, cmd } => Ok(runtime::child::exec_gate(fd, &cmd)),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e}");
+            for line in e.details() {
+                eprintln!("  {line}");
+            }
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `-- CMD`: start CMD held at a gate, so that tracing is attached and its pid is followed
+//! before it runs a single instruction of its own.
+//!
+//! The child is tracekit itself in a hidden `__exec-gate` mode: it waits for one byte on an
+//! inherited pipe and then execs CMD (same pid). If tracekit dies before releasing it, the
+//! pipe closes and the gate exits without running CMD.
+
+use std::ffi::OsString;
+use std::io::{self, PipeWriter, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus};
+
+use crate::error::Error;
+
+/// Exit status of the gate when tracekit went away before releasing it.
+const GATE_ABANDONED: i32 = 125;
+
+pub struct GatedChild {
+    child: Child,
+    gate: Option<PipeWriter>,
+    status: Option<ExitStatus>,
+}
+
+impl GatedChild {
+    pub fn spawn(cmd: &[OsString]) -> Result<Self, Error> {
+        let (reader, writer) = io::pipe().map_err(|e| Error::io("creating the `-- CMD` gate pipe", e))?;
+        let fd = reader.as_raw_fd();
+        let exe = std::env::current_exe().map_err(|e| Error::io("finding tracekit's own executable", e))?;
+        let mut c = Command::new(exe);
+        c.arg("__exec-gate").arg(fd.to_string()).arg("--").args(cmd);
+        // SAFETY: only fcntl runs between fork and exec; it is async-signal-safe and touches
+        // nothing but the child's own descriptor table.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = c.spawn().map_err(|e| Error::io("starting `-- CMD`", e))?;
+        drop(reader);
+        Ok(GatedChild { child, gate: Some(writer), status: None })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets CMD run.
+    pub fn release(&mut self) -> Result<(), Error> {
+        if let Some(mut w) = self.gate.take() {
+            w.write_all(b"g").map_err(|e| Error::io("releasing `-- CMD`", e))?;
+        }
+        Ok(())
+    }
+
+    /// The exit status once CMD has exited (never blocks).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Ends CMD if it still runs (tracing stopped first: Ctrl-C, --duration, --count) and
+    /// returns the exit code tracekit passes on: CMD's code, or 128 + signal.
+    pub fn finish(mut self) -> i32 {
+        self.gate.take();
+        if self.exited().is_none() {
+            // SAFETY: kill() with a pid we spawned and have not reaped yet.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            self.status = self.child.wait().ok();
+        }
+        match self.status {
+            Some(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+            None => 1,
+        }
+    }
+}
+
+/// The `__exec-gate FD -- CMD…` mode: wait for the release byte, then become CMD.
+pub fn exec_gate(fd: RawFd, cmd: &[OsString]) -> i32 {
+    // SAFETY: fd was inherited from the parent for exactly this use and nothing else owns it.
+    let mut gate = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut byte = [0u8; 1];
+    match gate.read(&mut byte) {
+        Ok(1) => {}
+        _ => return GATE_ABANDONED,
+    }
+    drop(gate);
+    let Some((prog, args)) = cmd.split_first() else {
+        return GATE_ABANDONED;
+    };
+    let err = Command::new(prog).args(args).exec();
+    eprintln!("error: cannot run `{}`: {err}", prog.to_string_lossy());
+    eprintln!("hint: check the command after `--` (a path, or a name found on PATH)");
+    if err.kind() == io::ErrorKind::NotFound { 127 } else { 126 }
+}

@@ -1,0 +1,451 @@
+//! The shared runtime every tool runs on: parse → plan → open → configure → load → attach →
+//! stream → decode → print → detach. A tool contributes its skeleton, its plan and a [`Printer`].
+
+pub mod args;
+pub mod child;
+pub mod filter;
+pub mod kernel;
+pub mod libbpf_log;
+pub mod lost;
+pub mod output;
+pub mod probe;
+pub mod skel;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use std::mem::MaybeUninit;
+
+use libbpf_rs::OpenObject;
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, PerfBufferBuilder, RingBufferBuilder};
+
+use crate::error::Error;
+pub use args::{CommonArgs, TransportChoice};
+use child::GatedChild;
+use filter::Filter;
+use output::{Header, Sink};
+use probe::{Feature, Probes};
+pub use skel::{CommonConfig, CommonLoaded, CommonOpen, Transport};
+
+const PAGE: u32 = 4096;
+const DEFAULT_RINGBUF_PAGES: u32 = 512;
+const DEFAULT_PERFBUF_PAGES: u32 = 64;
+/// Longest sleep between checks of Ctrl-C, --duration, the child and a closed stdout.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How one tool turns its event into a table row or JSON fields.
+pub trait Printer {
+    type Event: plain::Plain + Default + Copy;
+    /// Table column titles (the time column is added by the runtime).
+    const COLUMNS: &'static str;
+    fn header(ev: &Self::Event) -> Header;
+    fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()>;
+    fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()>;
+}
+
+pub struct Runtime {
+    pub args: CommonArgs,
+    pub probes: Probes,
+    pub filter: Filter,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Validates the common options and installs the Ctrl-C / SIGTERM handler.
+    pub fn new(args: CommonArgs) -> Result<Self, Error> {
+        let started = Instant::now();
+        libbpf_log::install(args.verbose);
+        kernel::check_privileges()?;
+        kernel::raise_memlock();
+        if let Some(btf) = &args.btf {
+            if !btf.is_file() {
+                return Err(Error::usage(
+                    format!("--btf file `{}` not found", btf.display()),
+                    Some("give a kernel BTF file, e.g. from BTFHub for this kernel".to_owned()),
+                ));
+            }
+        }
+        let filter = Filter::from_args(&args)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+            .map_err(|e| Error::runtime(format!("installing the signal handler: {e}"), None))?;
+        Ok(Runtime { args, probes: Probes::default(), filter, started, stop })
+    }
+
+    /// Prints a lifecycle line with -v.
+    pub fn say(&self, msg: impl std::fmt::Display) {
+        if self.args.verbose > 0 {
+            eprintln!("tracekit: {msg}");
+        }
+    }
+
+    /// Runs one lifecycle step, timing it for -v.
+    pub fn step<T>(&self, name: &str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let r = f();
+        self.say(format_args!("{name}: {:.2} ms", t.elapsed().as_secs_f64() * 1e3));
+        r
+    }
+
+    /// The transport for this run, decided before load.
+    pub fn transport(&self) -> Result<Transport, Error> {
+        let ring = self.probes.get(Feature::RingBuf);
+        let use_ring = match self.args.transport {
+            TransportChoice::Ringbuf if !ring.is_supported() => {
+                return Err(Error::Unsupported {
+                    feature: "ringbuf",
+                    reason: ring.detail(),
+                    hint: Some("use --transport perfbuf".into()),
+                });
+            }
+            TransportChoice::Ringbuf => true,
+            TransportChoice::Perfbuf => false,
+            TransportChoice::Auto => ring.is_supported(),
+        };
+        Ok(if use_ring {
+            let pages = self.args.buffer_pages.unwrap_or(DEFAULT_RINGBUF_PAGES).next_power_of_two();
+            Transport::RingBuf { bytes: pages * PAGE }
+        } else {
+            let pages = self.args.buffer_pages.unwrap_or(DEFAULT_PERFBUF_PAGES).next_power_of_two();
+            Transport::PerfBuf { pages_per_cpu: pages }
+        })
+    }
+
+    fn pages(t: Transport) -> u32 {
+        match t {
+            Transport::RingBuf { bytes } => bytes / PAGE,
+            Transport::PerfBuf { pages_per_cpu } => pages_per_cpu,
+        }
+    }
+
+    /// Opens a tool's skeleton, with the external kernel BTF of --btf when given.
+    pub fn open<'o, B: SkelBuilder<'o>>(
+        &self,
+        tool: &'static str,
+        mut builder: B,
+        storage: &'o mut MaybeUninit<OpenObject>,
+    ) -> Result<B::Output, Error> {
+        if let Some(btf) = &self.args.btf {
+            builder
+                .object_builder_mut()
+                .btf_custom_path(btf)
+                .map_err(|e| Error::usage(format!("--btf `{}`: {e}", btf.display()), None))?;
+        }
+        self.step("open", || builder.open(storage)).map_err(|source| Error::Load {
+            tool,
+            log_tail: libbpf_log::take_tail(10),
+            verbose: self.args.verbose > 0,
+            source,
+        })
+    }
+
+    /// Loads an opened, configured skeleton; a rejection carries the verifier log's tail.
+    pub fn load<'o, O: OpenSkel<'o>>(&self, tool: &'static str, open: O) -> Result<O::Output, Error> {
+        let t = Instant::now();
+        match open.load() {
+            Ok(skel) => {
+                self.say(format_args!("load: {:.2} ms", t.elapsed().as_secs_f64() * 1e3));
+                libbpf_log::take_tail(0);
+                Ok(skel)
+            }
+            Err(source) => {
+                let verbose = self.args.verbose > 0;
+                // With -v libbpf already echoed everything.
+                let log_tail = libbpf_log::take_tail(if verbose { 0 } else { 10 });
+                Err(Error::Load { tool, log_tail, verbose, source })
+            }
+        }
+    }
+
+    /// Streams events until Ctrl-C/SIGTERM, --duration, --count, a closed stdout or the end of
+    /// `-- CMD`; prints them; reports losses. Returns the exit status.
+    pub fn stream<P: Printer, S: CommonLoaded>(
+        &mut self,
+        skel: &mut S,
+        transport: Transport,
+        printer: P,
+        links: Vec<Link>,
+    ) -> Result<i32, Error> {
+        let mut child = None;
+        let mut follow_links = Vec::new();
+        if self.filter.follow {
+            follow_links = skel.attach_follow().map_err(|source| Error::Attach {
+                what: "raw_tp/sched_process_fork (follows -- CMD's children)".into(),
+                hint: None,
+                source,
+            })?;
+            let c = GatedChild::spawn(&self.args.command)?;
+            skel.follow_map()
+                .update(&c.pid().to_ne_bytes(), &[1u8], MapFlags::ANY)
+                .map_err(|e| Error::runtime(format!("following `-- CMD` (pid {}): {e}", c.pid()), None))?;
+            child = Some(c);
+        }
+        self.say(format_args!("attached after {:.2} ms", self.started.elapsed().as_secs_f64() * 1e3));
+
+        let sink = Sink::new(self.args.json, self.args.timestamp, kernel::monotonic_to_realtime_ns());
+        let state = RefCell::new(StreamState {
+            printer,
+            sink,
+            events: 0,
+            limit: self.args.count,
+            done: false,
+            write_error: None,
+            malformed: 0,
+            first_event: None,
+        });
+        {
+            let mut st = state.borrow_mut();
+            if !st.sink.json {
+                let r = st.sink.table_header(P::COLUMNS).and_then(|()| st.sink.flush());
+                st.note_write(r);
+            }
+        }
+        let perf_lost = Cell::new(0u64);
+        let source = EventSource::new(skel, transport, &state, &perf_lost)?;
+        if let Some(c) = child.as_mut() {
+            c.release()?;
+        }
+
+        let deadline = self.args.duration.map(|d| Instant::now() + d);
+        let mut next_lost_check = Instant::now() + LOST_CHECK_INTERVAL;
+        let mut reported_lost = 0u64;
+        let mut child_done = false;
+        let mut announced_first = false;
+        loop {
+            if self.stop.load(Ordering::Relaxed) || state.borrow().done {
+                break;
+            }
+            if let Some(c) = child.as_mut() {
+                if c.exited().is_some() {
+                    child_done = true;
+                    break;
+                }
+            }
+            let now = Instant::now();
+            let timeout = match deadline {
+                Some(d) if d <= now => break,
+                Some(d) => POLL_INTERVAL.min(d - now),
+                None => POLL_INTERVAL,
+            };
+            if let Err(e) = source.poll(timeout) {
+                if !state.borrow().done && e.kind() != libbpf_rs::ErrorKind::Interrupted {
+                    return Err(Error::runtime(format!("reading events: {e}"), None));
+                }
+            }
+            {
+                let mut st = state.borrow_mut();
+                let r = st.sink.flush();
+                st.note_write(r);
+                if !announced_first {
+                    if let Some(t) = st.first_event {
+                        announced_first = true;
+                        self.say(format_args!(
+                            "first event after {:.2} ms",
+                            (t - self.started).as_secs_f64() * 1e3
+                        ));
+                    }
+                }
+            }
+            if stdout_closed() {
+                state.borrow_mut().done = true;
+                break;
+            }
+            if Instant::now() >= next_lost_check {
+                next_lost_check += LOST_CHECK_INTERVAL;
+                let lost = lost_total(skel, &perf_lost);
+                if lost > reported_lost {
+                    let delta = lost - reported_lost;
+                    reported_lost = lost;
+                    let mut st = state.borrow_mut();
+                    if st.sink.json {
+                        let r = emit_lost(&mut st.sink, delta, lost);
+                        st.note_write(r);
+                    } else {
+                        eprintln!("tracekit: lost {delta} events ({lost} in all): the buffer was full");
+                    }
+                }
+            }
+        }
+        // Events already in the buffer are still delivered (a child's last events, the tail
+        // before Ctrl-C), unless the consumer is gone or --count was reached.
+        if !state.borrow().done {
+            let _ = source.consume();
+        }
+        let _ = child_done;
+        drop(source);
+        drop(links);
+        drop(follow_links);
+
+        let lost = lost_total(skel, &perf_lost);
+        let mut st = state.into_inner();
+        if st.malformed > 0 {
+            eprintln!("tracekit: warning: {} malformed samples skipped", st.malformed);
+        }
+        if lost > 0 {
+            eprintln!(
+                "tracekit: lost {lost} events ({} delivered): the {} was full",
+                st.events,
+                match transport {
+                    Transport::RingBuf { .. } => "ring buffer",
+                    Transport::PerfBuf { .. } => "perf buffer",
+                }
+            );
+            eprintln!("hint: {}", lost::bigger_buffer_hint(Self::pages(transport), lost, st.events));
+        }
+        if st.sink.json && st.write_error.is_none() {
+            let elapsed = self.started.elapsed().as_secs_f64();
+            let r = emit_summary(&mut st.sink, st.events, lost, elapsed).and_then(|()| st.sink.flush());
+            st.note_write(r);
+        }
+        if let Some(e) = st.write_error.take() {
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                return Err(Error::io("writing output", e));
+            }
+        }
+        self.say(format_args!("{} events, {lost} lost", st.events));
+        let mut code = child.map_or(0, GatedChild::finish);
+        if self.args.fail_on_loss && lost > 0 && code == 0 {
+            code = 1;
+        }
+        Ok(code)
+    }
+}
+
+fn lost_total<S: CommonLoaded>(skel: &S, perf_lost: &Cell<u64>) -> u64 {
+    lost::read_drops(skel.drops_map()).max(perf_lost.get())
+}
+
+fn emit_lost(sink: &mut Sink, count: u64, total: u64) -> io::Result<()> {
+    sink.obj_start("lost")?;
+    sink.field_u64("count", count)?;
+    sink.field_u64("total", total)?;
+    sink.obj_end()
+}
+
+fn emit_summary(sink: &mut Sink, events: u64, lost: u64, secs: f64) -> io::Result<()> {
+    sink.obj_start("summary")?;
+    sink.field_u64("schema", output::JSON_SCHEMA.into())?;
+    sink.field_u64("events", events)?;
+    sink.field_u64("lost", lost)?;
+    sink.field_f64("duration_s", secs, 3)?;
+    sink.obj_end()
+}
+
+/// A reader gone from the other end of a pipe shows as POLLERR on our end: stop then,
+/// even if no event comes to fail a write.
+fn stdout_closed() -> bool {
+    let mut p = libc::pollfd { fd: libc::STDOUT_FILENO, events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+struct StreamState<P: Printer> {
+    printer: P,
+    sink: Sink,
+    events: u64,
+    limit: Option<u64>,
+    /// No more events wanted: --count reached or stdout closed.
+    done: bool,
+    write_error: Option<io::Error>,
+    malformed: u64,
+    first_event: Option<Instant>,
+}
+
+impl<P: Printer> StreamState<P> {
+    fn note_write(&mut self, r: io::Result<()>) {
+        if let Err(e) = r {
+            self.done = true;
+            self.write_error.get_or_insert(e);
+        }
+    }
+
+    /// One sample: decode (length-checked, alignment-safe), print. Returns false to stop.
+    fn handle(&mut self, data: &[u8]) -> bool {
+        if self.done {
+            return false;
+        }
+        let mut ev = P::Event::default();
+        if plain::copy_from_bytes(&mut ev, data).is_err() {
+            self.malformed += 1;
+            return true;
+        }
+        if self.first_event.is_none() {
+            self.first_event = Some(Instant::now());
+        }
+        let hdr = P::header(&ev);
+        let r = if self.sink.json {
+            self.sink
+                .event_start(&hdr)
+                .and_then(|()| self.printer.json(&ev, &mut self.sink))
+                .and_then(|()| self.sink.obj_end())
+        } else {
+            self.sink
+                .row_start(&hdr)
+                .and_then(|()| self.printer.row(&ev, &mut self.sink))
+                .and_then(|()| self.sink.row_end())
+        };
+        self.note_write(r);
+        self.events += 1;
+        if self.limit.is_some_and(|n| self.events >= n) {
+            self.done = true;
+        }
+        !self.done
+    }
+}
+
+enum EventSource<'a> {
+    Ring(libbpf_rs::RingBuffer<'a>),
+    Perf(libbpf_rs::PerfBuffer<'a>),
+}
+
+impl<'a> EventSource<'a> {
+    fn new<P: Printer, S: CommonLoaded>(
+        skel: &'a S,
+        transport: Transport,
+        state: &'a RefCell<StreamState<P>>,
+        perf_lost: &'a Cell<u64>,
+    ) -> Result<Self, Error> {
+        let map = skel.events_map();
+        let err = |e: libbpf_rs::Error| Error::runtime(format!("opening the event buffer: {e}"), None);
+        Ok(match transport {
+            Transport::RingBuf { .. } => {
+                let mut b = RingBufferBuilder::new();
+                b.add(map, move |data: &[u8]| if state.borrow_mut().handle(data) { 0 } else { -libc::ECANCELED })
+                    .map_err(err)?;
+                EventSource::Ring(b.build().map_err(err)?)
+            }
+            Transport::PerfBuf { pages_per_cpu } => EventSource::Perf(
+                PerfBufferBuilder::new(map)
+                    .pages(pages_per_cpu as usize)
+                    .sample_cb(move |_cpu, data: &[u8]| {
+                        state.borrow_mut().handle(data);
+                    })
+                    .lost_cb(move |_cpu, n| perf_lost.set(perf_lost.get() + n))
+                    .build()
+                    .map_err(err)?,
+            ),
+        })
+    }
+
+    fn poll(&self, timeout: Duration) -> libbpf_rs::Result<()> {
+        match self {
+            EventSource::Ring(rb) => rb.poll(timeout),
+            EventSource::Perf(pb) => pb.poll(timeout),
+        }
+    }
+
+    fn consume(&self) -> libbpf_rs::Result<()> {
+        match self {
+            EventSource::Ring(rb) => rb.consume(),
+            EventSource::Perf(pb) => pb.consume(),
+        }
+    }
+}

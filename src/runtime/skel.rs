@@ -1,0 +1,131 @@
+//! What every tool's skeleton has in common (the parts from `common.bpf.h`), reached through
+//! two traits so the runtime can configure, load and stream any tool. `common_skel!` implements
+//! them for a generated skeleton; the field-by-field copy lives only in that macro.
+
+use libbpf_rs::{Link, MapMut, MapType, OpenMapMut};
+
+use super::filter::Filter;
+
+/// The BPF side's event channel, decided before load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    RingBuf { bytes: u32 },
+    PerfBuf { pages_per_cpu: u32 },
+}
+
+impl Transport {
+    /// Wake the reader once a quarter of the ring buffer is pending...
+    pub fn wakeup_bytes(self) -> u64 {
+        match self {
+            Transport::RingBuf { bytes } => u64::from(bytes / 4),
+            Transport::PerfBuf { .. } => 0,
+        }
+    }
+
+    /// ...or when the last wakeup is older than this, so a lone event is never held back.
+    pub const WAKEUP_NS: u64 = 5_000_000;
+}
+
+/// Everything `common_skel!` writes before load.
+pub struct CommonConfig<'a> {
+    pub filter: &'a Filter,
+    pub transport: Transport,
+}
+
+/// Switches the shared `tk_events` map to the chosen transport (the libbpf-tools compat trick).
+pub fn configure_events_map(map: &mut OpenMapMut<'_>, t: Transport) -> libbpf_rs::Result<()> {
+    match t {
+        Transport::RingBuf { bytes } => map.set_max_entries(bytes),
+        Transport::PerfBuf { .. } => {
+            map.set_type(MapType::PerfEventArray)?;
+            map.set_key_size(4)?;
+            map.set_value_size(4)?;
+            // 0 lets libbpf size it to the number of possible CPUs.
+            map.set_max_entries(0)
+        }
+    }
+}
+
+pub trait CommonOpen {
+    fn configure_common(&mut self, cfg: &CommonConfig<'_>) -> libbpf_rs::Result<()>;
+}
+
+pub trait CommonLoaded {
+    fn events_map(&self) -> &MapMut<'_>;
+    fn drops_map(&self) -> &MapMut<'_>;
+    fn follow_map(&self) -> &MapMut<'_>;
+    /// Attaches the `-- CMD` descendant tracking (loaded only in that mode).
+    fn attach_follow(&mut self) -> libbpf_rs::Result<Vec<Link>>;
+}
+
+/// Implements [`CommonOpen`] and [`CommonLoaded`] for one tool's generated skeleton and the
+/// header conversion for its event types: `common_skel!(skel, OpenTcpstateSkel, TcpstateSkel)`.
+#[macro_export]
+macro_rules! common_skel {
+    ($skel:ident, $open:ident, $loaded:ident) => {
+        impl $crate::runtime::skel::CommonOpen for $skel::$open<'_> {
+            fn configure_common(
+                &mut self,
+                cfg: &$crate::runtime::skel::CommonConfig<'_>,
+            ) -> libbpf_rs::Result<()> {
+                use $skel::types as t;
+                let ro = self.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
+                let f = cfg.filter;
+                let k: &mut t::tk_filter = &mut ro.tk_filter;
+                k.cgroup_id = f.cgroup.map_or(0, |c| c.id);
+                k.cgroup_level = f.cgroup.map_or(0, |c| c.level);
+                k.pids[..f.pids.len()].copy_from_slice(&f.pids);
+                k.npids = f.pids.len() as u32;
+                k.tids[..f.tids.len()].copy_from_slice(&f.tids);
+                k.ntids = f.tids.len() as u32;
+                k.uid = f.uid.unwrap_or(0);
+                k.has_uid = f.uid.is_some() as u32;
+                k.follow = f.follow as u32;
+                for (dst, src) in k.comm.iter_mut().zip(f.comm.iter()) {
+                    *dst = *src as _;
+                }
+                let tr: &mut t::tk_transport = &mut ro.tk_transport;
+                tr.use_perfbuf =
+                    matches!(cfg.transport, $crate::runtime::skel::Transport::PerfBuf { .. }) as u32;
+                tr.wakeup_bytes = cfg.transport.wakeup_bytes();
+                tr.wakeup_ns = $crate::runtime::skel::Transport::WAKEUP_NS;
+                $crate::runtime::skel::configure_events_map(&mut self.maps.tk_events, cfg.transport)?;
+                self.progs.tk_follow_fork.set_autoload(f.follow);
+                self.progs.tk_follow_exit.set_autoload(f.follow);
+                Ok(())
+            }
+        }
+
+        impl $crate::runtime::skel::CommonLoaded for $skel::$loaded<'_> {
+            fn events_map(&self) -> &libbpf_rs::MapMut<'_> {
+                &self.maps.tk_events
+            }
+            fn drops_map(&self) -> &libbpf_rs::MapMut<'_> {
+                &self.maps.tk_drops
+            }
+            fn follow_map(&self) -> &libbpf_rs::MapMut<'_> {
+                &self.maps.tk_follow
+            }
+            fn attach_follow(&mut self) -> libbpf_rs::Result<Vec<libbpf_rs::Link>> {
+                Ok(vec![self.progs.tk_follow_fork.attach()?, self.progs.tk_follow_exit.attach()?])
+            }
+        }
+
+        impl From<&$skel::types::tk_hdr> for $crate::runtime::output::Header {
+            fn from(h: &$skel::types::tk_hdr) -> Self {
+                let mut comm = [0u8; 16];
+                for (dst, src) in comm.iter_mut().zip(h.comm.iter()) {
+                    *dst = *src as u8;
+                }
+                $crate::runtime::output::Header {
+                    ts_ns: h.ts_ns,
+                    pid: h.pid,
+                    tid: h.tid,
+                    uid: h.uid,
+                    cpu: h.cpu,
+                    comm,
+                }
+            }
+        }
+    };
+}

@@ -1,0 +1,311 @@
+//! `tracekit tcpstate`: TCP state transitions, as libbpf-tools `tcpstates` shows them.
+//!
+//! One event per `inet_sock_set_state` of a TCP socket, filtered in the kernel (family, ports,
+//! the common filters). Overhead: one map update and one ring-buffer record per transition.
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use clap::{Args, ValueEnum};
+
+use crate::error::Error;
+use crate::runtime::output::{Header, Sink};
+use crate::runtime::probe::Feature;
+use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime, kernel};
+
+mod skel {
+    #![allow(clippy::all, non_camel_case_types, non_snake_case, dead_code, unused_imports)]
+    include!(concat!(env!("OUT_DIR"), "/tcpstate.skel.rs"));
+}
+use skel::{OpenTcpstateSkel, TcpstateSkel, TcpstateSkelBuilder, types};
+
+crate::common_skel!(skel, OpenTcpstateSkel, TcpstateSkel);
+
+// SAFETY: the event is plain old data generated from BTF: integers and byte arrays only.
+unsafe impl plain::Plain for types::tk_tcpstate_event {}
+
+/// The layout is shared with tcpstate.h: a drift must fail the build, not decode garbage.
+const _: () = assert!(size_of::<types::tk_tcpstate_event>() == 104);
+
+/// Must match TK_TCPSTATE_MAX_PORTS in tcpstate.h.
+const MAX_PORTS: usize = 8;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// tp_btf when the kernel has it, else the classic tracepoint
+    Auto,
+    /// BTF-typed raw tracepoint (5.5+): no tracefs needed, cheapest
+    TpBtf,
+    /// Classic tracepoint sock:inet_sock_set_state (4.16+), needs tracefs
+    Tracepoint,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "EXAMPLES:\n    \
+    tracekit tcpstate                   # every TCP state change\n    \
+    tracekit tcpstate -T -L 80,443      # local port 80 or 443, with times\n    \
+    tracekit tcpstate -6 -D 5432        # IPv6 connections to port 5432\n    \
+    tracekit tcpstate --json -n 10      # ten events as NDJSON\n    \
+    tracekit tcpstate -- curl -s http://127.0.0.1:8080/   # only what curl does")]
+pub struct TcpstateArgs {
+    /// IPv4 only
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// IPv6 only
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Only these local ports (comma-separated, at most 8)
+    #[arg(short = 'L', long = "local-port", visible_alias = "sport", value_delimiter = ',', value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub local_ports: Vec<u16>,
+
+    /// Only these remote ports (comma-separated, at most 8)
+    #[arg(short = 'D', long = "remote-port", visible_alias = "dport", value_delimiter = ',', value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub remote_ports: Vec<u16>,
+
+    /// Also show the socket address (skaddr) column
+    #[arg(short = 'w', long)]
+    pub wide: bool,
+
+    /// Which kernel hook to use
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Decided before load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    TpBtf,
+    Tracepoint,
+}
+
+fn plan(backend: Backend, rt: &Runtime) -> Result<Hook, Error> {
+    let tp_btf = rt.probes.get(Feature::TpBtf);
+    let hook = match backend {
+        Backend::TpBtf if !tp_btf.is_supported() => {
+            return Err(Error::Unsupported {
+                feature: "tp_btf",
+                reason: tp_btf.detail(),
+                hint: Some("use --backend tracepoint".into()),
+            });
+        }
+        Backend::TpBtf => Hook::TpBtf,
+        Backend::Tracepoint => Hook::Tracepoint,
+        Backend::Auto if tp_btf.is_supported() => Hook::TpBtf,
+        Backend::Auto => Hook::Tracepoint,
+    };
+    match hook {
+        Hook::TpBtf => rt.say("plan: tp_btf/inet_sock_set_state"),
+        Hook::Tracepoint => rt.say(format_args!(
+            "plan: tracepoint/sock/inet_sock_set_state (tp_btf: {tp_btf})"
+        )),
+    }
+    Ok(hook)
+}
+
+fn check_ports(flag: &str, ports: &[u16]) -> Result<(), Error> {
+    if ports.len() > MAX_PORTS {
+        return Err(Error::usage(
+            format!("{flag} takes at most {MAX_PORTS} ports, got {}", ports.len()),
+            Some("trace without the port filter and filter the JSON output instead".to_owned()),
+        ));
+    }
+    Ok(())
+}
+
+pub fn run(args: TcpstateArgs) -> Result<i32, Error> {
+    check_ports("--local-port", &args.local_ports)?;
+    check_ports("--remote-port", &args.remote_ports)?;
+    let mut rt = Runtime::new(args.common.clone())?;
+    let hook = plan(args.backend, &rt)?;
+    if hook == Hook::Tracepoint {
+        kernel::ensure_tracefs()?;
+    }
+    let transport = rt.transport()?;
+    rt.say(format_args!("transport: {transport:?}"));
+
+    let mut storage = MaybeUninit::uninit();
+    let mut open: OpenTcpstateSkel<'_> = rt.open("tcpstate", TcpstateSkelBuilder::default(), &mut storage)?;
+    open.configure_common(&CommonConfig { filter: &rt.filter, transport })
+        .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))?;
+    {
+        let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
+        let c = &mut ro.tk_tcpstate;
+        c.lports[..args.local_ports.len()].copy_from_slice(&args.local_ports);
+        c.nlports = args.local_ports.len() as u32;
+        c.rports[..args.remote_ports.len()].copy_from_slice(&args.remote_ports);
+        c.nrports = args.remote_ports.len() as u32;
+        c.family = if args.ipv4 { AF_INET } else if args.ipv6 { AF_INET6 } else { 0 };
+    }
+    open.progs.tp_btf__inet_sock_set_state.set_autoload(hook == Hook::TpBtf);
+    open.progs.tp__inet_sock_set_state.set_autoload(hook == Hook::Tracepoint);
+
+    let mut skel: TcpstateSkel<'_> = rt.load("tcpstate", open)?;
+    let link = rt.step("attach", || match hook {
+        Hook::TpBtf => skel.progs.tp_btf__inet_sock_set_state.attach(),
+        Hook::Tracepoint => skel.progs.tp__inet_sock_set_state.attach(),
+    });
+    let link = link.map_err(|source| Error::Attach {
+        what: "inet_sock_set_state".into(),
+        hint: Some("run `tracekit probe`, or try --backend tracepoint".into()),
+        source,
+    })?;
+    rt.stream(&mut skel, transport, TcpstatePrinter { wide: args.wide }, vec![link])
+}
+
+const STATES: [&str; 13] = [
+    "UNKNOWN", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
+    "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV",
+];
+
+pub fn state_name(s: i32) -> &'static str {
+    usize::try_from(s).ok().and_then(|i| STATES.get(i)).copied().unwrap_or("UNKNOWN")
+}
+
+fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    }
+}
+
+/// `addr:port` into a stack buffer, so it can be padded without allocating.
+struct Endpoint {
+    buf: [u8; 56],
+    len: usize,
+}
+
+impl Endpoint {
+    fn new(ip: IpAddr, port: u16) -> Self {
+        let mut e = Endpoint { buf: [0; 56], len: 0 };
+        let _ = match ip {
+            IpAddr::V4(a) => write!(e, "{a}:{port}"),
+            IpAddr::V6(a) => write!(e, "[{a}]:{port}"),
+        };
+        e
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("formatted as UTF-8")
+    }
+}
+
+impl std::fmt::Write for Endpoint {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+struct TcpstatePrinter {
+    wide: bool,
+}
+
+impl Printer for TcpstatePrinter {
+    type Event = types::tk_tcpstate_event;
+    const COLUMNS: &'static str =
+        "PID     COMM            LADDR:LPORT           RADDR:RPORT           OLDSTATE    -> NEWSTATE         MS";
+
+    fn header(ev: &Self::Event) -> Header {
+        Header::from(&ev.hdr)
+    }
+
+    fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
+        let h = Header::from(&ev.hdr);
+        let local = Endpoint::new(addr(ev.family, &ev.saddr), ev.sport);
+        let remote = Endpoint::new(addr(ev.family, &ev.daddr), ev.dport);
+        let comm = crate::runtime::output::c_str(&h.comm);
+        let w = out.w();
+        write!(
+            w,
+            "{:<7} {:<15} {:<21} {:<21} {:<11} -> {:<11} {:>8.3}",
+            h.pid,
+            comm,
+            local.as_str(),
+            remote.as_str(),
+            state_name(ev.oldstate),
+            state_name(ev.newstate),
+            ev.delta_ns as f64 / 1e6,
+        )?;
+        if self.wide {
+            write!(w, " {:#x}", ev.skaddr)?;
+        }
+        Ok(())
+    }
+
+    fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
+        out.field_str("family", if ev.family == AF_INET { "ipv4" } else { "ipv6" })?;
+        out.field_display("laddr", addr(ev.family, &ev.saddr))?;
+        out.field_u64("lport", ev.sport.into())?;
+        out.field_display("raddr", addr(ev.family, &ev.daddr))?;
+        out.field_u64("rport", ev.dport.into())?;
+        out.field_str("oldstate", state_name(ev.oldstate))?;
+        out.field_str("newstate", state_name(ev.newstate))?;
+        out.field_f64("ms", ev.delta_ns as f64 / 1e6, 3)?;
+        out.field_display("skaddr", format_args!("{:#x}", ev.skaddr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(family: u16) -> types::tk_tcpstate_event {
+        let mut ev = types::tk_tcpstate_event::default();
+        ev.family = family;
+        ev.sport = 8080;
+        ev.dport = 443;
+        ev.oldstate = 2;
+        ev.newstate = 1;
+        ev.delta_ns = 1_500_000;
+        ev
+    }
+
+    #[test]
+    fn state_names_match_the_kernel() {
+        assert_eq!(state_name(1), "ESTABLISHED");
+        assert_eq!(state_name(7), "CLOSE");
+        assert_eq!(state_name(10), "LISTEN");
+        assert_eq!(state_name(12), "NEW_SYN_RECV");
+        assert_eq!(state_name(13), "UNKNOWN");
+        assert_eq!(state_name(-1), "UNKNOWN");
+    }
+
+    #[test]
+    fn endpoints_format_both_families() {
+        let mut ev = event(AF_INET);
+        ev.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(Endpoint::new(addr(ev.family, &ev.saddr), ev.sport).as_str(), "127.0.0.1:8080");
+        let mut ev6 = event(AF_INET6);
+        ev6.saddr[15] = 1;
+        assert_eq!(Endpoint::new(addr(ev6.family, &ev6.saddr), 443).as_str(), "[::1]:443");
+        let full = Ipv6Addr::new(0xfe80, 1, 2, 3, 4, 5, 6, 7);
+        assert_eq!(Endpoint::new(IpAddr::V6(full), 65535).as_str(), "[fe80:1:2:3:4:5:6:7]:65535");
+    }
+
+    #[test]
+    fn decodes_a_sample_and_rejects_a_short_one() {
+        let ev = event(AF_INET);
+        // SAFETY: reading the bytes of a plain-old-data value.
+        let bytes = unsafe { plain::as_bytes(&ev) };
+        let mut back = types::tk_tcpstate_event::default();
+        plain::copy_from_bytes(&mut back, bytes).expect("full sample decodes");
+        assert_eq!((back.sport, back.dport, back.oldstate), (8080, 443, 2));
+        // A perf sample may carry trailing padding: longer is fine, shorter is refused.
+        let mut padded = bytes.to_vec();
+        padded.extend_from_slice(&[0; 4]);
+        assert!(plain::copy_from_bytes(&mut back, &padded).is_ok());
+        assert!(plain::copy_from_bytes(&mut back, &bytes[..50]).is_err());
+    }
+}

@@ -99,8 +99,9 @@ int BPF_PROG(tp_btf__inet_sock_set_state, struct sock *sk, int oldstate, int new
 		__builtin_memcpy(e->saddr, &s, 4);
 		__builtin_memcpy(e->daddr, &d, 4);
 	} else {
-		BPF_CORE_READ_INTO(e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		/* through the struct: READ_INTO an array would copy one element only */
+		BPF_CORE_READ_INTO((struct in6_addr *)e->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO((struct in6_addr *)e->daddr, sk, __sk_common.skc_v6_daddr);
 	}
 	tk_submit(ctx, e, sizeof(*e));
 	return 0;
@@ -123,11 +124,12 @@ int tp__inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *args)
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
 	__builtin_memset(e->daddr, 0, sizeof(e->daddr));
 	if (family == AF_INET) {
-		__builtin_memcpy(e->saddr, args->saddr, 4);
-		__builtin_memcpy(e->daddr, args->daddr, 4);
+		/* the verifier refuses ctx loads at computed offsets: copy with a helper */
+		bpf_probe_read_kernel(e->saddr, 4, args->saddr);
+		bpf_probe_read_kernel(e->daddr, 4, args->daddr);
 	} else {
-		__builtin_memcpy(e->saddr, args->saddr_v6, 16);
-		__builtin_memcpy(e->daddr, args->daddr_v6, 16);
+		bpf_probe_read_kernel(e->saddr, 16, args->saddr_v6);
+		bpf_probe_read_kernel(e->daddr, 16, args->daddr_v6);
 	}
 	tk_submit(args, e, sizeof(*e));
 	return 0;

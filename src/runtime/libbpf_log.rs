@@ -15,7 +15,7 @@ static ECHO: AtomicBool = AtomicBool::new(false);
 
 fn on_message(level: PrintLevel, msg: String) {
     if ECHO.load(Ordering::Relaxed) {
-        eprint!("libbpf: {msg}");
+        eprint!("{msg}");
     }
     if level == PrintLevel::Debug {
         return;

@@ -1,0 +1,244 @@
+//! Helpers for the root integration tests: run the real tracekit binary, wait until it is
+//! attached, collect its output, and check that nothing of it stays in the kernel.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tracekit");
+
+/// Root tests need root. Outside CI a non-root run says so and skips; in CI (CI=true) it fails,
+/// since CI is where they must run.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: needs root, and CI must run it as root");
+    }
+    eprintln!("SKIP {test}: needs root (run `cargo test` as root or with sudo available)");
+    false
+}
+
+/// Program, link and map ids a process holds, from /proc/PID/fdinfo.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BpfIds {
+    pub progs: BTreeSet<u32>,
+    pub links: BTreeSet<u32>,
+    pub maps: BTreeSet<u32>,
+}
+
+impl BpfIds {
+    pub fn of(pid: u32) -> Self {
+        let mut ids = BpfIds::default();
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
+        for entry in dir.flatten() {
+            let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
+            for line in info.lines() {
+                let mut it = line.split(':');
+                let (Some(k), Some(v)) = (it.next(), it.next()) else { continue };
+                let Ok(v) = v.trim().parse::<u32>() else { continue };
+                match k {
+                    "prog_id" => ids.progs.insert(v),
+                    "link_id" => ids.links.insert(v),
+                    "map_id" => ids.maps.insert(v),
+                    _ => false,
+                };
+            }
+        }
+        ids
+    }
+
+    /// Those ids the kernel still knows.
+    pub fn still_loaded(&self) -> BpfIds {
+        use libbpf_rs::libbpf_sys as sys;
+        let alive = |get: unsafe extern "C" fn(u32) -> i32, id: u32| {
+            // SAFETY: the *_get_fd_by_id calls take a plain id and return a new fd or an error.
+            let fd = unsafe { get(id) };
+            if fd >= 0 {
+                // SAFETY: fd was just returned to us and is closed once.
+                unsafe { libc::close(fd) };
+                true
+            } else {
+                false
+            }
+        };
+        BpfIds {
+            progs: self.progs.iter().copied().filter(|&i| alive(sys::bpf_prog_get_fd_by_id, i)).collect(),
+            links: self.links.iter().copied().filter(|&i| alive(sys::bpf_link_get_fd_by_id, i)).collect(),
+            maps: self.maps.iter().copied().filter(|&i| alive(sys::bpf_map_get_fd_by_id, i)).collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.progs.is_empty() && self.links.is_empty() && self.maps.is_empty()
+    }
+}
+
+/// Programs and maps are freed asynchronously (10-50 ms after the last fd), so poll.
+#[track_caller]
+pub fn assert_released(ids: &BpfIds, how: &str) {
+    assert!(!ids.progs.is_empty(), "{how}: no BPF program ids were seen while tracing");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = ids.still_loaded();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("{how}: still in the kernel after exit: {left:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Tracer {
+    pub child: Child,
+    stdout_lines: Option<Receiver<String>>,
+    pub stdout_raw: Option<ChildStdout>,
+    stderr: Receiver<String>,
+    stderr_seen: Vec<String>,
+    pub ids: BpfIds,
+}
+
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn json(&self) -> Vec<Value> {
+        self.stdout
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+            .collect()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.json().into_iter().filter(|v| v["type"] == "event").collect()
+    }
+
+    pub fn summary(&self) -> Value {
+        self.json().into_iter().find(|v| v["type"] == "summary").expect("a summary object")
+    }
+}
+
+fn lines_of(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Tracer {
+    /// Starts `tracekit ARGS -v` and returns once it is attached.
+    pub fn start(args: &[&str]) -> Tracer {
+        Self::start_opts(args, true)
+    }
+
+    /// `read_stdout: false` leaves stdout unread (in `stdout_raw`), to make the tracer block.
+    pub fn start_opts(args: &[&str], read_stdout: bool) -> Tracer {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .arg("-v")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tracekit starts");
+        let stderr = lines_of(child.stderr.take().expect("piped stderr"));
+        let out = child.stdout.take().expect("piped stdout");
+        let (stdout_lines, stdout_raw) = if read_stdout { (Some(lines_of(out)), None) } else { (None, Some(out)) };
+        let mut t = Tracer { child, stdout_lines, stdout_raw, stderr, stderr_seen: Vec::new(), ids: BpfIds::default() };
+        t.wait_stderr("attached after", Duration::from_secs(30));
+        t.ids = BpfIds::of(t.child.id());
+        t
+    }
+
+    /// Waits for a stderr line containing `needle`; panics with all stderr on timeout or exit.
+    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.stderr.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(_) => panic!(
+                    "tracekit never printed {needle:?}; status {:?}; stderr:\n{}",
+                    self.child.try_wait(),
+                    self.stderr_seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill() on the pid of a child we have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Stops with SIGINT (like Ctrl-C) and collects everything.
+    pub fn stop(self) -> Finished {
+        self.signal(libc::SIGINT);
+        self.wait(Duration::from_secs(20))
+    }
+
+    /// Waits for the tracer to exit by itself (or kills it after `timeout`, failing).
+    pub fn wait(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("waitpid") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tracekit did not exit within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let mut stdout = Vec::new();
+        if let Some(rx) = self.stdout_lines.take() {
+            while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+                stdout.push(l);
+            }
+        }
+        if let Some(mut raw) = self.stdout_raw.take() {
+            let mut s = String::new();
+            raw.read_to_string(&mut s).expect("read stdout");
+            stdout.extend(s.lines().map(str::to_owned));
+        }
+        while let Ok(l) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.stderr_seen.push(l);
+        }
+        Finished { status, stdout, stderr: self.stderr_seen.join("\n") }
+    }
+}
+
+/// Runs tracekit to completion (for errors and self-terminating runs).
+pub fn run(args: &[&str]) -> Finished {
+    let out = Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("tracekit runs");
+    Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
@@ -23,7 +23,8 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{test}: needs root, and CI must run it as root");
     }
-    eprintln!("SKIP {test}: needs root (run `cargo test` as root or with sudo available)");
+    // Written to the real stderr: the test harness would swallow eprintln! of a passing test.
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: needs root (run `cargo test` as root or with sudo)");
     false
 }
 

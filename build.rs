@@ -54,7 +54,10 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let target_arch = env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
-    let vmlinux = manifest.join("vmlinux").join(kernel_arch(&target_arch));
+    let arch = kernel_arch(&target_arch);
+    let vmlinux = manifest.join("vmlinux").join(arch);
+    // bpf_tracing.h picks the pt_regs layout (PT_REGS_PARM1, ...) from this.
+    let arch_define = format!("-D__TARGET_ARCH_{arch}");
     let bpf_dir = manifest.join(BPF_DIR);
 
     println!("cargo:rerun-if-changed={BPF_DIR}");
@@ -89,6 +92,7 @@ fn main() {
                 vmlinux.as_os_str(),
                 "-I".as_ref(),
                 bpf_dir.as_os_str(),
+                arch_define.as_ref(),
                 "-Wall".as_ref(),
                 "-Wno-unused-function".as_ref(),
             ])

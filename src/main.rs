@@ -20,7 +20,9 @@ use error::Error;
     after_help = "EXAMPLES:\n    \
         tracekit probe                      # what this kernel supports\n    \
         tracekit tcpstate                   # TCP state transitions\n    \
-        tracekit tcpstate --json -- curl -s http://127.0.0.1/\n\n\
+        tracekit tcpstate --json -- curl -s http://127.0.0.1/\n    \
+        tracekit uprobe /bin/bash:readline  # every line typed into bash\n    \
+        tracekit list libc 'mem*'           # functions that can be traced\n\n\
         Every tool takes the common options (--pid, --comm, --json, --duration, ...):\n\
         see `tracekit <tool> --help`."
 )]
@@ -35,6 +37,12 @@ enum Command {
     Probe(tools::probe::ProbeArgs),
     /// TCP state transitions (like libbpf-tools tcpstates)
     Tcpstate(tools::tcpstate::TcpstateArgs),
+    /// User-space function calls: arguments, return value, latency
+    Uprobe(tools::uprobe::UprobeArgs),
+    /// User-space function returns (uprobe --return-only)
+    Uretprobe(tools::uprobe::UprobeArgs),
+    /// Functions of a binary or library that can be traced
+    List(tools::list::ListArgs),
     /// Internal: the held start of `-- CMD` (see runtime/child.rs)
     #[command(name = "__exec-gate", hide = true)]
     ExecGate {
@@ -48,6 +56,9 @@ fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::Probe(a) => tools::probe::run(&a),
         Command::Tcpstate(a) => tools::tcpstate::run(a),
+        Command::Uprobe(a) => tools::uprobe::run(a, false),
+        Command::Uretprobe(a) => tools::uprobe::run(a, true),
+        Command::List(a) => tools::list::run(&a),
         Command::ExecGate { fd, cmd } => Ok(runtime::child::exec_gate(fd, &cmd)),
     }
 }

@@ -135,24 +135,44 @@ static __always_inline void tk_discard(void *e)
 
 /* Wake the reader only when enough is pending or the last wakeup is old: sparse events are
  * delivered at once, bursts are batched (one wakeup per event is what makes tracers slow). */
-static __always_inline void tk_submit(void *ctx, void *e, __u32 size)
+static __always_inline __u64 tk_wakeup_flags(__u32 size)
 {
-	__u64 now, flags = BPF_RB_NO_WAKEUP;
+	__u64 now = bpf_ktime_get_ns();
 
-	if (tk_transport.use_perfbuf) {
-		if (size > TK_EVENT_MAX)
-			size = TK_EVENT_MAX;
-		if (bpf_perf_event_output(ctx, &tk_events, BPF_F_CURRENT_CPU, e, size) < 0)
-			tk_count_drop();
-		return;
-	}
-	now = bpf_ktime_get_ns();
 	if (bpf_ringbuf_query(&tk_events, BPF_RB_AVAIL_DATA) + size >= tk_transport.wakeup_bytes ||
 	    now - tk_last_wakeup_ns >= tk_transport.wakeup_ns) {
-		flags = BPF_RB_FORCE_WAKEUP;
 		tk_last_wakeup_ns = now;
+		return BPF_RB_FORCE_WAKEUP;
 	}
-	bpf_ringbuf_submit(e, flags);
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void tk_perf_output(void *ctx, void *e, __u32 size)
+{
+	if (size > TK_EVENT_MAX)
+		size = TK_EVENT_MAX;
+	if (bpf_perf_event_output(ctx, &tk_events, BPF_F_CURRENT_CPU, e, size) < 0)
+		tk_count_drop();
+}
+
+/* Hands over an event built in place by tk_reserve(). */
+static __always_inline void tk_submit(void *ctx, void *e, __u32 size)
+{
+	if (tk_transport.use_perfbuf)
+		tk_perf_output(ctx, e, size);
+	else
+		bpf_ringbuf_submit(e, tk_wakeup_flags(size));
+}
+
+/* Hands over a copy of an event built elsewhere (a map value too large for the stack). */
+static __always_inline void tk_output(void *ctx, void *e, __u32 size)
+{
+	if (tk_transport.use_perfbuf) {
+		tk_perf_output(ctx, e, size);
+		return;
+	}
+	if (bpf_ringbuf_output(&tk_events, e, size, tk_wakeup_flags(size)) < 0)
+		tk_count_drop();
 }
 
 /* -- CMD: a child of a followed thread group is followed too (attached only in that mode). */

@@ -10,6 +10,7 @@ pub mod lost;
 pub mod output;
 pub mod probe;
 pub mod skel;
+pub mod target;
 
 use std::cell::{Cell, RefCell};
 use std::io;

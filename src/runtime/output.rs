@@ -23,6 +23,13 @@ pub fn c_str(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&bytes[..end])
 }
 
+/// A C `char` array from a generated type (i8 on x86) as text, without copying.
+pub fn c_chars(chars: &[std::ffi::c_char]) -> std::borrow::Cow<'_, str> {
+    // SAFETY: c_char (i8 or u8) has the size, alignment and validity of u8.
+    let bytes = unsafe { std::slice::from_raw_parts(chars.as_ptr().cast::<u8>(), chars.len()) };
+    c_str(bytes)
+}
+
 pub struct Sink {
     out: BufWriter<Stdout>,
     pub json: bool,
@@ -131,9 +138,23 @@ impl Sink {
         write!(self.out, "{v}")
     }
 
-    pub fn field_i64(&mut self, key: &str, v: i64) -> io::Result<()> {
+    /// A value that is already JSON (`null`, `true`).
+    pub fn field_raw(&mut self, key: &str, json: &str) -> io::Result<()> {
         self.key(key)?;
-        write!(self.out, "{v}")
+        self.out.write_all(json.as_bytes())
+    }
+
+    /// Opens a nested object as the value of `key`; close it with `object_end`.
+    pub fn object_start(&mut self, key: &str) -> io::Result<()> {
+        self.key(key)?;
+        self.out.write_all(b"{")?;
+        self.first_field = true;
+        Ok(())
+    }
+
+    pub fn object_end(&mut self) -> io::Result<()> {
+        self.first_field = false;
+        self.out.write_all(b"}")
     }
 
     pub fn field_i128(&mut self, key: &str, v: i128) -> io::Result<()> {

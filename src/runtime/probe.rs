@@ -104,6 +104,7 @@ features! {
     Lsm => "lsm", Some("5.7"), probe_lsm;
     Tracefs => "tracefs", None, probe_tracefs;
     Cgroup2 => "cgroup_v2", Some("4.5"), probe_cgroup2;
+    AttachCookie => "attach_cookie", Some("5.15"), probe_attach_cookie;
 }
 
 /// Per-run cache of probe results.
@@ -292,6 +293,15 @@ fn load_tracing_prog(attach_type: u32, btf_id: u32) -> io::Result<OwnedFd> {
     }
     // SAFETY: fd is a new file descriptor returned by the kernel that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// bpf_get_attach_cookie: one program attached many times can tell the attachments apart.
+fn probe_attach_cookie(f: Feature) -> Status {
+    from_bool(
+        f,
+        ProgramType::Kprobe.is_helper_supported(libbpf_sys::BPF_FUNC_get_attach_cookie),
+        "no bpf_get_attach_cookie helper",
+    )
 }
 
 fn probe_fentry(f: Feature) -> Status {

@@ -1,4 +1,6 @@
 //! One module per subcommand.
 
+pub mod list;
 pub mod probe;
 pub mod tcpstate;
+pub mod uprobe;

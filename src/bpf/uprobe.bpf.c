@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: GPL-2.0
+/* uprobe: generic user-space function entry/return, configured per probe through rodata. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#define TK_EVENT_MAX 1024
+#include "common.bpf.h"
+#include "uprobe.h"
+
+#define MAX_INFLIGHT 8192
+
+const volatile struct tk_uprobe_config tk_uprobe = {};
+
+struct inflight_key {
+	__u32 tid;
+	__u32 probe_id;
+};
+
+/* Calls whose return is pending, per thread and probe (recursion keeps the innermost). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_INFLIGHT);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct inflight_key);
+	__type(value, struct tk_uprobe_event);
+} inflight SEC(".maps");
+
+/* The event is too large for the BPF stack: it is built here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tk_uprobe_event);
+} scratch SEC(".maps");
+
+struct tk_uprobe_event _tk_uprobe_event = {};
+
+static __always_inline __u32 probe_id(struct pt_regs *ctx)
+{
+	__u64 id = tk_uprobe.have_cookie ? bpf_get_attach_cookie(ctx) : 0;
+
+	return id < TK_UPROBE_MAX_PROBES ? id : 0;
+}
+
+static __always_inline void read_str(struct tk_uprobe_event *e, __u32 slot, __u64 ptr)
+{
+	if (slot >= TK_UPROBE_STRS)
+		return;
+	e->str_len[slot] = bpf_probe_read_user_str(&e->str[slot * TK_UPROBE_STR_LEN], TK_UPROBE_STR_LEN,
+						   (void *)ptr);
+}
+
+SEC("uprobe")
+int uprobe__generic(struct pt_regs *ctx)
+{
+	struct inflight_key key;
+	struct tk_uprobe_event *e;
+	__u32 zero = 0, id, slot = 0;
+
+	if (!tk_filter_allows())
+		return 0;
+	e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 0;
+	id = probe_id(ctx);
+	tk_fill_hdr(&e->hdr);
+	e->probe_id = id;
+	e->flags = TK_UPROBE_F_ENTRY;
+	e->ret = 0;
+	e->latency_ns = 0;
+	e->str_len[0] = e->str_len[1] = e->str_len[2] = 0;
+	e->args[0] = PT_REGS_PARM1(ctx);
+	e->args[1] = PT_REGS_PARM2(ctx);
+	e->args[2] = PT_REGS_PARM3(ctx);
+	e->args[3] = PT_REGS_PARM4(ctx);
+	e->args[4] = PT_REGS_PARM5(ctx);
+	e->args[5] = PT_REGS_PARM6(ctx);
+	for (int i = 0; i < TK_UPROBE_ARGS; i++) {
+		if (tk_uprobe.probes[id].str_arg[i]) {
+			read_str(e, slot, e->args[i]);
+			slot++;
+		}
+	}
+	if (!tk_uprobe.want_return) {
+		tk_output(ctx, e, sizeof(*e));
+		return 0;
+	}
+	key.tid = e->hdr.tid;
+	key.probe_id = id;
+	bpf_map_update_elem(&inflight, &key, e, BPF_ANY);
+	return 0;
+}
+
+SEC("uretprobe")
+int uretprobe__generic(struct pt_regs *ctx)
+{
+	struct inflight_key key;
+	struct tk_uprobe_event *e, *entry;
+	__u32 zero = 0, id, slot = 0;
+	__u64 now;
+
+	if (!tk_filter_allows())
+		return 0;
+	e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 0;
+	id = probe_id(ctx);
+	key.tid = (__u32)bpf_get_current_pid_tgid();
+	key.probe_id = id;
+	now = bpf_ktime_get_ns();
+	if (tk_uprobe.want_entry) {
+		entry = bpf_map_lookup_elem(&inflight, &key);
+		if (!entry)
+			return 0; /* entered before tracing started */
+		__builtin_memcpy(e, entry, sizeof(*e));
+		bpf_map_delete_elem(&inflight, &key);
+		e->latency_ns = now - e->hdr.ts_ns;
+		e->hdr.ts_ns = now;
+		e->flags |= TK_UPROBE_F_RETURN;
+	} else {
+		tk_fill_hdr(&e->hdr);
+		e->probe_id = id;
+		e->flags = TK_UPROBE_F_RETURN;
+		e->latency_ns = 0;
+		e->str_len[0] = e->str_len[1] = e->str_len[2] = 0;
+		for (int i = 0; i < TK_UPROBE_ARGS; i++)
+			e->args[i] = 0;
+	}
+	e->ret = PT_REGS_RC(ctx);
+	if (tk_uprobe.probes[id].str_ret) {
+		if (tk_uprobe.want_entry)
+			for (int i = 0; i < TK_UPROBE_ARGS; i++)
+				if (tk_uprobe.probes[id].str_arg[i])
+					slot++;
+		read_str(e, slot, e->ret);
+	}
+	tk_output(ctx, e, sizeof(*e));
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

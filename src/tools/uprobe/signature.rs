@@ -1,0 +1,219 @@
+//! How a user-space function's arguments and return value print: from a built-in table of
+//! well-known functions or a C prototype given with `--sig`.
+
+/// How one value is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Int { bits: u8, signed: bool },
+    /// `char *` / `const char *`: read as a NUL-terminated user string.
+    Str,
+    /// Any other pointer: hex.
+    Ptr,
+    Void,
+}
+
+impl Kind {
+    /// The register value as the type says (sign- or zero-extended from its width).
+    pub fn int_value(self, raw: u64) -> Option<i128> {
+        let Kind::Int { bits, signed } = self else { return None };
+        let shift = 64 - u32::from(bits);
+        Some(if signed {
+            i128::from(((raw << shift) as i64) >> shift)
+        } else {
+            i128::from((raw << shift) >> shift)
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    pub name: String,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    pub ret: Kind,
+    pub params: Vec<Param>,
+}
+
+/// Prototypes tracekit knows without `--sig`.
+const BUILTIN: &[&str] = &[
+    "char *readline(const char *prompt)",
+    "void *malloc(size_t size)",
+    "void free(void *ptr)",
+    "void *calloc(size_t nmemb, size_t size)",
+    "void *realloc(void *ptr, size_t size)",
+    "int open(const char *pathname, int flags, mode_t mode)",
+    "int open64(const char *pathname, int flags, mode_t mode)",
+    "int openat(int dirfd, const char *pathname, int flags, mode_t mode)",
+    "ssize_t read(int fd, void *buf, size_t count)",
+    "ssize_t write(int fd, const void *buf, size_t count)",
+    "int close(int fd)",
+    "int connect(int sockfd, const void *addr, socklen_t addrlen)",
+    "int getaddrinfo(const char *node, const char *service, const void *hints, void *res)",
+    "int SSL_read(void *ssl, void *buf, int num)",
+    "int SSL_write(void *ssl, const void *buf, int num)",
+    "char *getenv(const char *name)",
+    "int system(const char *command)",
+    "int execve(const char *pathname, void *argv, void *envp)",
+    "int puts(const char *s)",
+];
+
+/// The built-in signature of a function, by name.
+pub fn builtin(func: &str) -> Option<Signature> {
+    BUILTIN.iter().find_map(|p| match parse(p) {
+        Ok((name, sig)) if name == func => Some(sig),
+        _ => None,
+    })
+}
+
+/// Parses `RET NAME(TYPE NAME, …)`; returns the function's name and its signature.
+pub fn parse(proto: &str) -> Result<(String, Signature), String> {
+    let proto = proto.trim().trim_end_matches(';');
+    let (head, rest) = proto.split_once('(').ok_or("expected `RET NAME(ARGS)`, e.g. `int open(const char *path, int flags)`")?;
+    let inner = rest.strip_suffix(')').ok_or("missing the closing `)`")?;
+    let (ret_ty, name) = split_decl(head).ok_or_else(|| format!("cannot find the return type and name in `{head}`"))?;
+    if name.is_empty() {
+        return Err(format!("no function name in `{head}`"));
+    }
+    let ret = kind_of(&ret_ty)?;
+    let mut params = Vec::new();
+    let inner = inner.trim();
+    if !inner.is_empty() && inner != "void" {
+        for (i, p) in inner.split(',').enumerate() {
+            let p = p.trim();
+            if p == "..." {
+                break;
+            }
+            let (ty, pname) = match split_decl(p) {
+                Some((ty, n)) if !n.is_empty() && kind_of(&ty).is_ok() && !is_type_word(&n) => (ty, n),
+                _ => (p.to_owned(), format!("arg{i}")),
+            };
+            let kind = kind_of(&ty)?;
+            if kind == Kind::Void {
+                return Err(format!("parameter `{p}` cannot be void"));
+            }
+            params.push(Param { name: pname, kind });
+        }
+    }
+    if params.len() > 6 {
+        return Err(format!("{} parameters: only the first six (passed in registers) can be read", params.len()));
+    }
+    Ok((name, Signature { ret, params }))
+}
+
+/// `const char *prompt` → (`const char *`, `prompt`); `int` alone → (`int`, ``).
+fn split_decl(decl: &str) -> Option<(String, String)> {
+    let decl = decl.trim();
+    let name_start = decl.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+    let (ty, name) = decl.split_at(name_start);
+    if ty.trim().is_empty() {
+        // a lone word: a type without a name
+        return Some((name.to_owned(), String::new()));
+    }
+    Some((ty.trim().to_owned(), name.to_owned()))
+}
+
+fn is_type_word(w: &str) -> bool {
+    matches!(w, "int" | "long" | "short" | "char" | "unsigned" | "signed" | "void" | "const" | "size_t" | "ssize_t")
+}
+
+fn kind_of(ty: &str) -> Result<Kind, String> {
+    let stars = ty.matches('*').count();
+    let words: Vec<&str> = ty
+        .split(|c: char| c.is_whitespace() || c == '*')
+        .filter(|w| !w.is_empty() && !matches!(*w, "const" | "volatile" | "struct" | "enum" | "restrict"))
+        .collect();
+    if stars == 1 && words == ["char"] {
+        return Ok(Kind::Str);
+    }
+    if stars > 0 {
+        return Ok(Kind::Ptr);
+    }
+    let unsigned = words.contains(&"unsigned");
+    let base: Vec<&str> = words.iter().copied().filter(|w| !matches!(*w, "unsigned" | "signed")).collect();
+    let int = |bits, signed| Ok(Kind::Int { bits, signed });
+    match base.as_slice() {
+        ["void"] => Ok(Kind::Void),
+        [] | ["int"] => int(32, !unsigned),
+        ["char"] | ["int8_t"] => int(8, !unsigned),
+        ["uint8_t"] | ["bool"] | ["_Bool"] => int(8, false),
+        ["short"] | ["short", "int"] | ["int16_t"] => int(16, !unsigned),
+        ["uint16_t"] => int(16, false),
+        ["int32_t"] | ["pid_t"] => int(32, true),
+        ["uint32_t"] | ["socklen_t"] | ["mode_t"] | ["uid_t"] | ["gid_t"] => int(32, false),
+        ["long"] | ["long", "int"] | ["long", "long"] | ["long", "long", "int"] | ["int64_t"] | ["ssize_t"]
+        | ["off_t"] | ["intptr_t"] | ["ptrdiff_t"] => int(64, !unsigned),
+        ["uint64_t"] | ["size_t"] | ["uintptr_t"] => int(64, false),
+        _ if base.len() == 1 => Err(format!(
+            "unknown type `{ty}`: use int, long, size_t, char *, a pointer (`void *`), or (u)int8..64_t"
+        )),
+        _ => Err(format!("cannot read the type `{ty}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readline_prototype() {
+        let (name, sig) = parse("char *readline(const char *prompt)").unwrap();
+        assert_eq!(name, "readline");
+        assert_eq!(sig.ret, Kind::Str);
+        assert_eq!(sig.params, [Param { name: "prompt".into(), kind: Kind::Str }]);
+    }
+
+    #[test]
+    fn integer_widths_and_signs() {
+        let (_, sig) = parse("ssize_t f(int a, unsigned int b, size_t c, short d, unsigned char e, long long g)").unwrap();
+        let kinds: Vec<Kind> = sig.params.iter().map(|p| p.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::Int { bits: 32, signed: true },
+                Kind::Int { bits: 32, signed: false },
+                Kind::Int { bits: 64, signed: false },
+                Kind::Int { bits: 16, signed: true },
+                Kind::Int { bits: 8, signed: false },
+                Kind::Int { bits: 64, signed: true },
+            ]
+        );
+        assert_eq!(sig.ret, Kind::Int { bits: 64, signed: true });
+        assert_eq!(Kind::Int { bits: 32, signed: true }.int_value(0xffff_ffff), Some(-1));
+        assert_eq!(Kind::Int { bits: 32, signed: false }.int_value(0x1_ffff_ffff), Some(0xffff_ffff));
+        assert_eq!(Kind::Int { bits: 64, signed: true }.int_value(u64::MAX), Some(-1));
+    }
+
+    #[test]
+    fn pointers_unnamed_params_and_void() {
+        let (_, sig) = parse("void free(void *)").unwrap();
+        assert_eq!(sig.ret, Kind::Void);
+        assert_eq!(sig.params[0].kind, Kind::Ptr);
+        assert_eq!(sig.params[0].name, "arg0");
+        let (_, sig) = parse("int main(int argc, char **argv)").unwrap();
+        assert_eq!(sig.params[1].kind, Kind::Ptr);
+        let (_, sig) = parse("int f(void)").unwrap();
+        assert!(sig.params.is_empty());
+        let (_, sig) = parse("int printf(const char *fmt, ...)").unwrap();
+        assert_eq!(sig.params.len(), 1);
+    }
+
+    #[test]
+    fn bad_prototypes_say_why() {
+        assert!(parse("readline").unwrap_err().contains("expected"));
+        assert!(parse("int f(int a").unwrap_err().contains(")"));
+        assert!(parse("frobnicate_t f(int a)").unwrap_err().contains("unknown type"));
+        assert!(parse("int f(int a, int b, int c, int d, int e, int f, int g)").unwrap_err().contains("six"));
+    }
+
+    #[test]
+    fn builtins_parse() {
+        for p in BUILTIN {
+            parse(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        }
+        assert_eq!(builtin("malloc").unwrap().ret, Kind::Ptr);
+        assert!(builtin("no_such_function").is_none());
+    }
+}

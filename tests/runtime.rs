@@ -334,7 +334,7 @@ fn cleanup_after_head_in_a_shell_pipeline() {
     if !require_root("cleanup_after_head_in_a_shell_pipeline") {
         return;
     }
-    let mut sh = Command::new("bash")
+    let sh = Command::new("bash")
         .arg("-c")
         .arg(format!("set -o pipefail; {BIN} tcpstate | head -2"))
         .stdout(Stdio::piped())

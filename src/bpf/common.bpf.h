@@ -42,7 +42,10 @@ struct {
 	__type(value, struct tk_scratch);
 } tk_heap SEC(".maps");
 
-/* Thread groups of `-- CMD` and their descendants. */
+/* Thread groups of `-- CMD` and their descendants: TK_FOLLOW_ARMED until CMD is exec'ed (the
+ * held start is tracekit itself, which must not be traced), then TK_FOLLOW_ON. */
+#define TK_FOLLOW_ON 1
+#define TK_FOLLOW_ARMED 2
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TK_FOLLOW_MAX);
@@ -80,8 +83,12 @@ static __always_inline int tk_filter_allows(void)
 		return 0;
 	if (tk_filter.has_uid && (__u32)bpf_get_current_uid_gid() != tk_filter.uid)
 		return 0;
-	if (tk_filter.follow && !bpf_map_lookup_elem(&tk_follow, &tgid))
-		return 0;
+	if (tk_filter.follow) {
+		__u8 *state = bpf_map_lookup_elem(&tk_follow, &tgid);
+
+		if (!state || *state != TK_FOLLOW_ON)
+			return 0;
+	}
 	if (tk_filter.comm[0]) {
 		char comm[TK_COMM_LEN];
 
@@ -181,10 +188,24 @@ int BPF_PROG(tk_follow_fork, struct task_struct *parent, struct task_struct *chi
 {
 	__u32 ptgid = BPF_CORE_READ(parent, tgid);
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
-	__u8 one = 1;
+	__u8 *state;
 
-	if (ptgid != ctgid && bpf_map_lookup_elem(&tk_follow, &ptgid))
-		bpf_map_update_elem(&tk_follow, &ctgid, &one, BPF_ANY);
+	if (ptgid == ctgid)
+		return 0;
+	state = bpf_map_lookup_elem(&tk_follow, &ptgid);
+	if (state)
+		bpf_map_update_elem(&tk_follow, &ctgid, state, BPF_ANY);
+	return 0;
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(tk_follow_exec)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u8 *state = bpf_map_lookup_elem(&tk_follow, &tgid);
+
+	if (state && *state == TK_FOLLOW_ARMED)
+		*state = TK_FOLLOW_ON;
 	return 0;
 }
 

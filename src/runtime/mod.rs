@@ -184,7 +184,7 @@ impl Runtime {
             })?;
             let c = GatedChild::spawn(&self.args.command)?;
             skel.follow_map()
-                .update(&c.pid().to_ne_bytes(), &[1u8], MapFlags::ANY)
+                .update(&c.pid().to_ne_bytes(), &[skel::FOLLOW_ARMED], MapFlags::ANY)
                 .map_err(|e| Error::runtime(format!("following `-- CMD` (pid {}): {e}", c.pid()), None))?;
             child = Some(c);
         }

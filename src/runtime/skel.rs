@@ -50,6 +50,9 @@ pub trait CommonOpen {
     fn configure_common(&mut self, cfg: &CommonConfig<'_>) -> libbpf_rs::Result<()>;
 }
 
+/// Value in `tk_follow` for `-- CMD` until it execs (common.bpf.h TK_FOLLOW_ARMED).
+pub const FOLLOW_ARMED: u8 = 2;
+
 pub trait CommonLoaded {
     fn events_map(&self) -> &MapMut<'_>;
     fn drops_map(&self) -> &MapMut<'_>;
@@ -92,6 +95,7 @@ macro_rules! common_skel {
                 $crate::runtime::skel::configure_events_map(&mut self.maps.tk_events, cfg.transport)?;
                 self.progs.tk_follow_fork.set_autoload(f.follow);
                 self.progs.tk_follow_exit.set_autoload(f.follow);
+                self.progs.tk_follow_exec.set_autoload(f.follow);
                 Ok(())
             }
         }
@@ -107,7 +111,11 @@ macro_rules! common_skel {
                 &self.maps.tk_follow
             }
             fn attach_follow(&mut self) -> libbpf_rs::Result<Vec<libbpf_rs::Link>> {
-                Ok(vec![self.progs.tk_follow_fork.attach()?, self.progs.tk_follow_exit.attach()?])
+                Ok(vec![
+                    self.progs.tk_follow_fork.attach()?,
+                    self.progs.tk_follow_exit.attach()?,
+                    self.progs.tk_follow_exec.attach()?,
+                ])
             }
         }
 

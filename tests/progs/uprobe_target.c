@@ -1,0 +1,62 @@
+// A trace target with functions of known arguments, built by the tests. noipa keeps every
+// call a real call, as a uprobe needs.
+//   uprobe_target calls N   : tk_add/tk_greet/tk_slow from two threads, N rounds each
+//   uprobe_target malloc    : allocations of known sizes, then exit
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+__attribute__((noipa)) int tk_add(int a, int b)
+{
+	return a + b;
+}
+
+__attribute__((noipa)) long tk_greet(const char *name, int times)
+{
+	return (long)strlen(name) * times;
+}
+
+/* Sleeps `ms` milliseconds; returns thread * 1000 + round, so pairs can be checked. */
+__attribute__((noipa)) int tk_slow(int thread, int round, int ms)
+{
+	usleep(ms * 1000);
+	return thread * 1000 + round;
+}
+
+static int rounds;
+static volatile long sink; /* results are used, so no call is dropped */
+
+static void *worker(void *arg)
+{
+	int t = (int)(long)arg;
+
+	for (int i = 0; i < rounds; i++) {
+		sink += tk_add(t, -i - 7);
+		sink += tk_greet(t ? "threadone" : "zero", i + 1);
+		sink += tk_slow(t, i, t + 1);
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && !strcmp(argv[1], "malloc")) {
+		/* Sizes chosen to stand out from the loader's own allocations; volatile so the
+		 * compiler cannot drop the unused pair. */
+		char *volatile a = malloc(12345), *volatile b = malloc(54321);
+		a[0] = b[0] = 1;
+		free(a);
+		free(b);
+		return 0;
+	}
+	/* Give the tracer a moment: the test starts it before us, but be safe. */
+	rounds = argc > 2 ? atoi(argv[2]) : 5;
+	pthread_t th[2];
+	for (long t = 0; t < 2; t++)
+		pthread_create(&th[t], NULL, worker, (void *)t);
+	for (int t = 0; t < 2; t++)
+		pthread_join(th[t], NULL);
+	return 0;
+}

@@ -1,0 +1,296 @@
+//! uprobe end to end: an interactive bash on a pseudo-terminal, a test program with functions
+//! of known arguments (built here), libc's malloc under `-- CMD`, and every bad input.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::Duration;
+
+use common::{Tracer, assert_released, require_root, run};
+use serde_json::Value;
+
+fn tmp() -> &'static Path {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// A private copy of bash: uprobes are keyed by inode, so other tracers of /bin/bash on the
+/// machine cannot interfere with the test's probes.
+fn private_bash() -> PathBuf {
+    static BASH: OnceLock<PathBuf> = OnceLock::new();
+    BASH.get_or_init(|| {
+        let dst = tmp().join("tk-bash");
+        let staging = tmp().join(format!("tk-bash.{}", std::process::id()));
+        std::fs::copy("/bin/bash", &staging).expect("copy bash");
+        std::fs::rename(&staging, &dst).expect("install bash copy");
+        dst
+    })
+    .clone()
+}
+
+/// The test program of tests/progs, compiled with the system C compiler.
+fn target_program() -> PathBuf {
+    static PROG: OnceLock<PathBuf> = OnceLock::new();
+    PROG.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/uprobe_target.c");
+        let out = tmp().join("uprobe_target");
+        let status = Command::new("cc")
+            .args(["-O1", "-g", "-pthread", "-fno-inline", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("cc runs (gcc is part of the build requirements)");
+        assert!(status.success(), "compiling {}", src.display());
+        out
+    })
+    .clone()
+}
+
+/// `bash --norc -i` on a pseudo-terminal, fed `lines`, then `exit`. Returns bash's pid.
+fn interactive_bash(lines: &[&str]) -> u32 {
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two fds; the optional name/termios/winsize pointers are NULL.
+    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both fds were just created by openpty and are owned here.
+    let (mut master, slave) = unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) };
+    let mut child: Child = Command::new(private_bash())
+        .args(["--norc", "--noprofile", "-i"])
+        .env_clear()
+        .env("PS1", "tk$ ")
+        .env("TERM", "dumb")
+        .env("LANG", "C.UTF-8")
+        .env("INPUTRC", "/dev/null")
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .expect("bash starts");
+    let mut reader = master.try_clone().unwrap();
+    let drain = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    for line in lines {
+        master.write_all(line.as_bytes()).unwrap();
+        master.write_all(b"\n").unwrap();
+        thread::sleep(Duration::from_millis(50));
+    }
+    master.write_all(b"exit\n").unwrap();
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "bash: {status:?}");
+    drop(master);
+    let _ = drain.join();
+    pid
+}
+
+fn readline_lines(events: &[Value], pid: u32) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["pid"] == pid && e["func"] == "readline")
+        .filter_map(|e| e["ret"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn readline_lines_of_an_interactive_bash() {
+    if !require_root("readline_lines_of_an_interactive_bash") {
+        return;
+    }
+    let bash = private_bash();
+    let spec = format!("{}:readline", bash.display());
+    let long = format!("echo {}", "x".repeat(300));
+    let lines = ["echo one", "echo 'héllo wörld ✓ 日本'", long.as_str(), "true"];
+    let json = Tracer::start(&["uprobe", &spec, "--json"]);
+    let table = Tracer::start(&["uprobe", &spec]);
+    let pid = interactive_bash(&lines);
+    thread::sleep(Duration::from_millis(300));
+    let (json, table) = (json.stop(), table.stop());
+    assert!(json.status.success(), "{}", json.stderr);
+
+    let events = json.events();
+    let got = readline_lines(&events, pid);
+    assert_eq!(got[0], "echo one");
+    assert_eq!(got[1], "echo 'héllo wörld ✓ 日本'");
+    assert_eq!(got[2].len(), 255, "long line cut at the 256-byte buffer");
+    assert!(long.starts_with(&got[2]));
+    assert_eq!(got[3], "true");
+    assert_eq!(got[4], "exit");
+    let long_ev = events.iter().find(|e| e["ret"].as_str() == Some(got[2].as_str())).unwrap();
+    assert_eq!(long_ev["truncated"], true);
+    let first = events.iter().find(|e| e["pid"] == pid).unwrap();
+    assert_eq!(first["args"]["prompt"], "tk$ ");
+    assert_eq!(first["comm"], "tk-bash");
+    assert!(first["latency_ns"].as_u64().unwrap() > 0);
+
+    let rows: Vec<&String> = table.stdout.iter().filter(|l| l.starts_with(&pid.to_string())).collect();
+    assert!(rows.iter().any(|r| r.ends_with("readline(prompt=\"tk$ \") = \"echo one\"")), "{rows:#?}");
+    assert!(rows.iter().any(|r| r.contains("= \"echo 'héllo wörld ✓ 日本'\"")), "{rows:#?}");
+    assert!(rows.iter().any(|r| r.ends_with("xxx\"...")), "truncation marked: {rows:#?}");
+}
+
+#[test]
+fn pid_filter_on_another_process_sees_nothing() {
+    if !require_root("pid_filter_on_another_process_sees_nothing") {
+        return;
+    }
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let spec = format!("{}:readline", private_bash().display());
+    let t = Tracer::start(&["uprobe", &spec, "--json", "--pid", &sleeper.id().to_string()]);
+    let pid = interactive_bash(&["echo invisible"]);
+    thread::sleep(Duration::from_millis(300));
+    let out = t.stop();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(readline_lines(&out.events(), pid).is_empty(), "{:?}", out.stdout);
+}
+
+#[test]
+fn signatures_and_two_threads_pair_entry_with_return() {
+    if !require_root("signatures_and_two_threads_pair_entry_with_return") {
+        return;
+    }
+    let prog = target_program();
+    let p = prog.display().to_string();
+    let out = run(&[
+        "uprobe",
+        &format!("{p}:tk_add"),
+        &format!("{p}:tk_greet"),
+        &format!("{p}:tk_slow"),
+        "--sig",
+        "int tk_add(int a, int b)",
+        "--sig",
+        "long tk_greet(const char *name, int times)",
+        "--sig",
+        "int tk_slow(int thread, int round, int ms)",
+        "--json",
+        "--",
+        &p,
+        "calls",
+        "5",
+    ]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let events = out.events();
+    let of = |f: &str| events.iter().filter(|e| e["func"] == f).collect::<Vec<_>>();
+    let (adds, greets, slows) = (of("tk_add"), of("tk_greet"), of("tk_slow"));
+    assert_eq!((adds.len(), greets.len(), slows.len()), (10, 10, 10), "{:#?}", out.stdout);
+    for e in &adds {
+        let (a, b) = (e["args"]["a"].as_i64().unwrap(), e["args"]["b"].as_i64().unwrap());
+        assert!(b < 0, "negative ints decode as negative: {e}");
+        assert_eq!(e["ret"].as_i64().unwrap(), a + b, "{e}");
+    }
+    for e in &greets {
+        let name = e["args"]["name"].as_str().unwrap();
+        assert!(name == "zero" || name == "threadone", "{e}");
+        let times = e["args"]["times"].as_i64().unwrap();
+        assert_eq!(e["ret"].as_i64().unwrap(), name.len() as i64 * times);
+    }
+    let tids: std::collections::BTreeSet<_> = slows.iter().map(|e| e["tid"].as_u64().unwrap()).collect();
+    assert_eq!(tids.len(), 2, "two threads");
+    for e in &slows {
+        let (t, r, ms) = (e["args"]["thread"].as_i64().unwrap(), e["args"]["round"].as_i64().unwrap(), e["args"]["ms"].as_i64().unwrap());
+        assert_eq!(e["ret"].as_i64().unwrap(), t * 1000 + r, "entry paired with its own return: {e}");
+        assert!(e["latency_ns"].as_u64().unwrap() >= ms as u64 * 1_000_000, "latency >= sleep: {e}");
+    }
+}
+
+#[test]
+fn raw_arguments_without_a_signature() {
+    if !require_root("raw_arguments_without_a_signature") {
+        return;
+    }
+    let p = target_program().display().to_string();
+    let out = run(&["uprobe", &format!("{p}:tk_add"), "--json", "--entry-only", "--", &p, "calls", "1"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let events = out.events();
+    assert_eq!(events.len(), 2, "{:#?}", out.stdout);
+    let e = events.iter().find(|e| e["args"]["arg0"] == "0x1").expect("thread 1's call");
+    assert_eq!(e["args"]["arg1"], "0xfffffff9", "-7 (round 0) as a raw 32-bit register value");
+    assert!(e.get("ret").is_none() && e.get("latency_ns").is_none());
+}
+
+#[test]
+fn libc_malloc_of_the_child_only() {
+    if !require_root("libc_malloc_of_the_child_only") {
+        return;
+    }
+    let p = target_program().display().to_string();
+    let out = run(&["uprobe", "libc:malloc", "--json", "--", &p, "malloc"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let events = out.events();
+    let sizes: Vec<i64> = events.iter().filter_map(|e| e["args"]["size"].as_i64()).collect();
+    assert!(sizes.contains(&12345) && sizes.contains(&54321), "{sizes:?}");
+    let pids: std::collections::BTreeSet<_> = events.iter().map(|e| e["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids.len(), 1, "only the child: {pids:?}");
+    let big = events.iter().find(|e| e["args"]["size"] == 12345).unwrap();
+    assert_eq!(big["comm"], "uprobe_target");
+    assert!(big["ret"].as_str().unwrap().starts_with("0x"), "a pointer prints as hex: {big}");
+}
+
+#[test]
+fn uretprobe_alias_returns_only() {
+    if !require_root("uretprobe_alias_returns_only") {
+        return;
+    }
+    let p = target_program().display().to_string();
+    let out = run(&["uretprobe", &format!("{p}:tk_add"), "--sig", "int tk_add(int a, int b)", "--json", "--", &p, "calls", "1"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let events = out.events();
+    assert_eq!(events.len(), 2);
+    assert!(events.iter().all(|e| e.get("args").is_none() && e["ret"].is_i64()));
+}
+
+#[test]
+fn cleanup_after_sigint() {
+    if !require_root("uprobe cleanup_after_sigint") {
+        return;
+    }
+    let t = Tracer::start(&["uprobe", &format!("{}:readline", private_bash().display())]);
+    let ids = t.ids.clone();
+    let out = t.stop();
+    assert!(out.status.success());
+    assert_released(&ids, "uprobe SIGINT");
+}
+
+#[test]
+fn bad_input_is_explained() {
+    if !require_root("uprobe bad_input_is_explained") {
+        return;
+    }
+    let cases: &[(&[&str], i32, &str, &str)] = &[
+        (&["uprobe", "/no/such/bin:main"], 2, "binary `/no/such/bin` not found", "hint:"),
+        (&["uprobe", "/etc/passwd:main"], 1, "is not an ELF file", "hint:"),
+        (&["uprobe", "/bin/bash:readlin"], 2, "symbol `readlin` not found", "did you mean `readline`"),
+        (&["uprobe", "bash:zz_no_such_*"], 2, "no function in", "tracekit list"),
+        (&["uprobe", "libc:*"], 2, "at most 64", "narrow the glob"),
+        (&["uprobe", "readline"], 2, "bad probe `readline`", "BINARY:SYMBOL"),
+        (&["uprobe", "bash:readline", "--sig", "frob readline(int)"], 2, "bad --sig", "unknown type"),
+        (&["uprobe", "no-such-lib-xyz:f"], 2, "not found", "library name"),
+    ];
+    for (args, code, msg, hint) in cases {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(msg), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(hint), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn list_shows_functions() {
+    let out = run(&["list", "/bin/bash", "readline*"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stdout.iter().any(|l| l.ends_with(" readline")), "{:?}", out.stdout);
+    let out = run(&["list", "libc", "malloc", "--json"]);
+    let v: Value = serde_json::from_str(&out.stdout[0]).unwrap();
+    assert_eq!(v["name"], "malloc");
+    assert!(v["size"].as_u64().unwrap() > 0);
+}

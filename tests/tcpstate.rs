@@ -87,9 +87,14 @@ fn check_connection(events: &[Value], v6: bool, port: u16, client_port: u16) {
     expected.sort();
     assert_eq!(seen, expected, "transitions per socket; events: {socks:#?}");
 
+    // Transitions made by a system call carry the caller; the others happen in softirq context,
+    // which on loopback is usually the sender but may be ksoftirqd on a slow machine.
+    const BY_SYSCALL: &[&str] = &["CLOSE>LISTEN", "LISTEN>CLOSE", "CLOSE>SYN_SENT", "ESTABLISHED>FIN_WAIT1", "CLOSE_WAIT>LAST_ACK"];
     for evs in socks.values() {
         for e in evs {
-            assert_eq!(e["pid"], me, "pid of {e}");
+            if BY_SYSCALL.contains(&transitions(&[e])[0].as_str()) {
+                assert_eq!(e["pid"], me, "pid of {e}");
+            }
             assert_eq!(e["family"], family);
             assert!(e["ms"].as_f64().unwrap() >= 0.0);
         }

@@ -167,13 +167,30 @@ impl Runtime {
 
     /// Streams events until Ctrl-C/SIGTERM, --duration, --count, a closed stdout or the end of
     /// `-- CMD`; prints them; reports losses. Returns the exit status.
+    ///
+    /// `attach` runs once the event channel is open, so no event is lost in between (a perf
+    /// buffer does not exist for the kernel until it is opened).
     pub fn stream<P: Printer, S: CommonLoaded>(
         &mut self,
-        skel: &mut S,
+        skel: &S,
         transport: Transport,
         printer: P,
-        links: Vec<Link>,
+        attach: impl FnOnce(&S) -> Result<Vec<Link>, Error>,
     ) -> Result<i32, Error> {
+        let sink = Sink::new(self.args.json, self.args.timestamp, kernel::monotonic_to_realtime_ns());
+        let state = RefCell::new(StreamState {
+            printer,
+            sink,
+            events: 0,
+            limit: self.args.count,
+            done: false,
+            write_error: None,
+            malformed: 0,
+            first_event: None,
+        });
+        let perf_lost = Cell::new(0u64);
+        let source = EventSource::new(skel, transport, &state, &perf_lost)?;
+        let links = self.step("attach", || attach(skel))?;
         let mut child = None;
         let mut follow_links = Vec::new();
         if self.filter.follow {
@@ -189,18 +206,6 @@ impl Runtime {
             child = Some(c);
         }
         self.say(format_args!("attached after {:.2} ms", self.started.elapsed().as_secs_f64() * 1e3));
-
-        let sink = Sink::new(self.args.json, self.args.timestamp, kernel::monotonic_to_realtime_ns());
-        let state = RefCell::new(StreamState {
-            printer,
-            sink,
-            events: 0,
-            limit: self.args.count,
-            done: false,
-            write_error: None,
-            malformed: 0,
-            first_event: None,
-        });
         {
             let mut st = state.borrow_mut();
             if !st.sink.json {
@@ -208,8 +213,6 @@ impl Runtime {
                 st.note_write(r);
             }
         }
-        let perf_lost = Cell::new(0u64);
-        let source = EventSource::new(skel, transport, &state, &perf_lost)?;
         if let Some(c) = child.as_mut() {
             c.release()?;
         }

@@ -58,7 +58,7 @@ pub trait CommonLoaded {
     fn drops_map(&self) -> &MapMut<'_>;
     fn follow_map(&self) -> &MapMut<'_>;
     /// Attaches the `-- CMD` descendant tracking (loaded only in that mode).
-    fn attach_follow(&mut self) -> libbpf_rs::Result<Vec<Link>>;
+    fn attach_follow(&self) -> libbpf_rs::Result<Vec<Link>>;
 }
 
 /// Implements [`CommonOpen`] and [`CommonLoaded`] for one tool's generated skeleton and the
@@ -110,7 +110,7 @@ macro_rules! common_skel {
             fn follow_map(&self) -> &libbpf_rs::MapMut<'_> {
                 &self.maps.tk_follow
             }
-            fn attach_follow(&mut self) -> libbpf_rs::Result<Vec<libbpf_rs::Link>> {
+            fn attach_follow(&self) -> libbpf_rs::Result<Vec<libbpf_rs::Link>> {
                 Ok(vec![
                     self.progs.tk_follow_fork.attach()?,
                     self.progs.tk_follow_exit.attach()?,

@@ -148,17 +148,19 @@ pub fn run(args: TcpstateArgs) -> Result<i32, Error> {
     open.progs.tp_btf__inet_sock_set_state.set_autoload(hook == Hook::TpBtf);
     open.progs.tp__inet_sock_set_state.set_autoload(hook == Hook::Tracepoint);
 
-    let mut skel: TcpstateSkel<'_> = rt.load("tcpstate", open)?;
-    let link = rt.step("attach", || match hook {
-        Hook::TpBtf => skel.progs.tp_btf__inet_sock_set_state.attach(),
-        Hook::Tracepoint => skel.progs.tp__inet_sock_set_state.attach(),
-    });
-    let link = link.map_err(|source| Error::Attach {
-        what: "inet_sock_set_state".into(),
-        hint: Some("run `tracekit probe`, or try --backend tracepoint".into()),
-        source,
-    })?;
-    rt.stream(&mut skel, transport, TcpstatePrinter { wide: args.wide }, vec![link])
+    let skel: TcpstateSkel<'_> = rt.load("tcpstate", open)?;
+    rt.stream(&skel, transport, TcpstatePrinter { wide: args.wide }, |skel| {
+        let link = match hook {
+            Hook::TpBtf => skel.progs.tp_btf__inet_sock_set_state.attach(),
+            Hook::Tracepoint => skel.progs.tp__inet_sock_set_state.attach(),
+        };
+        let link = link.map_err(|source| Error::Attach {
+            what: "inet_sock_set_state".into(),
+            hint: Some("run `tracekit probe`, or try --backend tracepoint".into()),
+            source,
+        })?;
+        Ok(vec![link])
+    })
 }
 
 const STATES: [&str; 13] = [

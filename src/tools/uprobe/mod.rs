@@ -245,7 +245,8 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
     let skel: UprobeSkel<'_> = rt.load("uprobe", open)?;
 
     let attach_pid = pid.map_or(-1, |p| p as i32);
-    let links = rt.step("attach", || -> Result<Vec<libbpf_rs::Link>, Error> {
+    let printer = UprobePrinter { probes: probes.clone(), want_entry, want_return };
+    rt.stream(&skel, transport, printer, |skel| {
         let mut links = Vec::new();
         for (id, p) in probes.iter().enumerate() {
             let progs = [(want_entry, &skel.progs.uprobe__generic, false), (want_return, &skel.progs.uretprobe__generic, true)];
@@ -261,10 +262,7 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
             }
         }
         Ok(links)
-    })?;
-    let mut skel = skel;
-    let printer = UprobePrinter { probes, want_entry, want_return };
-    rt.stream(&mut skel, transport, printer, links)
+    })
 }
 
 fn attach_error(p: &Probe, source: libbpf_rs::Error) -> Error {

@@ -37,6 +37,8 @@ enum Command {
     Probe(tools::probe::ProbeArgs),
     /// TCP state transitions (like libbpf-tools tcpstates)
     Tcpstate(tools::tcpstate::TcpstateArgs),
+    /// Kernel function calls: BTF-decoded arguments, return value, latency
+    Kprobe(tools::kprobe::KprobeArgs),
     /// User-space function calls: arguments, return value, latency
     Uprobe(tools::uprobe::UprobeArgs),
     /// User-space function returns (uprobe --return-only)
@@ -56,6 +58,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::Probe(a) => tools::probe::run(&a),
         Command::Tcpstate(a) => tools::tcpstate::run(a),
+        Command::Kprobe(a) => tools::kprobe::run(a),
         Command::Uprobe(a) => tools::uprobe::run(a, false),
         Command::Uretprobe(a) => tools::uprobe::run(a, true),
         Command::List(a) => tools::list::run(&a),

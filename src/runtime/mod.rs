@@ -2,6 +2,7 @@
 //! stream → decode → print → detach. A tool contributes its skeleton, its plan and a [`Printer`].
 
 pub mod args;
+pub mod btf;
 pub mod child;
 pub mod filter;
 pub mod kernel;

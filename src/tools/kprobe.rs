@@ -1,0 +1,543 @@
+//! `tracekit kprobe FUNC…`: kernel function calls with arguments decoded from BTF, the return
+//! value and the latency. fentry/fexit when the kernel allows tracing programs, else
+//! kprobe/kretprobe; no compiler at run time: user space turns each prototype (and `-a` field
+//! paths) into a decode plan in rodata that one generic program per backend executes.
+
+use std::io::{self, Write};
+use std::mem::MaybeUninit;
+
+use clap::{Args, ValueEnum};
+use libbpf_rs::skel::OpenSkel;
+
+use crate::error::Error;
+use crate::runtime::btf::{Fetch, KernelBtf, Prototype, ValueKind};
+use crate::runtime::output::{Header, Sink, c_chars};
+use crate::runtime::probe::{Feature, Status};
+use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime};
+
+mod skel {
+    #![allow(clippy::all, non_camel_case_types, non_snake_case, dead_code, unused_imports)]
+    include!(concat!(env!("OUT_DIR"), "/kprobe.skel.rs"));
+}
+use skel::{KprobeSkel, KprobeSkelBuilder, OpenKprobeSkel, types};
+
+crate::common_skel!(skel, OpenKprobeSkel, KprobeSkel);
+
+// SAFETY: generated from BTF: integers and byte arrays only.
+unsafe impl plain::Plain for types::tk_kprobe_event {}
+
+/// Must match kprobe.h.
+pub const MAX_FUNCS: usize = 16;
+const MAX_FETCHES: usize = 8;
+const STRS: usize = 2;
+const STR_LEN: usize = 256;
+const F_RETURN: u32 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// fentry/fexit when possible, else kprobe/kretprobe
+    Auto,
+    /// BPF trampolines (5.5+, needs BTF and ftrace direct calls): cheapest
+    Fentry,
+    /// kprobe/kretprobe (needs CONFIG_KPROBES)
+    Kprobe,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "EXAMPLES:\n    \
+    tracekit kprobe do_sys_openat2                          # every open: path, flags, fd\n    \
+    tracekit kprobe do_sys_openat2 -a how->flags -a how->mode\n    \
+    tracekit kprobe 'tcp_v4_*' --entry-only -c curl         # curl's IPv4 TCP calls\n    \
+    tracekit kprobe vfs_read -a 'file->f_path.dentry->d_name.name' -p 1234\n    \
+    tracekit list kernel 'do_sys_*'                         # what can be traced\n\n\
+Arguments print by their BTF type: integers, enum names, `char *` as strings, other pointers as\n\
+hex; negative error returns by name (-ENOENT).")]
+pub struct KprobeArgs {
+    /// Kernel functions (comma-separated or repeated; globs allowed, at most 16)
+    #[arg(required = true, value_name = "FUNC", value_delimiter = ',')]
+    pub funcs: Vec<String>,
+
+    /// Also print this field path from an argument (repeatable): `how->flags`, `sk->__sk_common.skc_num`
+    #[arg(short = 'a', long = "arg", value_name = "EXPR")]
+    pub fields: Vec<String>,
+
+    /// Trace entry only: arguments, no return value or latency
+    #[arg(long)]
+    pub entry_only: bool,
+
+    /// How to attach
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// One traced function and how its values print.
+#[derive(Debug, Clone)]
+struct Traced {
+    name: String,
+    proto: Prototype,
+    fetches: Vec<Fetch>,
+    /// String slot of each fetch.
+    str_slots: Vec<Option<usize>>,
+}
+
+fn did_you_mean(names: &[String], want: &str) -> Option<String> {
+    let mut scored: Vec<(f64, &String)> =
+        names.iter().map(|n| (strsim::jaro_winkler(want, n), n)).filter(|(s, _)| *s > 0.9).collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let best: Vec<String> = scored.into_iter().take(3).map(|(_, n)| format!("`{n}`")).collect();
+    (!best.is_empty()).then(|| format!("did you mean {}?", best.join(", ")))
+}
+
+/// FUNC arguments (names and globs) → the functions to trace, each with its prototype.
+fn expand(btf: &KernelBtf, wanted: &[String]) -> Result<Vec<(String, Prototype)>, Error> {
+    let names = btf.func_names();
+    let mut out: Vec<(String, Prototype)> = Vec::new();
+    for w in wanted {
+        let w = w.trim();
+        if w.contains(['*', '?', '[']) {
+            let pat = glob::Pattern::new(w).map_err(|e| Error::usage(format!("bad glob `{w}`: {e}"), None))?;
+            let hits: Vec<&String> = names.iter().filter(|n| pat.matches(n)).collect();
+            if hits.is_empty() {
+                return Err(Error::usage(
+                    format!("no kernel function matches `{w}`"),
+                    Some(format!("see `tracekit list kernel '{w}'`")),
+                ));
+            }
+            for n in hits {
+                if let Some(p) = btf.prototype(n) {
+                    out.push((n.clone(), p));
+                }
+            }
+        } else {
+            let p = btf.prototype(w).ok_or_else(|| {
+                Error::usage(
+                    format!("kernel function `{w}` not found"),
+                    Some(did_you_mean(&names, w).unwrap_or_else(|| format!("see `tracekit list kernel '*{w}*'`"))),
+                )
+            })?;
+            out.push((w.to_owned(), p));
+        }
+    }
+    out.dedup_by(|a, b| a.0 == b.0);
+    if out.len() > MAX_FUNCS {
+        return Err(Error::usage(
+            format!("{} functions match, but at most {MAX_FUNCS} can be traced at once", out.len()),
+            Some("narrow the glob (see `tracekit list kernel GLOB`)".into()),
+        ));
+    }
+    Ok(out)
+}
+
+fn plan_values(btf: &KernelBtf, funcs: Vec<(String, Prototype)>, fields: &[String]) -> Result<Vec<Traced>, Error> {
+    let mut used = vec![false; fields.len()];
+    let mut traced = Vec::new();
+    for (name, proto) in funcs {
+        let mut fetches: Vec<Fetch> = proto
+            .params
+            .iter()
+            .take(6)
+            .enumerate()
+            .map(|(i, (pname, kind, _))| Fetch { label: pname.clone(), arg: i as u8, offsets: vec![], kind: kind.clone() })
+            .collect();
+        for (fi, expr) in fields.iter().enumerate() {
+            let first = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("");
+            if !proto.params.iter().any(|(n, _, _)| n == first) {
+                continue;
+            }
+            used[fi] = true;
+            let f = btf
+                .resolve_path(&proto, expr)
+                .map_err(|why| Error::usage(format!("-a `{expr}` on `{name}`: {why}"), None))?;
+            fetches.push(f);
+        }
+        if fetches.len() > MAX_FETCHES {
+            return Err(Error::usage(
+                format!("`{name}`: {} values (arguments and -a fields), at most {MAX_FETCHES}", fetches.len()),
+                Some("use fewer -a fields".into()),
+            ));
+        }
+        let mut next = 0;
+        let str_slots = fetches
+            .iter()
+            .map(|f| {
+                (f.kind == ValueKind::Str && next < STRS).then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        traced.push(Traced { name, proto, fetches, str_slots });
+    }
+    if let Some(i) = used.iter().position(|u| !u) {
+        return Err(Error::usage(
+            format!("-a `{}` names no parameter of the traced functions", fields[i]),
+            Some("start the path with a parameter name; `tracekit list kernel FUNC` shows them".into()),
+        ));
+    }
+    Ok(traced)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Fentry,
+    Kprobe,
+}
+
+/// The syscall tracepoints closest to a function, as the hint when it cannot be traced.
+fn alternative(func: &str) -> String {
+    let sys = func.trim_start_matches("__x64_").trim_start_matches("do_").trim_start_matches("sys_");
+    if func.contains("sys_") {
+        format!(
+            "trace the syscall tracepoints instead (syscalls:sys_enter_{sys} / sys_exit_{sys}); \
+             `tracekit probe` shows what this kernel supports"
+        )
+    } else {
+        "run on a kernel with CONFIG_KPROBES or fentry support; `tracekit probe` shows what this kernel supports".into()
+    }
+}
+
+fn plan(rt: &Runtime, backend: Backend, first: &str, want_return: bool) -> Result<Hook, Error> {
+    let fentry = if want_return {
+        match (rt.probes.get(Feature::Fentry), rt.probes.get(Feature::Fexit)) {
+            (Status::Supported, s) => s.clone(),
+            (s, _) => s.clone(),
+        }
+    } else {
+        rt.probes.get(Feature::Fentry).clone()
+    };
+    let kprobe = if want_return {
+        match (rt.probes.get(Feature::Kprobe), rt.probes.get(Feature::Kretprobe)) {
+            (Status::Supported, s) => s.clone(),
+            (s, _) => s.clone(),
+        }
+    } else {
+        rt.probes.get(Feature::Kprobe).clone()
+    };
+    let unsupported = |feature: &'static str, s: &Status| Error::Unsupported {
+        feature,
+        reason: s.detail(),
+        hint: Some(alternative(first)),
+    };
+    let hook = match backend {
+        Backend::Fentry if fentry.is_supported() => Hook::Fentry,
+        Backend::Fentry => return Err(unsupported("fentry", &fentry)),
+        Backend::Kprobe if kprobe.is_supported() => Hook::Kprobe,
+        Backend::Kprobe => return Err(unsupported("kprobe", &kprobe)),
+        Backend::Auto if fentry.is_supported() => Hook::Fentry,
+        Backend::Auto if kprobe.is_supported() => Hook::Kprobe,
+        Backend::Auto => {
+            return Err(Error::Unsupported {
+                feature: "kprobe",
+                reason: format!("kprobes: {}; fentry: {}", kprobe.detail(), fentry.detail()),
+                hint: Some(alternative(first)),
+            });
+        }
+    };
+    match hook {
+        Hook::Fentry => rt.say("plan: fentry/fexit (BPF trampolines)"),
+        Hook::Kprobe => rt.say(format_args!("plan: kprobe/kretprobe (fentry: {fentry})")),
+    }
+    Ok(hook)
+}
+
+fn prog_name(hook: Hook, ret: bool, slot: usize) -> String {
+    match (hook, ret) {
+        (Hook::Fentry, false) => format!("tk_fentry_{slot}"),
+        (Hook::Fentry, true) => format!("tk_fexit_{slot}"),
+        (Hook::Kprobe, false) => format!("tk_kprobe_{slot}"),
+        (Hook::Kprobe, true) => format!("tk_kretprobe_{slot}"),
+    }
+}
+
+pub fn run(args: KprobeArgs) -> Result<i32, Error> {
+    let mut rt = Runtime::new(args.common.clone())?;
+    let btf = rt.step("btf", || KernelBtf::load(rt.args.btf.as_deref()))?;
+    let funcs = expand(&btf, &args.funcs)?;
+    let traced = plan_values(&btf, funcs, &args.fields)?;
+    drop(btf);
+    let want_return = !args.entry_only;
+    let hook = plan(&rt, args.backend, &traced[0].name, want_return)?;
+    for t in &traced {
+        rt.say(format_args!("{}: {}", t.name, t.proto.c_decl));
+    }
+    let transport = rt.transport()?;
+
+    let mut storage = MaybeUninit::uninit();
+    let mut open: OpenKprobeSkel<'_> = rt.open("kprobe", KprobeSkelBuilder::default(), &mut storage)?;
+    open.configure_common(&CommonConfig { filter: &rt.filter, transport })
+        .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))?;
+    {
+        let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
+        let c = &mut ro.tk_kprobe;
+        c.want_return = want_return as u32;
+        for (slot, t) in traced.iter().enumerate() {
+            let f = &mut c.funcs[slot];
+            f.nargs = t.proto.params.len() as u32;
+            f.nfetch = t.fetches.len() as u32;
+            for ((dst, src), s) in f.fetch.iter_mut().zip(&t.fetches).zip(&t.str_slots) {
+                dst.arg = src.arg;
+                dst.nderef = src.offsets.len() as u8;
+                dst.off[..src.offsets.len()].copy_from_slice(&src.offsets);
+                dst.str_slot = s.map_or(0, |s| s as u8 + 1);
+            }
+        }
+    }
+    let wanted: Vec<(String, usize, bool)> = traced
+        .iter()
+        .enumerate()
+        .flat_map(|(slot, _)| {
+            let mut v = vec![(prog_name(hook, false, slot), slot, false)];
+            if want_return {
+                v.push((prog_name(hook, true, slot), slot, true));
+            }
+            v
+        })
+        .collect();
+    for mut prog in open.open_object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        match wanted.iter().find(|(n, _, _)| *n == name) {
+            Some((_, slot, _)) => {
+                prog.set_autoload(true);
+                if hook == Hook::Fentry {
+                    prog.set_attach_target(0, Some(traced[*slot].name.clone())).map_err(|e| {
+                        Error::runtime(format!("setting the fentry target `{}`: {e}", traced[*slot].name), None)
+                    })?;
+                }
+            }
+            None if name.starts_with("tk_follow") => {}
+            None => prog.set_autoload(false),
+        }
+    }
+    let skel: KprobeSkel<'_> = rt.load("kprobe", open)?;
+    let names: Vec<String> = traced.iter().map(|t| t.name.clone()).collect();
+    let printer = KprobePrinter { traced, want_return };
+    rt.stream(&skel, transport, printer, |skel| {
+        use libbpf_rs::skel::Skel;
+        let mut links = Vec::new();
+        for prog in skel.object().progs_mut() {
+            let pname = prog.name().to_string_lossy().into_owned();
+            let Some((_, slot, ret)) = wanted.iter().find(|(n, _, _)| *n == pname) else { continue };
+            let func = &names[*slot];
+            let link = match hook {
+                Hook::Fentry => prog.attach(),
+                Hook::Kprobe => prog.attach_kprobe(*ret, func),
+            };
+            links.push(link.map_err(|source| Error::Attach {
+                what: format!("{} {func}", if *ret { "return probe on" } else { "probe on" }),
+                hint: Some(match source.kind() {
+                    libbpf_rs::ErrorKind::NotFound => format!(
+                        "`{func}` may be inlined or not traceable (notrace); see `tracekit list kernel '{func}'`"
+                    ),
+                    _ => alternative(func),
+                }),
+                source,
+            })?);
+        }
+        Ok(links)
+    })
+}
+
+struct KprobePrinter {
+    traced: Vec<Traced>,
+    want_return: bool,
+}
+
+/// A number or string, as BTF says it prints.
+enum Shown<'a> {
+    Signed(i64),
+    Unsigned(u64),
+    Hex(u64),
+    Octal(u64),
+    Bool(bool),
+    Enum(&'a str),
+    Str(std::borrow::Cow<'a, str>, bool),
+    Null,
+}
+
+fn sign_extend(raw: u64, bytes: u8) -> i64 {
+    let shift = 64 - 8 * u32::from(bytes.clamp(1, 8));
+    ((raw << shift) as i64) >> shift
+}
+
+fn mask(raw: u64, bytes: u8) -> u64 {
+    if bytes >= 8 { raw } else { raw & ((1u64 << (8 * bytes)) - 1) }
+}
+
+fn shown<'a>(label: &str, kind: &'a ValueKind, raw: u64, s: Option<(std::borrow::Cow<'a, str>, bool)>) -> Shown<'a> {
+    let leaf = label.rsplit(['>', '.']).next().unwrap_or(label);
+    match kind {
+        ValueKind::Int { bytes, signed: true } => Shown::Signed(sign_extend(raw, *bytes)),
+        ValueKind::Int { bytes, signed: false } if leaf.ends_with("mode") => Shown::Octal(mask(raw, *bytes)),
+        ValueKind::Int { bytes, signed: false } if leaf.ends_with("flags") => Shown::Hex(mask(raw, *bytes)),
+        ValueKind::Int { bytes, signed: false } => Shown::Unsigned(mask(raw, *bytes)),
+        ValueKind::Bool => Shown::Bool(raw & 0xff != 0),
+        ValueKind::Enum { bytes, signed, variants } => {
+            let v = if *signed { sign_extend(raw, *bytes) } else { mask(raw, *bytes) as i64 };
+            match variants.iter().find(|(val, _)| *val == v) {
+                Some((_, name)) => Shown::Enum(name),
+                None => Shown::Signed(v),
+            }
+        }
+        ValueKind::Str if raw == 0 => Shown::Null,
+        ValueKind::Str => s.map_or(Shown::Hex(raw), |(t, trunc)| Shown::Str(t, trunc)),
+        _ => Shown::Hex(raw),
+    }
+}
+
+fn write_shown(w: &mut impl Write, v: &Shown<'_>) -> io::Result<()> {
+    match v {
+        Shown::Signed(i) => write!(w, "{i}"),
+        Shown::Unsigned(u) => write!(w, "{u}"),
+        Shown::Hex(h) => write!(w, "{h:#x}"),
+        Shown::Octal(0) => w.write_all(b"0"),
+        Shown::Octal(o) => write!(w, "0{o:o}"),
+        Shown::Bool(b) => write!(w, "{b}"),
+        Shown::Enum(n) => w.write_all(n.as_bytes()),
+        Shown::Str(s, trunc) => write!(w, "{:?}{}", s.as_ref(), if *trunc { "..." } else { "" }),
+        Shown::Null => w.write_all(b"NULL"),
+    }
+}
+
+fn json_shown(out: &mut Sink, key: &str, v: &Shown<'_>) -> io::Result<()> {
+    match v {
+        Shown::Signed(i) => out.field_i128(key, (*i).into()),
+        Shown::Unsigned(u) | Shown::Octal(u) => out.field_u64(key, *u),
+        Shown::Hex(h) => out.field_display(key, format_args!("{h:#x}")),
+        Shown::Bool(b) => out.field_raw(key, if *b { "true" } else { "false" }),
+        Shown::Enum(n) => out.field_str(key, n),
+        Shown::Str(s, _) => out.field_str(key, s),
+        Shown::Null => out.field_raw(key, "null"),
+    }
+}
+
+/// A negative return in the errno range, by name (-ENOENT).
+fn errno_of(kind: &ValueKind, raw: u64) -> Option<nix::errno::Errno> {
+    let v = match kind {
+        ValueKind::Int { bytes, signed: true } => sign_extend(raw, *bytes),
+        ValueKind::Ptr { .. } | ValueKind::Str => raw as i64, // ERR_PTR
+        _ => return None,
+    };
+    (-4095..0).contains(&v).then(|| nix::errno::Errno::from_raw(-v as i32))
+}
+
+fn slot_str(ev: &types::tk_kprobe_event, slot: Option<usize>) -> Option<(std::borrow::Cow<'_, str>, bool)> {
+    let slot = slot?;
+    let len = *ev.str_len.get(slot)?;
+    (len > 0).then(|| (c_chars(&ev.str[slot * STR_LEN..(slot + 1) * STR_LEN]), len as usize >= STR_LEN))
+}
+
+impl Printer for KprobePrinter {
+    type Event = types::tk_kprobe_event;
+    const COLUMNS: &'static str = "PID     COMM               LAT(ms) CALL";
+
+    fn header(ev: &Self::Event) -> Header {
+        Header::from(&ev.hdr)
+    }
+
+    fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
+        let h = Header::from(&ev.hdr);
+        let Some(t) = self.traced.get(ev.slot as usize) else { return Ok(()) };
+        let w = out.w();
+        write!(w, "{:<7} {:<15} ", h.pid, crate::runtime::output::c_str(&h.comm))?;
+        if ev.flags & F_RETURN != 0 {
+            write!(w, "{:>10.3} ", ev.latency_ns as f64 / 1e6)?;
+        } else {
+            write!(w, "{:>10} ", "-")?;
+        }
+        write!(w, "{}(", t.name)?;
+        for (i, f) in t.fetches.iter().enumerate() {
+            write!(w, "{}{}=", if i > 0 { ", " } else { "" }, f.label)?;
+            write_shown(w, &shown(&f.label, &f.kind, ev.vals[i], slot_str(ev, t.str_slots[i])))?;
+        }
+        w.write_all(b")")?;
+        if ev.flags & F_RETURN != 0 && t.proto.ret != ValueKind::Void {
+            match errno_of(&t.proto.ret, ev.ret) {
+                Some(e) => write!(w, " = -{e:?}")?,
+                None => {
+                    w.write_all(b" = ")?;
+                    write_shown(w, &shown("", &t.proto.ret, ev.ret, None))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
+        let Some(t) = self.traced.get(ev.slot as usize) else { return Ok(()) };
+        out.field_str("func", &t.name)?;
+        out.object_start("args")?;
+        let mut truncated = false;
+        for (i, f) in t.fetches.iter().enumerate() {
+            let v = shown(&f.label, &f.kind, ev.vals[i], slot_str(ev, t.str_slots[i]));
+            truncated |= matches!(v, Shown::Str(_, true));
+            json_shown(out, &f.label, &v)?;
+        }
+        out.object_end()?;
+        if ev.flags & F_RETURN != 0 && t.proto.ret != ValueKind::Void {
+            let ret = shown("", &t.proto.ret, ev.ret, None);
+            json_shown(out, "ret", &ret)?;
+            if let Some(e) = errno_of(&t.proto.ret, ev.ret) {
+                out.field_display("errno", format_args!("{e:?}"))?;
+            }
+        }
+        if self.want_return {
+            out.field_u64("latency_ns", ev.latency_ns)?;
+        }
+        if truncated {
+            out.field_raw("truncated", "true")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_print_by_type() {
+        let int = ValueKind::Int { bytes: 4, signed: true };
+        let mut buf = Vec::new();
+        write_shown(&mut buf, &shown("dfd", &int, 0xffff_ff9c, None)).unwrap();
+        assert_eq!(buf, b"-100");
+        buf.clear();
+        let u64k = ValueKind::Int { bytes: 8, signed: false };
+        write_shown(&mut buf, &shown("how->flags", &u64k, 0x8241, None)).unwrap();
+        assert_eq!(buf, b"0x8241");
+        buf.clear();
+        write_shown(&mut buf, &shown("how->mode", &u64k, 0o644, None)).unwrap();
+        assert_eq!(buf, b"0644");
+        let e = ValueKind::Enum { bytes: 4, signed: false, variants: vec![(1, "TCP_ESTABLISHED".into())] };
+        assert!(matches!(shown("s", &e, 1, None), Shown::Enum("TCP_ESTABLISHED")));
+    }
+
+    #[test]
+    fn errors_by_name() {
+        let long = ValueKind::Int { bytes: 8, signed: true };
+        assert_eq!(errno_of(&long, (-2i64) as u64), Some(nix::errno::Errno::ENOENT));
+        assert_eq!(errno_of(&long, 3), None);
+        let int = ValueKind::Int { bytes: 4, signed: true };
+        assert_eq!(errno_of(&int, 0xffff_fff3), Some(nix::errno::Errno::EACCES));
+        assert_eq!(errno_of(&ValueKind::Int { bytes: 8, signed: false }, u64::MAX), None);
+        assert_eq!(format!("{:?}", nix::errno::Errno::ENOENT), "ENOENT");
+    }
+
+    #[test]
+    fn plans_from_the_running_kernel() {
+        let btf = KernelBtf::load(None).unwrap();
+        let funcs = expand(&btf, &["do_sys_openat2".into()]).unwrap();
+        let t = plan_values(&btf, funcs, &["how->flags".into(), "how->mode".into()]).unwrap();
+        let labels: Vec<&str> = t[0].fetches.iter().map(|f| f.label.as_str()).collect();
+        assert_eq!(labels, ["dfd", "filename", "how", "how->flags", "how->mode"]);
+        assert_eq!(t[0].str_slots, [None, Some(0), None, None, None]);
+        let e = expand(&btf, &["do_sys_opnat2".into()]).unwrap_err();
+        assert!(e.hint().unwrap().contains("did you mean `do_sys_openat2`"), "{:?}", e.hint());
+        let e = plan_values(&btf, expand(&btf, &["vfs_read".into()]).unwrap(), &["how->flags".into()]).unwrap_err();
+        assert!(e.to_string().contains("names no parameter"));
+        assert_eq!(expand(&btf, &["*".into()]).unwrap_err().exit_code(), 2, "too many");
+        assert!(expand(&btf, &["tcp_v4_conn*".into()]).unwrap().iter().any(|(n, _)| n == "tcp_v4_connect"));
+    }
+}

@@ -106,6 +106,9 @@ fn expand(btf: &KernelBtf, wanted: &[String]) -> Result<Vec<(String, Prototype)>
                     Some(format!("see `tracekit list kernel '{w}'`")),
                 ));
             }
+            if hits.len() > MAX_FUNCS {
+                return Err(too_many(hits.len()));
+            }
             for n in hits {
                 if let Some(p) = btf.prototype(n) {
                     out.push((n.clone(), p));
@@ -123,12 +126,16 @@ fn expand(btf: &KernelBtf, wanted: &[String]) -> Result<Vec<(String, Prototype)>
     }
     out.dedup_by(|a, b| a.0 == b.0);
     if out.len() > MAX_FUNCS {
-        return Err(Error::usage(
-            format!("{} functions match, but at most {MAX_FUNCS} can be traced at once", out.len()),
-            Some("narrow the glob (see `tracekit list kernel GLOB`)".into()),
-        ));
+        return Err(too_many(out.len()));
     }
     Ok(out)
+}
+
+fn too_many(n: usize) -> Error {
+    Error::usage(
+        format!("{n} functions match, but at most {MAX_FUNCS} can be traced at once"),
+        Some("narrow the glob (see `tracekit list kernel GLOB`)".into()),
+    )
 }
 
 fn plan_values(btf: &KernelBtf, funcs: Vec<(String, Prototype)>, fields: &[String]) -> Result<Vec<Traced>, Error> {

@@ -1,19 +1,22 @@
-//! `tracekit list BINARY [GLOB]`: the functions of an ELF file that uprobes can attach to.
+//! `tracekit list kernel|BINARY [GLOB]`: what can be traced: kernel functions (from BTF, with
+//! their prototypes) or the functions of an ELF file that uprobes can attach to.
 
 use std::io::{self, Write};
 
 use clap::Args;
 
 use crate::error::Error;
+use crate::runtime::btf::KernelBtf;
 use crate::runtime::target::{self, ElfInfo};
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "EXAMPLES:\n    \
+    tracekit list kernel 'tcp_v4_*'     # kernel functions, with prototypes\n    \
     tracekit list /bin/bash 'read*'     # bash functions starting with read\n    \
     tracekit list libc 'mem*'           # libc's mem* functions\n    \
     tracekit list libssl --json")]
 pub struct ListArgs {
-    /// A path, a program on PATH, or a library name (libc, libssl)
+    /// `kernel`, or a path, a program on PATH, or a library name (libc, libssl)
     #[arg(value_name = "BINARY")]
     pub what: String,
 
@@ -30,15 +33,50 @@ pub struct ListArgs {
     pub json: bool,
 }
 
+fn pattern(glob: Option<&str>) -> Result<Option<glob::Pattern>, Error> {
+    glob.map(glob::Pattern::new).transpose().map_err(|e| Error::usage(format!("bad glob: {e}"), None))
+}
+
+fn finish(r: io::Result<()>) -> Result<i32, Error> {
+    match r {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::io("writing output", e)),
+        _ => Ok(0),
+    }
+}
+
+/// Kernel functions from BTF with their prototypes.
+fn kernel(args: &ListArgs) -> Result<i32, Error> {
+    let btf = KernelBtf::load(None)?;
+    let pat = pattern(args.glob.as_deref())?;
+    let names: Vec<String> = btf.func_names().into_iter().filter(|n| pat.as_ref().is_none_or(|p| p.matches(n))).collect();
+    if names.is_empty() {
+        return Err(Error::runtime(
+            format!("no kernel function matches `{}`", args.glob.as_deref().unwrap_or("*")),
+            Some("globs use * and ?, e.g. 'tcp_v4_*'".to_owned()),
+        ));
+    }
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let r = (|| -> io::Result<()> {
+        for n in &names {
+            let decl = btf.prototype(n).map_or_else(|| n.clone(), |p| p.c_decl);
+            if args.json {
+                writeln!(out, "{}", serde_json::json!({"type": "function", "kind": "kernel", "name": n, "prototype": decl}))?;
+            } else {
+                writeln!(out, "{decl}")?;
+            }
+        }
+        out.flush()
+    })();
+    finish(r)
+}
+
 pub fn run(args: &ListArgs) -> Result<i32, Error> {
+    if args.what == "kernel" {
+        return kernel(args);
+    }
     let path = target::resolve_binary(&args.what, args.pid)?;
     let elf = ElfInfo::load(&path)?;
-    let pat = args
-        .glob
-        .as_deref()
-        .map(glob::Pattern::new)
-        .transpose()
-        .map_err(|e| Error::usage(format!("bad glob: {e}"), None))?;
+    let pat = pattern(args.glob.as_deref())?;
     let funcs: Vec<_> = elf.functions.iter().filter(|f| pat.as_ref().is_none_or(|p| p.matches(&f.name))).collect();
     if funcs.is_empty() {
         let what = args.glob.as_deref().map_or(String::new(), |g| format!(" matching `{g}`"));
@@ -63,8 +101,5 @@ pub fn run(args: &ListArgs) -> Result<i32, Error> {
         }
         out.flush()
     };
-    match write(&mut out) {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::io("writing output", e)),
-        _ => Ok(0),
-    }
+    finish(write(&mut out))
 }

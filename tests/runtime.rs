@@ -22,6 +22,18 @@ fn connect_once() -> u16 {
     port
 }
 
+/// A listener on a free loopback port that accepts one connection and reads it to the end.
+fn accept_one() -> (u16, thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+    });
+    (port, server)
+}
+
 #[test]
 fn count_stops_after_n_events() {
     if !require_root("count_stops_after_n_events") {
@@ -125,13 +137,7 @@ fn command_mode_traces_only_the_child_and_exits_with_it() {
     if !require_root("command_mode_traces_only_the_child_and_exits_with_it") {
         return;
     }
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().unwrap().port();
-    let server = thread::spawn(move || {
-        let (mut s, _) = l.accept().expect("accept");
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
-    });
+    let (port, server) = accept_one();
     // Meanwhile this process makes its own connections, which must not show up.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let noise_stop = stop.clone();
@@ -167,13 +173,7 @@ fn command_mode_follows_grandchildren() {
     if !require_root("command_mode_follows_grandchildren") {
         return;
     }
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().unwrap().port();
-    let server = thread::spawn(move || {
-        let (mut s, _) = l.accept().expect("accept");
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
-    });
+    let (port, server) = accept_one();
     // The connection is made by a grandchild: sh -> bash -> (subshell) bash.
     let script = format!("bash -c '( exec 3<>/dev/tcp/127.0.0.1/{port}; exec 3>&- ) ; true'");
     let out = run(&["tcpstate", "--json", "--", "sh", "-c", &script]);

@@ -43,6 +43,17 @@ static __always_inline __u32 probe_id(struct pt_regs *ctx)
 	return id < TK_UPROBE_MAX_PROBES ? id : 0;
 }
 
+/* A fresh event: header, probe, nothing read yet. */
+static __always_inline void start_event(struct tk_uprobe_event *e, __u32 id, __u32 flags)
+{
+	tk_fill_hdr(&e->hdr);
+	e->probe_id = id;
+	e->flags = flags;
+	e->ret = 0;
+	e->latency_ns = 0;
+	e->str_len[0] = e->str_len[1] = e->str_len[2] = 0;
+}
+
 static __always_inline void read_str(struct tk_uprobe_event *e, __u32 slot, __u64 ptr)
 {
 	if (slot >= TK_UPROBE_STRS)
@@ -64,12 +75,7 @@ int uprobe__generic(struct pt_regs *ctx)
 	if (!e)
 		return 0;
 	id = probe_id(ctx);
-	tk_fill_hdr(&e->hdr);
-	e->probe_id = id;
-	e->flags = TK_UPROBE_F_ENTRY;
-	e->ret = 0;
-	e->latency_ns = 0;
-	e->str_len[0] = e->str_len[1] = e->str_len[2] = 0;
+	start_event(e, id, TK_UPROBE_F_ENTRY);
 	e->args[0] = PT_REGS_PARM1(ctx);
 	e->args[1] = PT_REGS_PARM2(ctx);
 	e->args[2] = PT_REGS_PARM3(ctx);
@@ -119,11 +125,7 @@ int uretprobe__generic(struct pt_regs *ctx)
 		e->hdr.ts_ns = now;
 		e->flags |= TK_UPROBE_F_RETURN;
 	} else {
-		tk_fill_hdr(&e->hdr);
-		e->probe_id = id;
-		e->flags = TK_UPROBE_F_RETURN;
-		e->latency_ns = 0;
-		e->str_len[0] = e->str_len[1] = e->str_len[2] = 0;
+		start_event(e, id, TK_UPROBE_F_RETURN);
 		for (int i = 0; i < TK_UPROBE_ARGS; i++)
 			e->args[i] = 0;
 	}

@@ -137,3 +137,20 @@ macro_rules! common_skel {
         }
     };
 }
+
+/// Everything a tool module needs from its skeleton, in one line:
+/// `tool_skel!("kprobe", OpenKprobeSkel, KprobeSkel, tk_kprobe_event)` includes the generated
+/// `$OUT_DIR/kprobe.skel.rs` as module `skel`, implements the common traits for it, and marks
+/// the event type as plain data for decoding.
+#[macro_export]
+macro_rules! tool_skel {
+    ($file:literal, $open:ident, $loaded:ident, $event:ident) => {
+        mod skel {
+            #![allow(clippy::all, non_camel_case_types, non_snake_case, dead_code, unused_imports)]
+            include!(concat!(env!("OUT_DIR"), "/", $file, ".skel.rs"));
+        }
+        $crate::common_skel!(skel, $open, $loaded);
+        // SAFETY: generated from BTF by libbpf-cargo: integers and arrays of them only.
+        unsafe impl plain::Plain for skel::types::$event {}
+    };
+}

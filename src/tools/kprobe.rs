@@ -15,16 +15,8 @@ use crate::runtime::output::{Header, Sink, c_chars};
 use crate::runtime::probe::{Feature, Status};
 use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime};
 
-mod skel {
-    #![allow(clippy::all, non_camel_case_types, non_snake_case, dead_code, unused_imports)]
-    include!(concat!(env!("OUT_DIR"), "/kprobe.skel.rs"));
-}
+crate::tool_skel!("kprobe", OpenKprobeSkel, KprobeSkel, tk_kprobe_event);
 use skel::{KprobeSkel, KprobeSkelBuilder, OpenKprobeSkel, types};
-
-crate::common_skel!(skel, OpenKprobeSkel, KprobeSkel);
-
-// SAFETY: generated from BTF: integers and byte arrays only.
-unsafe impl plain::Plain for types::tk_kprobe_event {}
 
 /// Must match kprobe.h.
 pub const MAX_FUNCS: usize = 16;
@@ -207,22 +199,13 @@ fn alternative(func: &str) -> String {
 }
 
 fn plan(rt: &Runtime, backend: Backend, first: &str, want_return: bool) -> Result<Hook, Error> {
-    let fentry = if want_return {
-        match (rt.probes.get(Feature::Fentry), rt.probes.get(Feature::Fexit)) {
-            (Status::Supported, s) => s.clone(),
-            (s, _) => s.clone(),
-        }
-    } else {
-        rt.probes.get(Feature::Fentry).clone()
+    // A backend needs its entry kind, and its return kind too unless --entry-only.
+    let needs = |entry: Feature, ret: Feature| match rt.probes.get(entry) {
+        Status::Supported if want_return => rt.probes.get(ret).clone(),
+        s => s.clone(),
     };
-    let kprobe = if want_return {
-        match (rt.probes.get(Feature::Kprobe), rt.probes.get(Feature::Kretprobe)) {
-            (Status::Supported, s) => s.clone(),
-            (s, _) => s.clone(),
-        }
-    } else {
-        rt.probes.get(Feature::Kprobe).clone()
-    };
+    let fentry = needs(Feature::Fentry, Feature::Fexit);
+    let kprobe = needs(Feature::Kprobe, Feature::Kretprobe);
     let unsupported = |feature: &'static str, s: &Status| Error::Unsupported {
         feature,
         reason: s.detail(),

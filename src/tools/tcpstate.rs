@@ -15,16 +15,8 @@ use crate::runtime::output::{Header, Sink};
 use crate::runtime::probe::Feature;
 use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime, kernel};
 
-mod skel {
-    #![allow(clippy::all, non_camel_case_types, non_snake_case, dead_code, unused_imports)]
-    include!(concat!(env!("OUT_DIR"), "/tcpstate.skel.rs"));
-}
+crate::tool_skel!("tcpstate", OpenTcpstateSkel, TcpstateSkel, tk_tcpstate_event);
 use skel::{OpenTcpstateSkel, TcpstateSkel, TcpstateSkelBuilder, types};
-
-crate::common_skel!(skel, OpenTcpstateSkel, TcpstateSkel);
-
-// SAFETY: the event is plain old data generated from BTF: integers and byte arrays only.
-unsafe impl plain::Plain for types::tk_tcpstate_event {}
 
 /// The layout is shared with tcpstate.h: a drift must fail the build, not decode garbage.
 const _: () = assert!(size_of::<types::tk_tcpstate_event>() == 104);

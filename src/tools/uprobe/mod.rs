@@ -20,16 +20,8 @@ use crate::runtime::target::{self, ElfInfo};
 use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime};
 use signature::{Kind, Signature};
 
-mod skel {
-    #![allow(clippy::all, non_camel_case_types, non_snake_case, dead_code, unused_imports)]
-    include!(concat!(env!("OUT_DIR"), "/uprobe.skel.rs"));
-}
+crate::tool_skel!("uprobe", OpenUprobeSkel, UprobeSkel, tk_uprobe_event);
 use skel::{OpenUprobeSkel, UprobeSkel, UprobeSkelBuilder, types};
-
-crate::common_skel!(skel, OpenUprobeSkel, UprobeSkel);
-
-// SAFETY: generated from BTF: integers and byte arrays only.
-unsafe impl plain::Plain for types::tk_uprobe_event {}
 
 /// Must match uprobe.h.
 pub const MAX_PROBES: usize = 64;

@@ -12,6 +12,7 @@ pub mod output;
 pub mod probe;
 pub mod skel;
 pub mod target;
+pub mod value;
 
 use std::cell::{Cell, RefCell};
 use std::io;

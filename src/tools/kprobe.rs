@@ -12,6 +12,7 @@ use libbpf_rs::skel::OpenSkel;
 use crate::error::Error;
 use crate::runtime::btf::{Fetch, KernelBtf, Prototype, ValueKind};
 use crate::runtime::output::{Header, Sink, c_chars};
+use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
 use crate::runtime::probe::{Feature, Status};
 use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime};
 
@@ -335,27 +336,6 @@ struct KprobePrinter {
     want_return: bool,
 }
 
-/// A number or string, as BTF says it prints.
-enum Shown<'a> {
-    Signed(i64),
-    Unsigned(u64),
-    Hex(u64),
-    Octal(u64),
-    Bool(bool),
-    Enum(&'a str),
-    Str(std::borrow::Cow<'a, str>, bool),
-    Null,
-}
-
-fn sign_extend(raw: u64, bytes: u8) -> i64 {
-    let shift = 64 - 8 * u32::from(bytes.clamp(1, 8));
-    ((raw << shift) as i64) >> shift
-}
-
-fn mask(raw: u64, bytes: u8) -> u64 {
-    if bytes >= 8 { raw } else { raw & ((1u64 << (8 * bytes)) - 1) }
-}
-
 fn shown<'a>(label: &str, kind: &'a ValueKind, raw: u64, s: Option<(std::borrow::Cow<'a, str>, bool)>) -> Shown<'a> {
     let leaf = label.rsplit(['>', '.']).next().unwrap_or(label);
     match kind {
@@ -374,32 +354,6 @@ fn shown<'a>(label: &str, kind: &'a ValueKind, raw: u64, s: Option<(std::borrow:
         ValueKind::Str if raw == 0 => Shown::Null,
         ValueKind::Str => s.map_or(Shown::Hex(raw), |(t, trunc)| Shown::Str(t, trunc)),
         _ => Shown::Hex(raw),
-    }
-}
-
-fn write_shown(w: &mut impl Write, v: &Shown<'_>) -> io::Result<()> {
-    match v {
-        Shown::Signed(i) => write!(w, "{i}"),
-        Shown::Unsigned(u) => write!(w, "{u}"),
-        Shown::Hex(h) => write!(w, "{h:#x}"),
-        Shown::Octal(0) => w.write_all(b"0"),
-        Shown::Octal(o) => write!(w, "0{o:o}"),
-        Shown::Bool(b) => write!(w, "{b}"),
-        Shown::Enum(n) => w.write_all(n.as_bytes()),
-        Shown::Str(s, trunc) => write!(w, "{:?}{}", s.as_ref(), if *trunc { "..." } else { "" }),
-        Shown::Null => w.write_all(b"NULL"),
-    }
-}
-
-fn json_shown(out: &mut Sink, key: &str, v: &Shown<'_>) -> io::Result<()> {
-    match v {
-        Shown::Signed(i) => out.field_i128(key, (*i).into()),
-        Shown::Unsigned(u) | Shown::Octal(u) => out.field_u64(key, *u),
-        Shown::Hex(h) => out.field_display(key, format_args!("{h:#x}")),
-        Shown::Bool(b) => out.field_raw(key, if *b { "true" } else { "false" }),
-        Shown::Enum(n) => out.field_str(key, n),
-        Shown::Str(s, _) => out.field_str(key, s),
-        Shown::Null => out.field_raw(key, "null"),
     }
 }
 
@@ -440,7 +394,7 @@ impl Printer for KprobePrinter {
         write!(w, "{}(", t.name)?;
         for (i, f) in t.fetches.iter().enumerate() {
             write!(w, "{}{}=", if i > 0 { ", " } else { "" }, f.label)?;
-            write_shown(w, &shown(&f.label, &f.kind, ev.vals[i], slot_str(ev, t.str_slots[i])))?;
+            shown(&f.label, &f.kind, ev.vals[i], slot_str(ev, t.str_slots[i])).write(w)?;
         }
         w.write_all(b")")?;
         if ev.flags & F_RETURN != 0 && t.proto.ret != ValueKind::Void {
@@ -448,7 +402,7 @@ impl Printer for KprobePrinter {
                 Some(e) => write!(w, " = -{e:?}")?,
                 None => {
                     w.write_all(b" = ")?;
-                    write_shown(w, &shown("", &t.proto.ret, ev.ret, None))?;
+                    shown("", &t.proto.ret, ev.ret, None).write(w)?;
                 }
             }
         }
@@ -462,24 +416,18 @@ impl Printer for KprobePrinter {
         let mut truncated = false;
         for (i, f) in t.fetches.iter().enumerate() {
             let v = shown(&f.label, &f.kind, ev.vals[i], slot_str(ev, t.str_slots[i]));
-            truncated |= matches!(v, Shown::Str(_, true));
-            json_shown(out, &f.label, &v)?;
+            truncated |= v.is_truncated();
+            v.json(out, &f.label)?;
         }
         out.object_end()?;
         if ev.flags & F_RETURN != 0 && t.proto.ret != ValueKind::Void {
             let ret = shown("", &t.proto.ret, ev.ret, None);
-            json_shown(out, "ret", &ret)?;
+            ret.json(out, "ret")?;
             if let Some(e) = errno_of(&t.proto.ret, ev.ret) {
                 out.field_display("errno", format_args!("{e:?}"))?;
             }
         }
-        if self.want_return {
-            out.field_u64("latency_ns", ev.latency_ns)?;
-        }
-        if truncated {
-            out.field_raw("truncated", "true")?;
-        }
-        Ok(())
+        json_call_tail(out, self.want_return.then_some(ev.latency_ns), truncated)
     }
 }
 
@@ -490,16 +438,15 @@ mod tests {
     #[test]
     fn values_print_by_type() {
         let int = ValueKind::Int { bytes: 4, signed: true };
-        let mut buf = Vec::new();
-        write_shown(&mut buf, &shown("dfd", &int, 0xffff_ff9c, None)).unwrap();
-        assert_eq!(buf, b"-100");
-        buf.clear();
+        let text = |v: Shown<'_>| {
+            let mut b = Vec::new();
+            v.write(&mut b).unwrap();
+            String::from_utf8(b).unwrap()
+        };
+        assert_eq!(text(shown("dfd", &int, 0xffff_ff9c, None)), "-100");
         let u64k = ValueKind::Int { bytes: 8, signed: false };
-        write_shown(&mut buf, &shown("how->flags", &u64k, 0x8241, None)).unwrap();
-        assert_eq!(buf, b"0x8241");
-        buf.clear();
-        write_shown(&mut buf, &shown("how->mode", &u64k, 0o644, None)).unwrap();
-        assert_eq!(buf, b"0644");
+        assert_eq!(text(shown("how->flags", &u64k, 0x8241, None)), "0x8241");
+        assert_eq!(text(shown("how->mode", &u64k, 0o644, None)), "0644");
         let e = ValueKind::Enum { bytes: 4, signed: false, variants: vec![(1, "TCP_ESTABLISHED".into())] };
         assert!(matches!(shown("s", &e, 1, None), Shown::Enum("TCP_ESTABLISHED")));
     }

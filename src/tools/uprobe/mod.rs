@@ -16,6 +16,7 @@ use libbpf_rs::UprobeOpts;
 
 use crate::error::Error;
 use crate::runtime::output::{Header, Sink, c_chars, c_str};
+use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
 use crate::runtime::target::{self, ElfInfo};
 use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime};
 use signature::{Kind, Signature};
@@ -300,37 +301,13 @@ fn slots(sig: &Signature) -> ([Option<usize>; 6], Option<usize>) {
     (args, ret)
 }
 
-enum Value<'a> {
-    Int(i128),
-    Hex(u64),
-    Str(std::borrow::Cow<'a, str>, bool),
-    Null,
-}
-
-fn value(kind: Kind, raw: u64, s: Option<(std::borrow::Cow<'_, str>, bool)>) -> Value<'_> {
+fn value(kind: Kind, raw: u64, s: Option<(std::borrow::Cow<'_, str>, bool)>) -> Shown<'_> {
     match kind {
-        Kind::Int { .. } => Value::Int(kind.int_value(raw).unwrap_or(0)),
-        Kind::Str if raw == 0 => Value::Null,
-        Kind::Str => s.map_or(Value::Hex(raw), |(t, trunc)| Value::Str(t, trunc)),
-        Kind::Ptr | Kind::Void => Value::Hex(raw),
-    }
-}
-
-fn write_value(w: &mut impl Write, v: &Value<'_>) -> io::Result<()> {
-    match v {
-        Value::Int(i) => write!(w, "{i}"),
-        Value::Hex(h) => write!(w, "{h:#x}"),
-        Value::Str(s, trunc) => write!(w, "{:?}{}", s.as_ref(), if *trunc { "..." } else { "" }),
-        Value::Null => w.write_all(b"NULL"),
-    }
-}
-
-fn json_value(out: &mut Sink, key: &str, v: &Value<'_>) -> io::Result<()> {
-    match v {
-        Value::Int(i) => out.field_i128(key, *i),
-        Value::Hex(h) => out.field_display(key, format_args!("{h:#x}")),
-        Value::Str(s, _) => out.field_str(key, s),
-        Value::Null => out.field_raw(key, "null"),
+        Kind::Int { bits, signed: true } => Shown::Signed(sign_extend(raw, bits / 8)),
+        Kind::Int { bits, signed: false } => Shown::Unsigned(mask(raw, bits / 8)),
+        Kind::Str if raw == 0 => Shown::Null,
+        Kind::Str => s.map_or(Shown::Hex(raw), |(t, trunc)| Shown::Str(t, trunc)),
+        Kind::Ptr | Kind::Void => Shown::Hex(raw),
     }
 }
 
@@ -370,7 +347,7 @@ impl Printer for UprobePrinter {
                         }
                         write!(w, "{}=", param.name)?;
                         let s = arg_slots[i].and_then(|s| slot_str(ev, s));
-                        write_value(w, &value(param.kind, ev.args[i], s))?;
+                        value(param.kind, ev.args[i], s).write(w)?;
                     }
                 }
                 None => {
@@ -385,7 +362,7 @@ impl Printer for UprobePrinter {
             let kind = p.sig.as_ref().map_or(Kind::Ptr, |s| s.ret);
             if kind != Kind::Void {
                 w.write_all(b" = ")?;
-                write_value(w, &value(kind, ev.ret, ret_slot.and_then(|s| slot_str(ev, s))))?;
+                value(kind, ev.ret, ret_slot.and_then(|s| slot_str(ev, s))).write(w)?;
             }
         }
         Ok(())
@@ -406,8 +383,8 @@ impl Printer for UprobePrinter {
                     for (i, param) in sig.params.iter().enumerate() {
                         let s = arg_slots[i].and_then(|s| slot_str(ev, s));
                         let v = value(param.kind, ev.args[i], s);
-                        truncated |= matches!(v, Value::Str(_, true));
-                        json_value(out, &param.name, &v)?;
+                        truncated |= v.is_truncated();
+                        v.json(out, &param.name)?;
                     }
                 }
                 None => {
@@ -422,17 +399,11 @@ impl Printer for UprobePrinter {
             let kind = sig.as_ref().map_or(Kind::Ptr, |s| s.ret);
             if kind != Kind::Void {
                 let v = value(kind, ev.ret, ret_slot.and_then(|s| slot_str(ev, s)));
-                truncated |= matches!(v, Value::Str(_, true));
-                json_value(out, "ret", &v)?;
+                truncated |= v.is_truncated();
+                v.json(out, "ret")?;
             }
         }
-        if self.want_entry && self.want_return {
-            out.field_u64("latency_ns", ev.latency_ns)?;
-        }
-        if truncated {
-            out.field_raw("truncated", "true")?;
-        }
-        Ok(())
+        json_call_tail(out, (self.want_entry && self.want_return).then_some(ev.latency_ns), truncated)
     }
 }
 
@@ -479,14 +450,14 @@ mod tests {
         }
         let sig = signature::builtin("readline").unwrap();
         let (a, r) = slots(&sig);
-        let Value::Str(prompt, false) = value(Kind::Str, ev.args[0], a[0].and_then(|s| slot_str(&ev, s))) else {
+        let Shown::Str(prompt, false) = value(Kind::Str, ev.args[0], a[0].and_then(|s| slot_str(&ev, s))) else {
             panic!("prompt")
         };
         assert_eq!(prompt, "$ ");
-        let Value::Str(line, false) = value(Kind::Str, ev.ret, r.and_then(|s| slot_str(&ev, s))) else {
+        let Shown::Str(line, false) = value(Kind::Str, ev.ret, r.and_then(|s| slot_str(&ev, s))) else {
             panic!("line")
         };
         assert_eq!(line, "echo hi");
-        assert!(matches!(value(Kind::Str, 0, None), Value::Null));
+        assert!(matches!(value(Kind::Str, 0, None), Shown::Null));
     }
 }

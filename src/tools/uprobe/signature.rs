@@ -12,19 +12,6 @@ pub enum Kind {
     Void,
 }
 
-impl Kind {
-    /// The register value as the type says (sign- or zero-extended from its width).
-    pub fn int_value(self, raw: u64) -> Option<i128> {
-        let Kind::Int { bits, signed } = self else { return None };
-        let shift = 64 - u32::from(bits);
-        Some(if signed {
-            i128::from(((raw << shift) as i64) >> shift)
-        } else {
-            i128::from((raw << shift) >> shift)
-        })
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Param {
     pub name: String,
@@ -181,9 +168,6 @@ mod tests {
             ]
         );
         assert_eq!(sig.ret, Kind::Int { bits: 64, signed: true });
-        assert_eq!(Kind::Int { bits: 32, signed: true }.int_value(0xffff_ffff), Some(-1));
-        assert_eq!(Kind::Int { bits: 32, signed: false }.int_value(0x1_ffff_ffff), Some(0xffff_ffff));
-        assert_eq!(Kind::Int { bits: 64, signed: true }.int_value(u64::MAX), Some(-1));
     }
 
     #[test]

@@ -39,6 +39,8 @@ enum Command {
     Tcpstate(tools::tcpstate::TcpstateArgs),
     /// Kernel function calls: BTF-decoded arguments, return value, latency
     Kprobe(tools::kprobe::KprobeArgs),
+    /// Classic tracepoints, every field decoded by name from its format
+    Tracepoint(tools::tracepoint::TracepointArgs),
     /// User-space function calls: arguments, return value, latency
     Uprobe(tools::uprobe::UprobeArgs),
     /// User-space function returns (uprobe --return-only)
@@ -59,6 +61,7 @@ fn run(cli: Cli) -> Result<i32, Error> {
         Command::Probe(a) => tools::probe::run(&a),
         Command::Tcpstate(a) => tools::tcpstate::run(a),
         Command::Kprobe(a) => tools::kprobe::run(a),
+        Command::Tracepoint(a) => tools::tracepoint::run(a),
         Command::Uprobe(a) => tools::uprobe::run(a, false),
         Command::Uretprobe(a) => tools::uprobe::run(a, true),
         Command::List(a) => tools::list::run(&a),

@@ -4,4 +4,5 @@ pub mod kprobe;
 pub mod list;
 pub mod probe;
 pub mod tcpstate;
+pub mod tracepoint;
 pub mod uprobe;

@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: GPL-2.0
+/* tracepoint: one generic program attached to each requested tracepoint; it copies the record
+ * and the strings its fields point to, as rodata says per event id. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#define TK_EVENT_MAX 1024
+#include "common.bpf.h"
+#include "tracepoint.h"
+
+const volatile struct tk_tp_config tk_tp = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tk_tp_event);
+} scratch SEC(".maps");
+
+struct tk_tp_event _tk_tp_event = {};
+
+static __always_inline void read_string(struct tk_tp_event *e, int slot, void *ctx,
+					const volatile struct tk_tp_strfield *f)
+{
+	char *dst = &e->str[slot * TK_TP_STR_LEN];
+	__u64 ptr = 0;
+	__u32 loc = 0;
+
+	if (f->kind == TK_TP_STR_PTR) {
+		bpf_probe_read_kernel(&ptr, sizeof(ptr), ctx + f->offset);
+		if ((__s64)ptr < 0)
+			e->str_len[slot] = bpf_probe_read_kernel_str(dst, TK_TP_STR_LEN, (void *)ptr);
+		else
+			e->str_len[slot] = bpf_probe_read_user_str(dst, TK_TP_STR_LEN, (void *)ptr);
+	} else if (f->kind == TK_TP_STR_LOC) {
+		/* __data_loc: offset of the string in the record (low 16 bits), its length above */
+		bpf_probe_read_kernel(&loc, sizeof(loc), ctx + f->offset);
+		e->str_len[slot] = bpf_probe_read_kernel_str(dst, TK_TP_STR_LEN, ctx + (loc & 0xffff));
+	}
+}
+
+SEC("tracepoint")
+int tp__generic(void *ctx)
+{
+	struct tk_tp_event *e;
+	__u32 zero = 0, size;
+	/* The record's common_type cannot tell events apart: syscall tracepoints overwrite it
+	 * with a pointer for BPF. The attach cookie does. */
+	__u64 idx = tk_tp.have_cookie ? bpf_get_attach_cookie(ctx) : 0;
+
+	if (!tk_filter_allows())
+		return 0;
+	if (idx >= TK_TP_MAX)
+		return 0;
+	e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 0;
+	tk_fill_hdr(&e->hdr);
+	e->tp_id = tk_tp.tps[idx].id;
+	size = tk_tp.tps[idx].size;
+	if (size > TK_TP_DATA)
+		size = TK_TP_DATA;
+	e->data_len = size;
+	e->str_len[0] = e->str_len[1] = 0;
+	if (size > 0)
+		bpf_probe_read_kernel(e->data, size, ctx);
+	for (int s = 0; s < TK_TP_STRS; s++)
+		if (s < tk_tp.tps[idx].nstr)
+			read_string(e, s, ctx, &tk_tp.tps[idx].str[s]);
+	tk_output(ctx, e, sizeof(*e));
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* tracepoint: the raw record of any classic tracepoint, decoded in user space from its format. */
+#ifndef TK_TRACEPOINT_H
+#define TK_TRACEPOINT_H
+
+#include "common.h"
+
+#define TK_TP_MAX 16          /* tracepoints traced at once */
+#define TK_TP_DATA 256        /* bytes of the fixed record copied */
+#define TK_TP_STRS 2
+#define TK_TP_STR_LEN 256
+
+#define TK_TP_STR_PTR 1       /* a `char *` field: read the string it points to */
+#define TK_TP_STR_LOC 2       /* a `__data_loc char[]` field: the string is in the record */
+
+struct tk_tp_strfield {
+	__u16 offset;
+	__u8 kind;
+	__u8 _pad;
+};
+
+struct tk_tp_spec {
+	__u32 id;             /* the event id (format's ID:) */
+	__u16 size;           /* fixed part of the record */
+	__u16 nstr;
+	struct tk_tp_strfield str[TK_TP_STRS];
+};
+
+struct tk_tp_config {
+	struct tk_tp_spec tps[TK_TP_MAX];
+	__u32 ntps;
+	__u32 have_cookie;    /* the attach cookie is the index in tps (5.15+); else one event */
+};
+
+struct tk_tp_event {
+	struct tk_hdr hdr;
+	__u32 tp_id;
+	__u16 data_len;
+	__s16 str_len[TK_TP_STRS];
+	__u16 _pad;
+	__u8 data[TK_TP_DATA];
+	char str[TK_TP_STRS * TK_TP_STR_LEN];
+};
+
+#endif

@@ -1,0 +1,263 @@
+//! `tracekit tracepoint CAT:NAME…`: classic tracepoints with every field decoded by name and
+//! type from the event's `format` file; one generic program copies the record (and the
+//! strings its fields point to) as rodata says per event id.
+
+pub mod format;
+
+use std::io::{self, Write};
+use std::mem::MaybeUninit;
+
+use clap::Args;
+
+use crate::error::Error;
+use crate::runtime::output::{Header, Sink, c_chars};
+use crate::runtime::probe::Feature;
+use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
+use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime, kernel};
+use format::{FieldKind, Format};
+
+crate::tool_skel!("tracepoint", OpenTracepointSkel, TracepointSkel, tk_tp_event);
+use skel::{OpenTracepointSkel, TracepointSkel, TracepointSkelBuilder, types};
+
+/// Must match tracepoint.h.
+pub const MAX_TPS: usize = 16;
+const DATA: usize = 256;
+const STRS: usize = 2;
+const STR_LEN: usize = 256;
+const STR_PTR: u8 = 1;
+const STR_LOC: u8 = 2;
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "EXAMPLES:\n    \
+    tracekit tracepoint syscalls:sys_enter_openat        # every openat, with the path\n    \
+    tracekit tracepoint 'syscalls:sys_enter_open*' -f filename\n    \
+    tracekit tracepoint sched:sched_process_exec --json\n    \
+    tracekit list tracepoint 'sched:*'                    # what exists")]
+pub struct TracepointArgs {
+    /// CATEGORY:NAME (globs allowed, at most 16 events)
+    #[arg(required = true, value_name = "CAT:NAME")]
+    pub events: Vec<String>,
+
+    /// Only these fields (repeatable or comma-separated)
+    #[arg(short = 'f', long = "field", value_name = "FIELD", value_delimiter = ',')]
+    pub fields: Vec<String>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+fn did_you_mean(all: &[String], want: &str) -> String {
+    let mut scored: Vec<(f64, &String)> = all.iter().map(|n| (strsim::jaro_winkler(want, n), n)).filter(|(s, _)| *s > 0.9).collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    match scored.first() {
+        Some((_, n)) => format!("did you mean `{n}`?"),
+        None => "see `tracekit list tracepoint`".into(),
+    }
+}
+
+/// The events to trace, with their formats.
+pub fn resolve(tracefs: &std::path::Path, wanted: &[String]) -> Result<Vec<Format>, Error> {
+    let all = format::all_events(tracefs);
+    let mut names: Vec<String> = Vec::new();
+    for w in wanted {
+        if !w.contains(':') {
+            return Err(Error::usage(
+                format!("bad tracepoint `{w}`: write CATEGORY:NAME"),
+                Some("e.g. syscalls:sys_enter_openat; `tracekit list tracepoint` shows them".into()),
+            ));
+        }
+        if w.contains(['*', '?', '[']) {
+            let pat = glob::Pattern::new(w).map_err(|e| Error::usage(format!("bad glob `{w}`: {e}"), None))?;
+            let hits: Vec<String> = all.iter().filter(|n| pat.matches(n)).cloned().collect();
+            if hits.is_empty() {
+                return Err(Error::usage(format!("no tracepoint matches `{w}`"), Some(format!("see `tracekit list tracepoint '{w}'`"))));
+            }
+            names.extend(hits);
+        } else if all.iter().any(|n| n == w) {
+            names.push(w.clone());
+        } else {
+            return Err(Error::usage(format!("tracepoint `{w}` not found"), Some(did_you_mean(&all, w))));
+        }
+    }
+    names.sort();
+    names.dedup();
+    if names.len() > MAX_TPS {
+        return Err(Error::usage(
+            format!("{} tracepoints match, but at most {MAX_TPS} can be traced at once", names.len()),
+            Some("narrow the glob".into()),
+        ));
+    }
+    names
+        .iter()
+        .map(|n| {
+            let (c, e) = n.split_once(':').expect("checked above");
+            format::load(tracefs, c, e).map_err(|why| Error::runtime(format!("reading the format of `{n}`: {why}"), None))
+        })
+        .collect()
+}
+
+pub fn run(args: TracepointArgs) -> Result<i32, Error> {
+    let mut rt = Runtime::new(args.common.clone())?;
+    let tracefs = kernel::ensure_tracefs()?;
+    let formats = resolve(&tracefs, &args.events)?;
+    for f in &args.fields {
+        if !formats.iter().any(|fmt| fmt.fields.iter().any(|x| &x.name == f)) {
+            let names: Vec<&str> = formats.iter().flat_map(|fmt| fmt.fields.iter().map(|x| x.name.as_str())).collect();
+            return Err(Error::usage(
+                format!("no traced event has a field `{f}`"),
+                Some(format!("fields: {}", names.join(", "))),
+            ));
+        }
+    }
+    for f in &formats {
+        rt.say(format_args!("plan: tracepoint {} (id {}, {} bytes)", f.name, f.id, f.size));
+    }
+    let cookies = rt.probes.get(Feature::AttachCookie).is_supported();
+    if formats.len() > 1 && !cookies {
+        return Err(Error::Unsupported {
+            feature: "attach_cookie",
+            reason: "telling several tracepoints apart needs bpf_get_attach_cookie (Linux 5.15+)".into(),
+            hint: Some("trace one tracepoint per tracekit process".into()),
+        });
+    }
+    let transport = rt.transport()?;
+    let mut storage = MaybeUninit::uninit();
+    let mut open: OpenTracepointSkel<'_> = rt.open("tracepoint", TracepointSkelBuilder::default(), &mut storage)?;
+    open.configure_common(&CommonConfig { filter: &rt.filter, transport })
+        .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))?;
+    let mut slots = Vec::new();
+    {
+        let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
+        let c = &mut ro.tk_tp;
+        c.ntps = formats.len() as u32;
+        c.have_cookie = cookies as u32;
+        for (spec, f) in c.tps.iter_mut().zip(&formats) {
+            spec.id = f.id;
+            spec.size = f.size.min(DATA) as u16;
+            let strs: Vec<(usize, u8)> = f
+                .fields
+                .iter()
+                .filter_map(|x| match x.kind {
+                    FieldKind::StrPtr => Some((x.offset, STR_PTR)),
+                    FieldKind::StrLoc => Some((x.offset, STR_LOC)),
+                    _ => None,
+                })
+                .take(STRS)
+                .collect();
+            spec.nstr = strs.len() as u16;
+            for (dst, (off, kind)) in spec.str.iter_mut().zip(&strs) {
+                dst.offset = *off as u16;
+                dst.kind = *kind;
+            }
+            slots.push(strs.iter().map(|(off, _)| *off).collect::<Vec<_>>());
+        }
+    }
+    let skel: TracepointSkel<'_> = rt.load("tracepoint", open)?;
+    let printer = TracepointPrinter { formats: formats.clone(), slots, only: args.fields.clone() };
+    rt.stream(&skel, transport, printer, |skel| {
+        formats
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let (c, e) = f.name.split_once(':').expect("category:name");
+                let category = libbpf_rs::TracepointCategory::Custom(c.to_owned());
+                let opts = libbpf_rs::TracepointOpts { cookie: i as u64, ..Default::default() };
+                let link = if cookies {
+                    skel.progs.tp__generic.attach_tracepoint_with_opts(category, e, opts)
+                } else {
+                    skel.progs.tp__generic.attach_tracepoint(category, e)
+                };
+                link.map_err(|source| Error::Attach {
+                    what: format!("tracepoint {}", f.name),
+                    hint: Some("see `tracekit probe` (tracepoint, tracefs)".into()),
+                    source,
+                })
+            })
+            .collect()
+    })
+}
+
+struct TracepointPrinter {
+    formats: Vec<Format>,
+    /// Per format: the record offset of each string slot's field.
+    slots: Vec<Vec<usize>>,
+    only: Vec<String>,
+}
+
+fn read_uint(data: &[u8], off: usize, size: usize) -> u64 {
+    let mut b = [0u8; 8];
+    let n = size.min(8);
+    if let Some(src) = data.get(off..off + n) {
+        b[..n].copy_from_slice(src);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Each shown field of one event: (name, value).
+fn fields<'e>(p: &'e TracepointPrinter, ev: &'e types::tk_tp_event) -> Option<(&'e Format, Vec<(&'e str, Shown<'e>)>)> {
+    let i = p.formats.iter().position(|f| f.id == ev.tp_id)?;
+    let fmt = &p.formats[i];
+    let data = &ev.data[..usize::from(ev.data_len).min(DATA)];
+    let mut out = Vec::with_capacity(fmt.fields.len());
+    for f in &fmt.fields {
+        if !p.only.is_empty() && !p.only.iter().any(|o| o == &f.name) {
+            continue;
+        }
+        let raw = read_uint(data, f.offset, f.size);
+        let string = || {
+            let slot = p.slots[i].iter().position(|&o| o == f.offset)?;
+            let len = ev.str_len[slot];
+            (len > 0).then(|| Shown::Str(c_chars(&ev.str[slot * STR_LEN..(slot + 1) * STR_LEN]), len as usize >= STR_LEN))
+        };
+        let v = match f.kind {
+            FieldKind::Int { bytes, .. } if f.name.ends_with("flags") => Shown::Hex(mask(raw, bytes)),
+            FieldKind::Int { bytes, .. } if f.name.ends_with("mode") => Shown::Octal(mask(raw, bytes)),
+            FieldKind::Int { signed: true, bytes } => Shown::Signed(sign_extend(raw, bytes)),
+            FieldKind::Int { signed: false, bytes } => Shown::Unsigned(mask(raw, bytes)),
+            FieldKind::StrPtr if raw == 0 => Shown::Null,
+            FieldKind::StrPtr | FieldKind::StrLoc => string().unwrap_or(Shown::Hex(raw)),
+            FieldKind::CharArray => {
+                let bytes = data.get(f.offset..f.offset + f.size).unwrap_or(&[]);
+                Shown::Str(crate::runtime::output::c_str(bytes), false)
+            }
+            FieldKind::Ptr | FieldKind::Bytes => Shown::Hex(raw),
+        };
+        out.push((f.name.as_str(), v));
+    }
+    Some((fmt, out))
+}
+
+impl Printer for TracepointPrinter {
+    type Event = types::tk_tp_event;
+    const COLUMNS: &'static str = "PID     COMM            TRACEPOINT / FIELDS";
+
+    fn header(ev: &Self::Event) -> Header {
+        Header::from(&ev.hdr)
+    }
+
+    fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
+        let h = Header::from(&ev.hdr);
+        let Some((fmt, vals)) = fields(self, ev) else { return Ok(()) };
+        let w = out.w();
+        write!(w, "{:<7} {:<15} {}", h.pid, crate::runtime::output::c_str(&h.comm), fmt.name)?;
+        for (name, v) in &vals {
+            write!(w, " {name}=")?;
+            v.write(w)?;
+        }
+        Ok(())
+    }
+
+    fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
+        let Some((fmt, vals)) = fields(self, ev) else { return Ok(()) };
+        let name = fmt.name.clone();
+        let mut truncated = false;
+        out.field_str("tracepoint", &name)?;
+        out.object_start("fields")?;
+        for (k, v) in &vals {
+            truncated |= v.is_truncated();
+            v.json(out, k)?;
+        }
+        out.object_end()?;
+        json_call_tail(out, None, truncated)
+    }
+}

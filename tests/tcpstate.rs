@@ -49,9 +49,13 @@ fn transitions(events: &[&Value]) -> Vec<String> {
 /// Events of this connection, per socket, in order. A socket's closing events no longer carry
 /// its local port, so a socket is followed by address from its first event with the port to
 /// its first move to CLOSE (its address may be reused by a later socket).
+///
+/// Perf buffers are per CPU, so events of different CPUs may arrive out of order: sort by time.
 fn sockets(events: &[Value], port: u16) -> BTreeMap<String, Vec<&Value>> {
     let mut by_sk: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     let mut closed = std::collections::BTreeSet::new();
+    let mut events: Vec<&Value> = events.iter().collect();
+    events.sort_by_key(|e| e["time_ns"].as_u64());
     for e in events {
         let sk = e["skaddr"].as_str().expect("skaddr").to_owned();
         if closed.contains(&sk) {

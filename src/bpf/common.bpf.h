@@ -31,16 +31,26 @@ struct {
 	__type(value, __u64);
 } tk_drops SEC(".maps");
 
-/* Perf-buffer mode builds the event here, since perf output copies from memory we own. */
+/* Events too large for the BPF stack, or built before perf output copies them, are built in a
+ * per-CPU scratch slot. A program can be interrupted by another on the same CPU (a softirq
+ * during a syscall, a preempted uprobe), so each CPU has TK_SCRATCH_NEST slots used as a
+ * stack: sharing one slot would let the inner event overwrite the outer one. */
+#define TK_SCRATCH_NEST 4
 struct tk_scratch {
 	__u8 data[TK_EVENT_MAX];
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, TK_SCRATCH_NEST);
 	__type(key, __u32);
 	__type(value, struct tk_scratch);
 } tk_heap SEC(".maps");
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} tk_heap_depth SEC(".maps");
 
 /* Thread groups of `-- CMD` and their descendants: TK_FOLLOW_ARMED until CMD is exec'ed (the
  * held start is tracekit itself, which must not be traced), then TK_FOLLOW_ON. */
@@ -118,16 +128,42 @@ static __always_inline void tk_fill_hdr(struct tk_hdr *h)
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
+/* A scratch slot of TK_EVENT_MAX bytes, or NULL (counted as a drop when nested too deep).
+ * Every non-NULL result is given back with tk_scratch_put(). */
+static __always_inline void *tk_scratch_get(void)
+{
+	__u32 zero = 0, *depth = bpf_map_lookup_elem(&tk_heap_depth, &zero);
+	__u32 d;
+	void *slot;
+
+	if (!depth)
+		return NULL;
+	d = *depth;
+	if (d >= TK_SCRATCH_NEST) {
+		tk_count_drop();
+		return NULL;
+	}
+	slot = bpf_map_lookup_elem(&tk_heap, &d);
+	if (slot)
+		*depth = d + 1;
+	return slot;
+}
+
+static __always_inline void tk_scratch_put(void)
+{
+	__u32 zero = 0, *depth = bpf_map_lookup_elem(&tk_heap_depth, &zero);
+
+	if (depth && *depth > 0)
+		*depth -= 1;
+}
+
 /* Space for one event, or NULL (counted as a drop). Pair with tk_submit() or tk_discard(). */
 static __always_inline void *tk_reserve(__u32 size)
 {
 	void *e;
 
-	if (tk_transport.use_perfbuf) {
-		__u32 zero = 0;
-
-		return bpf_map_lookup_elem(&tk_heap, &zero);
-	}
+	if (tk_transport.use_perfbuf)
+		return tk_scratch_get();
 	e = bpf_ringbuf_reserve(&tk_events, size, 0);
 	if (!e)
 		tk_count_drop();
@@ -136,7 +172,9 @@ static __always_inline void *tk_reserve(__u32 size)
 
 static __always_inline void tk_discard(void *e)
 {
-	if (!tk_transport.use_perfbuf)
+	if (tk_transport.use_perfbuf)
+		tk_scratch_put();
+	else
 		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 }
 
@@ -165,10 +203,12 @@ static __always_inline void tk_perf_output(void *ctx, void *e, __u32 size)
 /* Hands over an event built in place by tk_reserve(). */
 static __always_inline void tk_submit(void *ctx, void *e, __u32 size)
 {
-	if (tk_transport.use_perfbuf)
+	if (tk_transport.use_perfbuf) {
 		tk_perf_output(ctx, e, size);
-	else
+		tk_scratch_put();
+	} else {
 		bpf_ringbuf_submit(e, tk_wakeup_flags(size));
+	}
 }
 
 /* Hands over a copy of an event built elsewhere (a map value too large for the stack). */

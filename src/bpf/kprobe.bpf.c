@@ -26,14 +26,9 @@ struct {
 	__type(value, struct tk_kprobe_event);
 } inflight SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct tk_kprobe_event);
-} scratch SEC(".maps");
-
 struct tk_kprobe_event _tk_kprobe_event = {};
+
+_Static_assert(sizeof(struct tk_kprobe_event) <= TK_EVENT_MAX, "built in a tk_scratch slot");
 
 static __always_inline void read_str(struct tk_kprobe_event *e, __u32 slot, __u64 ptr)
 {
@@ -54,11 +49,10 @@ static __always_inline int on_entry(void *ctx, const int slot, __u64 *args)
 	const volatile struct tk_kfunc *fn = &tk_kprobe.funcs[slot];
 	struct tk_kprobe_event *e;
 	struct inflight_key key;
-	__u32 zero = 0;
 
 	if (!tk_filter_allows())
 		return 0;
-	e = bpf_map_lookup_elem(&scratch, &zero);
+	e = tk_scratch_get();
 	if (!e)
 		return 0;
 	tk_fill_hdr(&e->hdr);
@@ -88,11 +82,12 @@ static __always_inline int on_entry(void *ctx, const int slot, __u64 *args)
 	}
 	if (!tk_kprobe.want_return) {
 		tk_output(ctx, e, sizeof(*e));
-		return 0;
+	} else {
+		key.tid = e->hdr.tid;
+		key.slot = slot;
+		bpf_map_update_elem(&inflight, &key, e, BPF_ANY);
 	}
-	key.tid = e->hdr.tid;
-	key.slot = slot;
-	bpf_map_update_elem(&inflight, &key, e, BPF_ANY);
+	tk_scratch_put();
 	return 0;
 }
 

@@ -11,14 +11,9 @@
 
 const volatile struct tk_tp_config tk_tp = {};
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct tk_tp_event);
-} scratch SEC(".maps");
-
 struct tk_tp_event _tk_tp_event = {};
+
+_Static_assert(sizeof(struct tk_tp_event) <= TK_EVENT_MAX, "built in a tk_scratch slot");
 
 static __always_inline void read_string(struct tk_tp_event *e, int slot, void *ctx,
 					const volatile struct tk_tp_strfield *f)
@@ -44,7 +39,7 @@ SEC("tracepoint")
 int tp__generic(void *ctx)
 {
 	struct tk_tp_event *e;
-	__u32 zero = 0, size;
+	__u32 size;
 	/* The record's common_type cannot tell events apart: syscall tracepoints overwrite it
 	 * with a pointer for BPF. The attach cookie does. */
 	__u64 idx = tk_tp.have_cookie ? bpf_get_attach_cookie(ctx) : 0;
@@ -53,7 +48,7 @@ int tp__generic(void *ctx)
 		return 0;
 	if (idx >= TK_TP_MAX)
 		return 0;
-	e = bpf_map_lookup_elem(&scratch, &zero);
+	e = tk_scratch_get();
 	if (!e)
 		return 0;
 	tk_fill_hdr(&e->hdr);
@@ -69,6 +64,7 @@ int tp__generic(void *ctx)
 		if (s < tk_tp.tps[idx].nstr)
 			read_string(e, s, ctx, &tk_tp.tps[idx].str[s]);
 	tk_output(ctx, e, sizeof(*e));
+	tk_scratch_put();
 	return 0;
 }
 

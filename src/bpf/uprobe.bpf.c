@@ -26,15 +26,9 @@ struct {
 	__type(value, struct tk_uprobe_event);
 } inflight SEC(".maps");
 
-/* The event is too large for the BPF stack: it is built here. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct tk_uprobe_event);
-} scratch SEC(".maps");
-
 struct tk_uprobe_event _tk_uprobe_event = {};
+
+_Static_assert(sizeof(struct tk_uprobe_event) <= TK_EVENT_MAX, "built in a tk_scratch slot");
 
 static __always_inline __u32 probe_id(struct pt_regs *ctx)
 {
@@ -67,11 +61,11 @@ int uprobe__generic(struct pt_regs *ctx)
 {
 	struct inflight_key key;
 	struct tk_uprobe_event *e;
-	__u32 zero = 0, id, slot = 0;
+	__u32 id, slot = 0;
 
 	if (!tk_filter_allows())
 		return 0;
-	e = bpf_map_lookup_elem(&scratch, &zero);
+	e = tk_scratch_get();
 	if (!e)
 		return 0;
 	id = probe_id(ctx);
@@ -90,11 +84,12 @@ int uprobe__generic(struct pt_regs *ctx)
 	}
 	if (!tk_uprobe.want_return) {
 		tk_output(ctx, e, sizeof(*e));
-		return 0;
+	} else {
+		key.tid = e->hdr.tid;
+		key.probe_id = id;
+		bpf_map_update_elem(&inflight, &key, e, BPF_ANY);
 	}
-	key.tid = e->hdr.tid;
-	key.probe_id = id;
-	bpf_map_update_elem(&inflight, &key, e, BPF_ANY);
+	tk_scratch_put();
 	return 0;
 }
 
@@ -103,12 +98,12 @@ int uretprobe__generic(struct pt_regs *ctx)
 {
 	struct inflight_key key;
 	struct tk_uprobe_event *e, *entry;
-	__u32 zero = 0, id, slot = 0;
+	__u32 id, slot = 0;
 	__u64 now;
 
 	if (!tk_filter_allows())
 		return 0;
-	e = bpf_map_lookup_elem(&scratch, &zero);
+	e = tk_scratch_get();
 	if (!e)
 		return 0;
 	id = probe_id(ctx);
@@ -117,8 +112,10 @@ int uretprobe__generic(struct pt_regs *ctx)
 	now = bpf_ktime_get_ns();
 	if (tk_uprobe.want_entry) {
 		entry = bpf_map_lookup_elem(&inflight, &key);
-		if (!entry)
+		if (!entry) {
+			tk_scratch_put();
 			return 0; /* entered before tracing started */
+		}
 		__builtin_memcpy(e, entry, sizeof(*e));
 		bpf_map_delete_elem(&inflight, &key);
 		e->latency_ns = now - e->hdr.ts_ns;
@@ -138,6 +135,7 @@ int uretprobe__generic(struct pt_regs *ctx)
 		read_str(e, slot, e->ret);
 	}
 	tk_output(ctx, e, sizeof(*e));
+	tk_scratch_put();
 	return 0;
 }
 

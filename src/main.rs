@@ -45,7 +45,7 @@ enum Command {
     Uprobe(tools::uprobe::UprobeArgs),
     /// User-space function returns (uprobe --return-only)
     Uretprobe(tools::uprobe::UprobeArgs),
-    /// Functions of a binary or library that can be traced
+    /// What can be traced: kernel functions, tracepoints, functions of a binary
     List(tools::list::ListArgs),
     /// Internal: the held start of `-- CMD` (see runtime/child.rs)
     #[command(name = "__exec-gate", hide = true)]

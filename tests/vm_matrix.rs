@@ -11,7 +11,7 @@ use std::time::Duration;
 use vm::Kernel;
 
 /// Suites run in every guest: the test targets of the same names, built by this `cargo test`.
-const SUITES: &[&str] = &["tcpstate", "uprobe", "kprobe"];
+const SUITES: &[&str] = &["tcpstate", "uprobe", "kprobe", "tracepoint"];
 const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
 
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());

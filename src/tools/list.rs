@@ -12,11 +12,12 @@ use crate::runtime::target::{self, ElfInfo};
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "EXAMPLES:\n    \
     tracekit list kernel 'tcp_v4_*'     # kernel functions, with prototypes\n    \
+    tracekit list tracepoint 'sched:*'  # tracepoints\n    \
     tracekit list /bin/bash 'read*'     # bash functions starting with read\n    \
     tracekit list libc 'mem*'           # libc's mem* functions\n    \
     tracekit list libssl --json")]
 pub struct ListArgs {
-    /// `kernel`, or a path, a program on PATH, or a library name (libc, libssl)
+    /// `kernel`, `tracepoint`, or a path, a program on PATH, or a library name (libc, libssl)
     #[arg(value_name = "BINARY")]
     pub what: String,
 
@@ -70,9 +71,39 @@ fn kernel(args: &ListArgs) -> Result<i32, Error> {
     finish(r)
 }
 
+/// Tracepoints (`category:name`) from tracefs.
+fn tracepoints(args: &ListArgs) -> Result<i32, Error> {
+    let tracefs = crate::runtime::kernel::ensure_tracefs()?;
+    let pat = pattern(args.glob.as_deref())?;
+    let names: Vec<String> = crate::tools::tracepoint::format::all_events(&tracefs)
+        .into_iter()
+        .filter(|n| pat.as_ref().is_none_or(|p| p.matches(n)))
+        .collect();
+    if names.is_empty() {
+        return Err(Error::runtime(
+            format!("no tracepoint matches `{}`", args.glob.as_deref().unwrap_or("*")),
+            Some("write CATEGORY:NAME globs, e.g. 'syscalls:sys_enter_open*'".to_owned()),
+        ));
+    }
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let r = (|| -> io::Result<()> {
+        for n in &names {
+            if args.json {
+                writeln!(out, "{}", serde_json::json!({"type": "tracepoint", "name": n}))?;
+            } else {
+                writeln!(out, "{n}")?;
+            }
+        }
+        out.flush()
+    })();
+    finish(r)
+}
+
 pub fn run(args: &ListArgs) -> Result<i32, Error> {
-    if args.what == "kernel" {
-        return kernel(args);
+    match args.what.as_str() {
+        "kernel" => return kernel(args),
+        "tracepoint" | "tracepoints" => return tracepoints(args),
+        _ => {}
     }
     let path = target::resolve_binary(&args.what, args.pid)?;
     let elf = ElfInfo::load(&path)?;

@@ -263,6 +263,19 @@ fn uretprobe_alias_returns_only() {
 }
 
 #[test]
+fn uretprobe_reads_the_returned_string() {
+    if !require_root("uretprobe_reads_the_returned_string") {
+        return;
+    }
+    let t = Tracer::start(&["uretprobe", &format!("{}:readline", private_bash().display()), "--json"]);
+    let pid = interactive_bash(&["echo returned"]);
+    thread::sleep(Duration::from_millis(300));
+    let out = t.stop();
+    let lines = readline_lines(&out.events(), pid);
+    assert_eq!(lines.first().map(String::as_str), Some("echo returned"), "{:?}", out.stdout);
+}
+
+#[test]
 fn cleanup_after_sigint() {
     if !require_root("uprobe cleanup_after_sigint") {
         return;

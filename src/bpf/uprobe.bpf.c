@@ -128,10 +128,10 @@ int uretprobe__generic(struct pt_regs *ctx)
 	}
 	e->ret = PT_REGS_RC(ctx);
 	if (tk_uprobe.probes[id].str_ret) {
-		if (tk_uprobe.want_entry)
-			for (int i = 0; i < TK_UPROBE_ARGS; i++)
-				if (tk_uprobe.probes[id].str_arg[i])
-					slot++;
+		/* the same slot in every mode: after the string arguments' */
+		for (int i = 0; i < TK_UPROBE_ARGS; i++)
+			if (tk_uprobe.probes[id].str_arg[i])
+				slot++;
 		read_str(e, slot, e->ret);
 	}
 	tk_output(ctx, e, sizeof(*e));

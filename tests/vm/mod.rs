@@ -263,7 +263,7 @@ mkdir -p $N/dev/pts $N/dev/shm
 mount -t devpts devpts $N/dev/pts
 mount -t tmpfs tmpfs $N/dev/shm
 mount -t tmpfs tmpfs $N/run
-mount -t tmpfs tmpfs $N/tmp
+# /tmp stays the host's (through the overlay): the checkout and its target/ may live there.
 mount -t bpf bpf $N/sys/fs/bpf
 mount -t tracefs tracefs $N/sys/kernel/tracing
 mount -t debugfs debugfs $N/sys/kernel/debug

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod btf;
 pub mod child;
+pub mod fastfmt;
 pub mod filter;
 pub mod kernel;
 pub mod libbpf_log;
@@ -191,7 +192,7 @@ impl Runtime {
             first_event: None,
         });
         let perf_lost = Cell::new(0u64);
-        let source = EventSource::new(skel, transport, &state, &perf_lost)?;
+        let source = self.step("event buffer", || EventSource::new(skel, transport, &state, &perf_lost))?;
         let links = self.step("attach", || attach(skel))?;
         let mut child = None;
         let mut follow_links = Vec::new();

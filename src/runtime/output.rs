@@ -3,6 +3,8 @@
 
 use std::io::{self, BufWriter, IsTerminal, Stdout, Write};
 
+use super::fastfmt;
+
 /// Version of the NDJSON schema documented in the README; bumped on incompatible changes.
 pub const JSON_SCHEMA: u32 = 1;
 
@@ -135,7 +137,7 @@ impl Sink {
 
     pub fn field_u64(&mut self, key: &str, v: u64) -> io::Result<()> {
         self.key(key)?;
-        write!(self.out, "{v}")
+        fastfmt::int(&mut self.out, v)
     }
 
     /// A value that is already JSON (`null`, `true`).
@@ -159,7 +161,7 @@ impl Sink {
 
     pub fn field_i128(&mut self, key: &str, v: i128) -> io::Result<()> {
         self.key(key)?;
-        write!(self.out, "{v}")
+        fastfmt::int(&mut self.out, v)
     }
 
     pub fn field_f64(&mut self, key: &str, v: f64, decimals: usize) -> io::Result<()> {

@@ -312,8 +312,25 @@ fn probe_fexit(f: Feature) -> Status {
     probe_tracing(f, libbpf_sys::BPF_TRACE_FEXIT, &[c"bpf_fentry_test1", c"do_sys_openat2"])
 }
 
+/// tp_btf needs kernel BTF and Linux 5.5, nothing else (no ftrace trampoline, unlike fentry).
+/// Decided from those two facts: a probe load would parse the kernel's BTF (several ms and
+/// MiB), which the tool's own load then does again.
 fn probe_tp_btf(f: Feature) -> Status {
-    probe_tracing(f, libbpf_sys::BPF_TRACE_RAW_TP, &[c"sched_switch", c"sched_process_fork"])
+    if !probe_btf(Feature::Btf).is_supported() {
+        return unsupported(f, "no kernel BTF (/sys/kernel/btf/vmlinux)");
+    }
+    match kernel_version() {
+        Some(v) if v >= (5, 5) => Status::Supported,
+        Some(_) => unsupported(f, "kernel too old"),
+        None => Status::Unknown("cannot read the kernel version".into()),
+    }
+}
+
+/// (major, minor) of the running kernel.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut it = rel.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok());
+    Some((it.next()?, it.next()?))
 }
 
 /// The kernel's internal "not supported" errno, which leaks to user space from BPF syscalls.

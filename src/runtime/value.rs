@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
+use super::fastfmt;
 use super::output::Sink;
 
 pub enum Shown<'a> {
@@ -25,14 +26,17 @@ impl Shown<'_> {
 
     pub fn write(&self, w: &mut impl Write) -> io::Result<()> {
         match self {
-            Shown::Signed(i) => write!(w, "{i}"),
-            Shown::Unsigned(u) => write!(w, "{u}"),
-            Shown::Hex(h) => write!(w, "{h:#x}"),
+            Shown::Signed(i) => fastfmt::int(w, *i),
+            Shown::Unsigned(u) => fastfmt::int(w, *u),
+            Shown::Hex(h) => fastfmt::hex(w, *h),
             Shown::Octal(0) => w.write_all(b"0"),
             Shown::Octal(o) => write!(w, "0{o:o}"),
             Shown::Bool(b) => write!(w, "{b}"),
             Shown::Enum(n) => w.write_all(n.as_bytes()),
-            Shown::Str(s, trunc) => write!(w, "{:?}{}", s.as_ref(), if *trunc { "..." } else { "" }),
+            Shown::Str(s, trunc) => {
+                fastfmt::quoted(w, s)?;
+                if *trunc { w.write_all(b"...") } else { Ok(()) }
+            }
             Shown::Null => w.write_all(b"NULL"),
         }
     }

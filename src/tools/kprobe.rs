@@ -12,6 +12,7 @@ use libbpf_rs::skel::OpenSkel;
 use crate::error::Error;
 use crate::runtime::btf::{Fetch, KernelBtf, Prototype, ValueKind};
 use crate::runtime::output::{Header, Sink, c_chars};
+use crate::runtime::fastfmt;
 use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
 use crate::runtime::probe::{Feature, Status};
 use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime};
@@ -385,11 +386,13 @@ impl Printer for KprobePrinter {
         let h = Header::from(&ev.hdr);
         let Some(t) = self.traced.get(ev.slot as usize) else { return Ok(()) };
         let w = out.w();
-        write!(w, "{:<7} {:<15} ", h.pid, crate::runtime::output::c_str(&h.comm))?;
+        fastfmt::int_col(w, h.pid, 7)?;
+        fastfmt::col(w, crate::runtime::output::c_str(&h.comm).as_bytes(), 15)?;
         if ev.flags & F_RETURN != 0 {
-            write!(w, "{:>10.3} ", ev.latency_ns as f64 / 1e6)?;
+            fastfmt::ms_col(w, ev.latency_ns, 10)?;
+            w.write_all(b" ")?;
         } else {
-            write!(w, "{:>10} ", "-")?;
+            w.write_all(b"         - ")?;
         }
         write!(w, "{}(", t.name)?;
         for (i, f) in t.fetches.iter().enumerate() {

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use clap::{Args, ValueEnum};
 
 use crate::error::Error;
+use crate::runtime::fastfmt;
 use crate::runtime::output::{Header, Sink};
 use crate::runtime::probe::Feature;
 use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime, kernel};
@@ -117,11 +118,11 @@ pub fn run(args: TcpstateArgs) -> Result<i32, Error> {
     check_ports("--local-port", &args.local_ports)?;
     check_ports("--remote-port", &args.remote_ports)?;
     let mut rt = Runtime::new(args.common.clone())?;
-    let hook = plan(args.backend, &rt)?;
+    let hook = rt.step("plan", || plan(args.backend, &rt))?;
     if hook == Hook::Tracepoint {
         kernel::ensure_tracefs()?;
     }
-    let transport = rt.transport()?;
+    let transport = rt.step("transport", || rt.transport())?;
     rt.say(format_args!("transport: {transport:?}"));
 
     let mut storage = MaybeUninit::uninit();
@@ -221,19 +222,17 @@ impl Printer for TcpstatePrinter {
         let remote = Endpoint::new(addr(ev.family, &ev.daddr), ev.dport);
         let comm = crate::runtime::output::c_str(&h.comm);
         let w = out.w();
-        write!(
-            w,
-            "{:<7} {:<15} {:<21} {:<21} {:<11} -> {:<11} {:>8.3}",
-            h.pid,
-            comm,
-            local.as_str(),
-            remote.as_str(),
-            state_name(ev.oldstate),
-            state_name(ev.newstate),
-            ev.delta_ns as f64 / 1e6,
-        )?;
+        fastfmt::int_col(w, h.pid, 7)?;
+        fastfmt::col(w, comm.as_bytes(), 15)?;
+        fastfmt::col(w, local.as_str().as_bytes(), 21)?;
+        fastfmt::col(w, remote.as_str().as_bytes(), 21)?;
+        fastfmt::col(w, state_name(ev.oldstate).as_bytes(), 11)?;
+        w.write_all(b"-> ")?;
+        fastfmt::col(w, state_name(ev.newstate).as_bytes(), 11)?;
+        fastfmt::ms_col(w, ev.delta_ns, 8)?;
         if self.wide {
-            write!(w, " {:#x}", ev.skaddr)?;
+            w.write_all(b" ")?;
+            fastfmt::hex(w, ev.skaddr)?;
         }
         Ok(())
     }

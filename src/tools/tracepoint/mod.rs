@@ -10,6 +10,7 @@ use std::mem::MaybeUninit;
 use clap::Args;
 
 use crate::error::Error;
+use crate::runtime::fastfmt;
 use crate::runtime::output::{Header, Sink, c_chars};
 use crate::runtime::probe::Feature;
 use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
@@ -193,38 +194,41 @@ fn read_uint(data: &[u8], off: usize, size: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Each shown field of one event: (name, value).
-fn fields<'e>(p: &'e TracepointPrinter, ev: &'e types::tk_tp_event) -> Option<(&'e Format, Vec<(&'e str, Shown<'e>)>)> {
-    let i = p.formats.iter().position(|f| f.id == ev.tp_id)?;
+/// The event's format, and each shown field passed to `f` as (name, value): no allocation.
+fn for_each_field<'e>(
+    p: &'e TracepointPrinter,
+    ev: &'e types::tk_tp_event,
+    mut f: impl FnMut(&'e str, Shown<'e>) -> io::Result<()>,
+) -> io::Result<Option<&'e Format>> {
+    let Some(i) = p.formats.iter().position(|f| f.id == ev.tp_id) else { return Ok(None) };
     let fmt = &p.formats[i];
     let data = &ev.data[..usize::from(ev.data_len).min(DATA)];
-    let mut out = Vec::with_capacity(fmt.fields.len());
-    for f in &fmt.fields {
-        if !p.only.is_empty() && !p.only.iter().any(|o| o == &f.name) {
+    for field in &fmt.fields {
+        if !p.only.is_empty() && !p.only.iter().any(|o| o == &field.name) {
             continue;
         }
-        let raw = read_uint(data, f.offset, f.size);
+        let raw = read_uint(data, field.offset, field.size);
         let string = || {
-            let slot = p.slots[i].iter().position(|&o| o == f.offset)?;
+            let slot = p.slots[i].iter().position(|&o| o == field.offset)?;
             let len = ev.str_len[slot];
             (len > 0).then(|| Shown::Str(c_chars(&ev.str[slot * STR_LEN..(slot + 1) * STR_LEN]), len as usize >= STR_LEN))
         };
-        let v = match f.kind {
-            FieldKind::Int { bytes, .. } if f.name.ends_with("flags") => Shown::Hex(mask(raw, bytes)),
-            FieldKind::Int { bytes, .. } if f.name.ends_with("mode") => Shown::Octal(mask(raw, bytes)),
+        let v = match field.kind {
+            FieldKind::Int { bytes, .. } if field.name.ends_with("flags") => Shown::Hex(mask(raw, bytes)),
+            FieldKind::Int { bytes, .. } if field.name.ends_with("mode") => Shown::Octal(mask(raw, bytes)),
             FieldKind::Int { signed: true, bytes } => Shown::Signed(sign_extend(raw, bytes)),
             FieldKind::Int { signed: false, bytes } => Shown::Unsigned(mask(raw, bytes)),
             FieldKind::StrPtr if raw == 0 => Shown::Null,
             FieldKind::StrPtr | FieldKind::StrLoc => string().unwrap_or(Shown::Hex(raw)),
             FieldKind::CharArray => {
-                let bytes = data.get(f.offset..f.offset + f.size).unwrap_or(&[]);
+                let bytes = data.get(field.offset..field.offset + field.size).unwrap_or(&[]);
                 Shown::Str(crate::runtime::output::c_str(bytes), false)
             }
             FieldKind::Ptr | FieldKind::Bytes => Shown::Hex(raw),
         };
-        out.push((f.name.as_str(), v));
+        f(field.name.as_str(), v)?;
     }
-    Some((fmt, out))
+    Ok(Some(fmt))
 }
 
 impl Printer for TracepointPrinter {
@@ -237,26 +241,29 @@ impl Printer for TracepointPrinter {
 
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
         let h = Header::from(&ev.hdr);
-        let Some((fmt, vals)) = fields(self, ev) else { return Ok(()) };
+        let Some(i) = self.formats.iter().position(|f| f.id == ev.tp_id) else { return Ok(()) };
         let w = out.w();
-        write!(w, "{:<7} {:<15} {}", h.pid, crate::runtime::output::c_str(&h.comm), fmt.name)?;
-        for (name, v) in &vals {
-            write!(w, " {name}=")?;
-            v.write(w)?;
-        }
+        fastfmt::int_col(w, h.pid, 7)?;
+        fastfmt::col(w, crate::runtime::output::c_str(&h.comm).as_bytes(), 15)?;
+        w.write_all(self.formats[i].name.as_bytes())?;
+        for_each_field(self, ev, |name, v| {
+            w.write_all(b" ")?;
+            w.write_all(name.as_bytes())?;
+            w.write_all(b"=")?;
+            v.write(w)
+        })?;
         Ok(())
     }
 
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
-        let Some((fmt, vals)) = fields(self, ev) else { return Ok(()) };
-        let name = fmt.name.clone();
-        let mut truncated = false;
-        out.field_str("tracepoint", &name)?;
+        let Some(i) = self.formats.iter().position(|f| f.id == ev.tp_id) else { return Ok(()) };
+        out.field_str("tracepoint", &self.formats[i].name)?;
         out.object_start("fields")?;
-        for (k, v) in &vals {
+        let mut truncated = false;
+        for_each_field(self, ev, |name, v| {
             truncated |= v.is_truncated();
-            v.json(out, k)?;
-        }
+            v.json(out, name)
+        })?;
         out.object_end()?;
         json_call_tail(out, None, truncated)
     }

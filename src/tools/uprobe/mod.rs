@@ -16,6 +16,7 @@ use libbpf_rs::UprobeOpts;
 
 use crate::error::Error;
 use crate::runtime::output::{Header, Sink, c_chars, c_str};
+use crate::runtime::fastfmt;
 use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
 use crate::runtime::target::{self, ElfInfo};
 use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime};
@@ -329,11 +330,13 @@ impl Printer for UprobePrinter {
         let h = Header::from(&ev.hdr);
         let p = self.probe(ev);
         let w = out.w();
-        write!(w, "{:<7} {:<15} ", h.pid, c_str(&h.comm))?;
+        fastfmt::int_col(w, h.pid, 7)?;
+        fastfmt::col(w, c_str(&h.comm).as_bytes(), 15)?;
         if ev.flags & (F_ENTRY | F_RETURN) == F_ENTRY | F_RETURN {
-            write!(w, "{:>10.3} ", ev.latency_ns as f64 / 1e6)?;
+            fastfmt::ms_col(w, ev.latency_ns, 10)?;
+            w.write_all(b" ")?;
         } else {
-            write!(w, "{:>10} ", "-")?;
+            w.write_all(b"         - ")?;
         }
         w.write_all(p.func.as_bytes())?;
         let (arg_slots, ret_slot) = p.sig.as_ref().map_or(([None; 6], None), slots);
@@ -370,15 +373,14 @@ impl Printer for UprobePrinter {
 
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
         let p = self.probe(ev);
-        let (label, func) = (p.label.clone(), p.func.clone());
-        let sig = p.sig.clone();
-        out.field_str("probe", &label)?;
-        out.field_str("func", &func)?;
+        let sig = &p.sig;
+        out.field_str("probe", &p.label)?;
+        out.field_str("func", &p.func)?;
         let (arg_slots, ret_slot) = sig.as_ref().map_or(([None; 6], None), slots);
         let mut truncated = false;
         if ev.flags & F_ENTRY != 0 {
             out.object_start("args")?;
-            match &sig {
+            match sig {
                 Some(sig) => {
                     for (i, param) in sig.params.iter().enumerate() {
                         let s = arg_slots[i].and_then(|s| slot_str(ev, s));

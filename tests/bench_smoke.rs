@@ -1,0 +1,33 @@
+//! The benchmark's smoke mode (one repetition, small N), so that it cannot rot. The real
+//! figures come from `cargo run --release --bin tracekit-bench` (README, "Performance").
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn benchmark_smoke_run() {
+    if !common::require_root("benchmark_smoke_run") {
+        return;
+    }
+    let json = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-smoke.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tracekit-bench")).args(["--smoke", "--out"]).arg(&json).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for (scenario, tracer) in [("open", "tracekit tracepoint"), ("tcp", "tracekit tcpstate"), ("readline", "tracekit uprobe")] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {scenario} | {tracer} |")))
+            .unwrap_or_else(|| panic!("no {scenario}/{tracer} row in\n{table}\n{err}"));
+        let cols: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (delivered, generated) = cols[6].split_once(" / ").expect("delivered / generated");
+        assert_eq!(delivered, generated, "{row}");
+        assert_eq!(cols[7], "0 (exact)", "{row}");
+    }
+    for peer in ["libbpf-tools opensnoop", "bpftrace"] {
+        assert!(table.contains(&format!("| open | {peer} |")), "a row for {peer}, measured or 'not installed':\n{table}");
+    }
+    let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(raw.as_array().unwrap().len() >= 10);
+}

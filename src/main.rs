@@ -56,32 +56,39 @@ enum Command {
     },
 }
 
-fn run(cli: Cli) -> Result<i32, Error> {
-    match cli.command {
-        Command::Probe(a) => tools::probe::run(&a),
-        Command::Tcpstate(a) => tools::tcpstate::run(a),
-        Command::Kprobe(a) => tools::kprobe::run(a),
-        Command::Tracepoint(a) => tools::tracepoint::run(a),
-        Command::Uprobe(a) => tools::uprobe::run(a, false),
-        Command::Uretprobe(a) => tools::uprobe::run(a, true),
-        Command::List(a) => tools::list::run(&a),
-        Command::ExecGate { fd, cmd } => Ok(runtime::child::exec_gate(fd, &cmd)),
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    Ok(match cli.command {
+        Command::Probe(a) => tools::probe::run(&a)?,
+        Command::Tcpstate(a) => tools::tcpstate::run(a)?,
+        Command::Kprobe(a) => tools::kprobe::run(a)?,
+        Command::Tracepoint(a) => tools::tracepoint::run(a)?,
+        Command::Uprobe(a) => tools::uprobe::run(a, false)?,
+        Command::Uretprobe(a) => tools::uprobe::run(a, true)?,
+        Command::List(a) => tools::list::run(&a)?,
+        Command::ExecGate { fd, cmd } => runtime::child::exec_gate(fd, &cmd),
+    })
+}
+
+/// `error: …`, the typed error's details and hint; exit 2 for usage errors, else 1.
+fn report(e: &anyhow::Error) -> u8 {
+    let Some(e) = e.downcast_ref::<Error>() else {
+        eprintln!("error: {e:#}");
+        return 1;
+    };
+    eprintln!("error: {e}");
+    for line in e.details() {
+        eprintln!("  {line}");
     }
+    if let Some(hint) = e.hint() {
+        eprintln!("hint: {hint}");
+    }
+    e.exit_code() as u8
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        Err(e) => {
-            eprintln!("error: {e}");
-            for line in e.details() {
-                eprintln!("  {line}");
-            }
-            if let Some(hint) = e.hint() {
-                eprintln!("hint: {hint}");
-            }
-            ExitCode::from(e.exit_code() as u8)
-        }
+        Err(e) => ExitCode::from(report(&e)),
     }
 }

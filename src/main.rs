@@ -39,6 +39,8 @@ enum Command {
     Tcpstate(tools::tcpstate::TcpstateArgs),
     /// Kernel function calls: BTF-decoded arguments, return value, latency
     Kprobe(tools::kprobe::KprobeArgs),
+    /// CPU profile: sampled kernel and user stacks, counted, symbolized
+    Profile(tools::profile::ProfileArgs),
     /// Classic tracepoints, every field decoded by name from its format
     Tracepoint(tools::tracepoint::TracepointArgs),
     /// User-space function calls: arguments, return value, latency
@@ -61,6 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Probe(a) => tools::probe::run(&a)?,
         Command::Tcpstate(a) => tools::tcpstate::run(a)?,
         Command::Kprobe(a) => tools::kprobe::run(a)?,
+        Command::Profile(a) => tools::profile::run(a)?,
         Command::Tracepoint(a) => tools::tracepoint::run(a)?,
         Command::Uprobe(a) => tools::uprobe::run(a, false)?,
         Command::Uretprobe(a) => tools::uprobe::run(a, true)?,

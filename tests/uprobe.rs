@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
-use common::{Tracer, assert_released, require_root, run};
+use common::{Tracer, assert_released, require_root, run, target_program};
 use serde_json::Value;
 
 fn tmp() -> &'static Path {
@@ -29,24 +29,6 @@ fn private_bash() -> PathBuf {
         std::fs::copy("/bin/bash", &staging).expect("copy bash");
         std::fs::rename(&staging, &dst).expect("install bash copy");
         dst
-    })
-    .clone()
-}
-
-/// The test program of tests/progs, compiled with the system C compiler.
-fn target_program() -> PathBuf {
-    static PROG: OnceLock<PathBuf> = OnceLock::new();
-    PROG.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/uprobe_target.c");
-        let out = tmp().join("uprobe_target");
-        let status = Command::new("cc")
-            .args(["-O1", "-g", "-pthread", "-fno-inline", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("cc runs (gcc is part of the build requirements)");
-        assert!(status.success(), "compiling {}", src.display());
-        out
     })
     .clone()
 }

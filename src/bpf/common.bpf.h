@@ -14,6 +14,9 @@
 const volatile struct tk_filter tk_filter = {};
 const volatile struct tk_transport tk_transport = {};
 
+/* Keeps the header type in every tool's BTF (and so in its generated Rust types). */
+struct tk_hdr _tk_hdr = {};
+
 /* Last forced ring-buffer wakeup; racy updates across CPUs only cost an extra wakeup. */
 __u64 tk_last_wakeup_ns = 0;
 

@@ -194,20 +194,7 @@ impl Runtime {
         let perf_lost = Cell::new(0u64);
         let source = self.step("event buffer", || EventSource::new(skel, transport, &state, &perf_lost))?;
         let links = self.step("attach", || attach(skel))?;
-        let mut child = None;
-        let mut follow_links = Vec::new();
-        if self.filter.follow {
-            follow_links = skel.attach_follow().map_err(|source| Error::Attach {
-                what: "raw_tp/sched_process_fork (follows -- CMD's children)".into(),
-                hint: None,
-                source,
-            })?;
-            let c = GatedChild::spawn(&self.args.command)?;
-            skel.follow_map()
-                .update(&c.pid().to_ne_bytes(), &[skel::FOLLOW_ARMED], MapFlags::ANY)
-                .map_err(|e| Error::runtime(format!("following `-- CMD` (pid {}): {e}", c.pid()), None))?;
-            child = Some(c);
-        }
+        let (mut child, follow_links) = self.start_child(skel)?;
         self.say(format_args!("attached after {:.2} ms", self.started.elapsed().as_secs_f64() * 1e3));
         {
             let mut st = state.borrow_mut();
@@ -220,27 +207,15 @@ impl Runtime {
             c.release()?;
         }
 
-        let deadline = self.args.duration.map(|d| Instant::now() + d);
+        let until = Until::new(self.args.duration);
         let mut next_lost_check = Instant::now() + LOST_CHECK_INTERVAL;
         let mut reported_lost = 0u64;
-        let mut child_done = false;
         let mut announced_first = false;
         loop {
-            if self.stop.load(Ordering::Relaxed) || state.borrow().done {
+            if state.borrow().done {
                 break;
             }
-            if let Some(c) = child.as_mut() {
-                if c.exited().is_some() {
-                    child_done = true;
-                    break;
-                }
-            }
-            let now = Instant::now();
-            let timeout = match deadline {
-                Some(d) if d <= now => break,
-                Some(d) => POLL_INTERVAL.min(d - now),
-                None => POLL_INTERVAL,
-            };
+            let Some(timeout) = until.next_wait(&self.stop, child.as_mut()) else { break };
             if let Err(e) = source.poll(timeout) {
                 if !state.borrow().done && e.kind() != libbpf_rs::ErrorKind::Interrupted {
                     return Err(Error::runtime(format!("reading events: {e}"), None));
@@ -285,7 +260,6 @@ impl Runtime {
         if !state.borrow().done {
             let _ = source.consume();
         }
-        let _ = child_done;
         drop(source);
         drop(links);
         drop(follow_links);
@@ -322,6 +296,60 @@ impl Runtime {
             code = 1;
         }
         Ok(code)
+    }
+}
+
+impl Runtime {
+    /// `-- CMD`: attaches the descendant tracking, starts CMD held at its gate and follows its
+    /// pid. Release it with [`GatedChild::release`] once tracing is attached.
+    pub fn start_child<S: CommonLoaded>(&self, skel: &S) -> Result<(Option<GatedChild>, Vec<Link>), Error> {
+        if !self.filter.follow {
+            return Ok((None, Vec::new()));
+        }
+        let links = skel.attach_follow().map_err(|source| Error::Attach {
+            what: "raw_tp/sched_process_fork (follows -- CMD's children)".into(),
+            hint: None,
+            source,
+        })?;
+        let c = GatedChild::spawn(&self.args.command)?;
+        skel.follow_map()
+            .update(&c.pid().to_ne_bytes(), &[skel::FOLLOW_ARMED], MapFlags::ANY)
+            .map_err(|e| Error::runtime(format!("following `-- CMD` (pid {}): {e}", c.pid()), None))?;
+        Ok((Some(c), links))
+    }
+
+    /// Blocks until Ctrl-C/SIGTERM, --duration or the end of `-- CMD`, calling `tick` at most
+    /// every poll interval (for tools that aggregate in the kernel instead of streaming).
+    pub fn wait(&self, mut child: Option<&mut GatedChild>, mut tick: impl FnMut()) {
+        let until = Until::new(self.args.duration);
+        while let Some(t) = until.next_wait(&self.stop, child.as_deref_mut()) {
+            std::thread::sleep(t);
+            tick();
+        }
+    }
+}
+
+/// When a run ends: Ctrl-C/SIGTERM, --duration, or the end of `-- CMD`.
+struct Until {
+    deadline: Option<Instant>,
+}
+
+impl Until {
+    fn new(duration: Option<Duration>) -> Self {
+        Until { deadline: duration.map(|d| Instant::now() + d) }
+    }
+
+    /// How long to wait before looking again, or None once the run is over.
+    fn next_wait(&self, stop: &AtomicBool, child: Option<&mut GatedChild>) -> Option<Duration> {
+        if stop.load(Ordering::Relaxed) || child.is_some_and(|c| c.exited().is_some()) {
+            return None;
+        }
+        let now = Instant::now();
+        match self.deadline {
+            Some(d) if d <= now => None,
+            Some(d) => Some(POLL_INTERVAL.min(d - now)),
+            None => Some(POLL_INTERVAL),
+        }
     }
 }
 

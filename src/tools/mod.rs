@@ -3,6 +3,7 @@
 pub mod kprobe;
 pub mod list;
 pub mod probe;
+pub mod profile;
 pub mod tcpstate;
 pub mod tracepoint;
 pub mod uprobe;

@@ -243,3 +243,26 @@ pub fn run(args: &[&str]) -> Finished {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// The test program of tests/progs, compiled with the system C compiler (frame pointers kept,
+/// so that user stacks can be walked).
+pub fn target_program() -> std::path::PathBuf {
+    static PROG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PROG.get_or_init(|| {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/uprobe_target.c");
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        // Built under a per-process name, then renamed: test binaries may build it at once.
+        let tmp = dir.join(format!("uprobe_target.{}", std::process::id()));
+        let out = dir.join("uprobe_target");
+        let status = Command::new("cc")
+            .args(["-O1", "-g", "-pthread", "-fno-inline", "-fno-omit-frame-pointer", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .status()
+            .expect("cc runs (gcc is part of the build requirements)");
+        assert!(status.success(), "compiling {}", src.display());
+        std::fs::rename(&tmp, &out).expect("install the test program");
+        out
+    })
+    .clone()
+}

@@ -2,11 +2,15 @@
 // call a real call, as a uprobe needs.
 //   uprobe_target calls N   : tk_add/tk_greet/tk_slow from two threads, N rounds each
 //   uprobe_target malloc    : allocations of known sizes, then exit
+//   uprobe_target spin S    : burn the CPU in tk_spin for S seconds (for the profiler)
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+static volatile long sink; /* results are used, so no call is dropped */
 
 __attribute__((noipa)) int tk_add(int a, int b)
 {
@@ -25,8 +29,23 @@ __attribute__((noipa)) int tk_slow(int thread, int round, int ms)
 	return thread * 1000 + round;
 }
 
+/* Spins until `seconds` have passed; all the time is spent here, not in a callee. */
+__attribute__((noipa)) long tk_spin(int seconds)
+{
+	struct timespec start, now;
+	long n = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	do {
+		for (int i = 0; i < 1000000; i++)
+			sink += i;
+		n++;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while (now.tv_sec - start.tv_sec < seconds);
+	return n;
+}
+
 static int rounds;
-static volatile long sink; /* results are used, so no call is dropped */
 
 static void *worker(void *arg)
 {
@@ -51,6 +70,8 @@ int main(int argc, char **argv)
 		free(b);
 		return 0;
 	}
+	if (argc > 2 && !strcmp(argv[1], "spin"))
+		return tk_spin(atoi(argv[2])) > 0 ? 0 : 1;
 	/* Give the tracer a moment: the test starts it before us, but be safe. */
 	rounds = argc > 2 ? atoi(argv[2]) : 5;
 	pthread_t th[2];

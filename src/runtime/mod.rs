@@ -150,6 +150,12 @@ impl Runtime {
         })
     }
 
+    /// Writes the common configuration (filter, transport) into an opened skeleton.
+    pub fn configure<O: CommonOpen>(&self, open: &mut O, transport: Transport) -> Result<(), Error> {
+        open.configure_common(&CommonConfig { filter: &self.filter, transport })
+            .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))
+    }
+
     /// Loads an opened, configured skeleton; a rejection carries the verifier log's tail.
     pub fn load<'o, O: OpenSkel<'o>>(&self, tool: &'static str, open: O) -> Result<O::Output, Error> {
         let t = Instant::now();

@@ -15,7 +15,7 @@ use crate::runtime::output::{Header, Sink, c_chars};
 use crate::runtime::fastfmt;
 use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
 use crate::runtime::probe::{Feature, Status};
-use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime};
+use crate::runtime::{CommonArgs, Printer, Runtime};
 
 crate::tool_skel!("kprobe", OpenKprobeSkel, KprobeSkel, tk_kprobe_event);
 use skel::{KprobeSkel, KprobeSkelBuilder, OpenKprobeSkel, types};
@@ -259,8 +259,7 @@ pub fn run(args: KprobeArgs) -> Result<i32, Error> {
 
     let mut storage = MaybeUninit::uninit();
     let mut open: OpenKprobeSkel<'_> = rt.open("kprobe", KprobeSkelBuilder::default(), &mut storage)?;
-    open.configure_common(&CommonConfig { filter: &rt.filter, transport })
-        .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))?;
+    rt.configure(&mut open, transport)?;
     {
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
         let c = &mut ro.tk_kprobe;

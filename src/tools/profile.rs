@@ -16,7 +16,7 @@ use libbpf_rs::{MapCore, MapFlags};
 
 use crate::error::Error;
 use crate::runtime::output::{Sink, c_chars};
-use crate::runtime::{CommonArgs, CommonConfig, CommonLoaded, CommonOpen, Runtime, Transport, lost};
+use crate::runtime::{CommonArgs, CommonLoaded, Runtime, Transport, lost};
 
 crate::tool_skel!("profile", OpenProfileSkel, ProfileSkel, tk_profile_key);
 use skel::{OpenProfileSkel, ProfileSkel, ProfileSkelBuilder, types};
@@ -119,8 +119,7 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     let transport = Transport::RingBuf { bytes: 4096 };
     let mut storage = MaybeUninit::uninit();
     let mut open: OpenProfileSkel<'_> = rt.open("profile", ProfileSkelBuilder::default(), &mut storage)?;
-    open.configure_common(&CommonConfig { filter: &rt.filter, transport })
-        .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))?;
+    rt.configure(&mut open, transport)?;
     open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_profile_idle = args.idle as u32;
     let skel: ProfileSkel<'_> = rt.load("profile", open)?;
     let (mut child, _follow) = rt.start_child(&skel)?;

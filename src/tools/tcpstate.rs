@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::runtime::fastfmt;
 use crate::runtime::output::{Header, Sink};
 use crate::runtime::probe::Feature;
-use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime, kernel};
+use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
 
 crate::tool_skel!("tcpstate", OpenTcpstateSkel, TcpstateSkel, tk_tcpstate_event);
 use skel::{OpenTcpstateSkel, TcpstateSkel, TcpstateSkelBuilder, types};
@@ -127,8 +127,7 @@ pub fn run(args: TcpstateArgs) -> Result<i32, Error> {
 
     let mut storage = MaybeUninit::uninit();
     let mut open: OpenTcpstateSkel<'_> = rt.open("tcpstate", TcpstateSkelBuilder::default(), &mut storage)?;
-    open.configure_common(&CommonConfig { filter: &rt.filter, transport })
-        .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))?;
+    rt.configure(&mut open, transport)?;
     {
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
         let c = &mut ro.tk_tcpstate;

@@ -14,7 +14,7 @@ use crate::runtime::fastfmt;
 use crate::runtime::output::{Header, Sink, c_chars};
 use crate::runtime::probe::Feature;
 use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
-use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime, kernel};
+use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
 use format::{FieldKind, Format};
 
 crate::tool_skel!("tracepoint", OpenTracepointSkel, TracepointSkel, tk_tp_event);
@@ -124,8 +124,7 @@ pub fn run(args: TracepointArgs) -> Result<i32, Error> {
     let transport = rt.transport()?;
     let mut storage = MaybeUninit::uninit();
     let mut open: OpenTracepointSkel<'_> = rt.open("tracepoint", TracepointSkelBuilder::default(), &mut storage)?;
-    open.configure_common(&CommonConfig { filter: &rt.filter, transport })
-        .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))?;
+    rt.configure(&mut open, transport)?;
     let mut slots = Vec::new();
     {
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");

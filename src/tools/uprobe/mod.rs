@@ -19,7 +19,7 @@ use crate::runtime::output::{Header, Sink, c_chars, c_str};
 use crate::runtime::fastfmt;
 use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
 use crate::runtime::target::{self, ElfInfo};
-use crate::runtime::{CommonArgs, CommonConfig, CommonOpen, Printer, Runtime};
+use crate::runtime::{CommonArgs, Printer, Runtime};
 use signature::{Kind, Signature};
 
 crate::tool_skel!("uprobe", OpenUprobeSkel, UprobeSkel, tk_uprobe_event);
@@ -217,8 +217,7 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
 
     let mut storage = MaybeUninit::uninit();
     let mut open: OpenUprobeSkel<'_> = rt.open("uprobe", UprobeSkelBuilder::default(), &mut storage)?;
-    open.configure_common(&CommonConfig { filter: &rt.filter, transport })
-        .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))?;
+    rt.configure(&mut open, transport)?;
     {
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
         let c = &mut ro.tk_uprobe;

@@ -39,6 +39,12 @@ enum Command {
     Tcpstate(tools::tcpstate::TcpstateArgs),
     /// Kernel function calls: BTF-decoded arguments, return value, latency
     Kprobe(tools::kprobe::KprobeArgs),
+    /// Raw tracepoints with BTF-typed arguments (tp_btf), decoded like kprobe's
+    #[command(name = "tp_btf")]
+    TpBtf(tools::kprobe::RawTpArgs),
+    /// Raw tracepoints (raw_tp), arguments decoded from BTF
+    #[command(name = "raw_tp")]
+    RawTp(tools::kprobe::RawTpArgs),
     /// CPU profile: sampled kernel and user stacks, counted, symbolized
     Profile(tools::profile::ProfileArgs),
     /// Classic tracepoints, every field decoded by name from its format
@@ -64,6 +70,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Tcpstate(a) => tools::tcpstate::run(a)?,
         Command::Kprobe(a) => tools::kprobe::run(a)?,
         Command::Profile(a) => tools::profile::run(a)?,
+        Command::TpBtf(a) => tools::kprobe::run_raw_tracepoint(a, true)?,
+        Command::RawTp(a) => tools::kprobe::run_raw_tracepoint(a, false)?,
         Command::Tracepoint(a) => tools::tracepoint::run(a)?,
         Command::Uprobe(a) => tools::uprobe::run(a, false)?,
         Command::Uretprobe(a) => tools::uprobe::run(a, true)?,

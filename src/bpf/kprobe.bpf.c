@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
-/* kprobe: generic kernel function entry/return (fentry/fexit or kprobe/kretprobe), one
- * program pair per traced function, each executing the decode plan of its slot from rodata. */
+/* kprobe: generic kernel function entry/return (fentry/fexit or kprobe/kretprobe) and raw
+ * tracepoints (tp_btf, raw_tp), one program per traced target and kind, each executing the
+ * decode plan of its slot from rodata. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -76,6 +77,7 @@ static __always_inline int on_entry(void *ctx, const int slot, __u64 *args)
 				break;
 			}
 		}
+		v += f->tail;
 		e->vals[i] = v;
 		if (f->str_slot)
 			read_str(e, f->str_slot - 1, v);
@@ -148,6 +150,19 @@ static __always_inline void regs_args(struct pt_regs *ctx, __u64 *args)
 	args[5] = PT_REGS_PARM6(ctx);
 }
 
+/* raw_tp: the tracepoint's arguments as an array of u64, like fentry's. */
+static __always_inline void raw_args(struct bpf_raw_tracepoint_args *ctx, const int slot, __u64 *args)
+{
+	__u32 n = tk_kprobe.funcs[slot].nargs;
+
+	args[0] = n > 0 ? ctx->args[0] : 0;
+	args[1] = n > 1 ? ctx->args[1] : 0;
+	args[2] = n > 2 ? ctx->args[2] : 0;
+	args[3] = n > 3 ? ctx->args[3] : 0;
+	args[4] = n > 4 ? ctx->args[4] : 0;
+	args[5] = n > 5 ? ctx->args[5] : 0;
+}
+
 #define TK_KP_SLOT(n)                                                        \
 SEC("fentry")                                                                \
 int tk_fentry_##n(unsigned long long *ctx)                                   \
@@ -172,6 +187,20 @@ SEC("kretprobe")                                                             \
 int tk_kretprobe_##n(struct pt_regs *ctx)                                    \
 {                                                                            \
 	return on_return(ctx, n, PT_REGS_RC(ctx));                           \
+}                                                                            \
+SEC("tp_btf")                                                                \
+int tk_tp_btf_##n(unsigned long long *ctx)                                   \
+{                                                                            \
+	__u64 args[6];                                                       \
+	tracing_args(ctx, n, args);                                          \
+	return on_entry(ctx, n, args);                                       \
+}                                                                            \
+SEC("raw_tp")                                                                \
+int tk_raw_tp_##n(struct bpf_raw_tracepoint_args *ctx)                       \
+{                                                                            \
+	__u64 args[6];                                                       \
+	raw_args(ctx, n, args);                                              \
+	return on_entry(ctx, n, args);                                       \
 }
 
 TK_KP_SLOT(0)

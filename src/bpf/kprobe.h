@@ -12,9 +12,11 @@
 #define TK_KP_STR_LEN 256
 
 /* One value: start from argument `arg`; for each of the `nderef` steps read 8 bytes (kernel
- * memory) at value + off[i]. User space masks the result to the field's size. */
+ * memory) at value + off[i]; then add `tail` (the address of an embedded char array, read as
+ * a string). User space masks the result to the field's size. */
 struct tk_kfetch {
 	__u32 off[TK_KP_DEREFS];
+	__u32 tail;
 	__u8 arg;
 	__u8 nderef;
 	__u8 str_slot;       /* 0: a number; n: a string pointer, read into slot n - 1 */

@@ -45,6 +45,8 @@ pub struct Fetch {
     pub label: String,
     pub arg: u8,
     pub offsets: Vec<u32>,
+    /// Added after the reads: an embedded `char[]` is read as a string at its address.
+    pub tail: u32,
     pub kind: ValueKind,
 }
 
@@ -97,6 +99,25 @@ impl KernelBtf {
         }
         let c_decl = format!("{}({})", c_decl(&c_type(&ret_ty), name), c_params.join(", "));
         Some(Prototype { name: name.to_owned(), params, ret: self.kind(&ret_ty), c_decl })
+    }
+
+    /// A raw tracepoint's arguments, named from the kernel's `__bpf_trace_NAME` wrapper (its
+    /// first parameter, the tracepoint's private data, is not an argument).
+    pub fn tracepoint_prototype(&self, name: &str) -> Option<Prototype> {
+        let mut p = self.prototype(&format!("__bpf_trace_{name}"))?;
+        if !p.params.is_empty() {
+            p.params.remove(0);
+        }
+        let args: Vec<String> = p.c_decl.split_once('(')?.1.trim_end_matches(')').split(", ").skip(1).map(str::to_owned).collect();
+        p.c_decl = format!("{name}({})", args.join(", "));
+        p.name = name.to_owned();
+        p.ret = ValueKind::Void;
+        Some(p)
+    }
+
+    /// Every raw tracepoint that BTF names (for globs and "did you mean").
+    pub fn tracepoint_names(&self) -> Vec<String> {
+        self.func_names().into_iter().filter_map(|n| n.strip_prefix("__bpf_trace_").map(str::to_owned)).collect()
     }
 
     fn kind(&self, ty: &BtfType<'_>) -> ValueKind {
@@ -200,17 +221,25 @@ impl KernelBtf {
             walked.push_str(field);
             rest = r;
         }
-        if let Some(off) = pending {
-            offsets.push(off);
+        // An embedded char array (`p->comm`): the string is at its address, nothing to read.
+        let char_array = ty.skip_mods_and_typedefs().kind() == BtfKind::Array
+            && libbpf_rs::btf::types::Array::try_from(ty.skip_mods_and_typedefs()).is_ok_and(|a| {
+                Int::try_from(a.contained_type().skip_mods_and_typedefs()).is_ok_and(|i| i.bits == 8)
+            });
+        let mut tail = 0;
+        match pending {
+            Some(off) if char_array => tail = off,
+            Some(off) => offsets.push(off),
+            None => {}
         }
         if offsets.len() > MAX_DEREFS {
             return Err(format!("`{expr}` follows {} pointers; at most {MAX_DEREFS}", offsets.len()));
         }
-        let kind = self.kind(&ty);
+        let kind = if char_array { ValueKind::Str } else { self.kind(&ty) };
         if let ValueKind::Composite(name) = &kind {
             return Err(format!("`{expr}` is a whole `{name}`: name one of its fields"));
         }
-        Ok(Fetch { label: expr.to_owned(), arg: arg as u8, offsets, kind })
+        Ok(Fetch { label: expr.to_owned(), arg: arg as u8, offsets, tail, kind })
     }
 }
 
@@ -327,6 +356,21 @@ mod tests {
         // read f_path.dentry from *file, then d_name.name from *dentry: the string pointer
         assert_eq!(name.offsets.len(), 2);
         assert_eq!(name.kind, ValueKind::Str);
+    }
+
+    #[test]
+    fn raw_tracepoint_arguments_are_named() {
+        let b = btf();
+        let p = b.tracepoint_prototype("inet_sock_set_state").expect("__bpf_trace_inet_sock_set_state");
+        let names: Vec<&str> = p.params.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["sk", "oldstate", "newstate"]);
+        let num = b.resolve_path(&p, "sk->__sk_common.skc_num").unwrap();
+        assert_eq!(num.arg, 0);
+        assert!(b.tracepoint_names().iter().any(|n| n == "sched_switch"));
+        let exec = b.tracepoint_prototype("sched_process_exec").unwrap();
+        let comm = b.resolve_path(&exec, "p->comm").unwrap();
+        assert_eq!((comm.offsets.len(), comm.kind.clone()), (0, ValueKind::Str), "an embedded char array");
+        assert!(comm.tail > 0);
     }
 
     #[test]

@@ -67,6 +67,68 @@ pub struct KprobeArgs {
     pub common: CommonArgs,
 }
 
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "EXAMPLES:\n    \
+    tracekit tp_btf inet_sock_set_state -a 'sk->__sk_common.skc_num'\n    \
+    tracekit raw_tp sched_process_exec -a 'p->comm' --json\n    \
+    tracekit tp_btf 'sched_process_*'\n\n\
+Arguments are named and typed from the kernel's BTF (its `__bpf_trace_NAME` wrapper).")]
+pub struct RawTpArgs {
+    /// Raw tracepoints (comma-separated or repeated; globs allowed, at most 16)
+    #[arg(required = true, value_name = "NAME", value_delimiter = ',')]
+    pub names: Vec<String>,
+
+    /// Also print this field path from an argument (repeatable): `sk->__sk_common.skc_num`
+    #[arg(short = 'a', long = "arg", value_name = "EXPR")]
+    pub fields: Vec<String>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `tracekit tp_btf` (BTF-typed, 5.5+) and `tracekit raw_tp` (4.17+): the raw arguments of a
+/// tracepoint, decoded by type, through the same decode plans as kprobe.
+pub fn run_raw_tracepoint(args: RawTpArgs, btf_typed: bool) -> Result<i32, Error> {
+    let mut rt = Runtime::new(args.common.clone())?;
+    let (feature, hook) = if btf_typed { (Feature::TpBtf, Hook::TpBtf) } else { (Feature::RawTp, Hook::RawTp) };
+    let status = rt.probes.get(feature);
+    if !status.is_supported() {
+        return Err(Error::Unsupported { feature: feature.name(), reason: status.detail(), hint: Some("see `tracekit probe`".into()) });
+    }
+    let btf = rt.step("btf", || KernelBtf::load(rt.args.btf.as_deref()))?;
+    let all = btf.tracepoint_names();
+    let mut protos = Vec::new();
+    for w in &args.names {
+        let names: Vec<String> = if w.contains(['*', '?', '[']) {
+            let pat = glob::Pattern::new(w).map_err(|e| Error::usage(format!("bad glob `{w}`: {e}"), None))?;
+            all.iter().filter(|n| pat.matches(n)).cloned().collect()
+        } else {
+            vec![w.clone()]
+        };
+        if names.len() > MAX_FUNCS {
+            return Err(too_many(names.len()));
+        }
+        for n in names {
+            let p = btf.tracepoint_prototype(&n).ok_or_else(|| {
+                Error::usage(
+                    format!("raw tracepoint `{n}` not found in kernel BTF"),
+                    Some(did_you_mean(&all, &n).unwrap_or_else(|| "see `tracekit list tracepoint` (the part after `:`)".into())),
+                )
+            })?;
+            protos.push((n, p));
+        }
+    }
+    if protos.is_empty() {
+        return Err(Error::usage("no raw tracepoint matches", Some("see `tracekit list tracepoint`".into())));
+    }
+    if protos.len() > MAX_FUNCS {
+        return Err(too_many(protos.len()));
+    }
+    let traced = plan_values(&btf, protos, &args.fields)?;
+    drop(btf);
+    run_traced(&mut rt, traced, hook, false)
+}
+
 /// One traced function and how its values print.
 #[derive(Debug, Clone)]
 struct Traced {
@@ -141,7 +203,7 @@ fn plan_values(btf: &KernelBtf, funcs: Vec<(String, Prototype)>, fields: &[Strin
             .iter()
             .take(6)
             .enumerate()
-            .map(|(i, (pname, kind, _))| Fetch { label: pname.clone(), arg: i as u8, offsets: vec![], kind: kind.clone() })
+            .map(|(i, (pname, kind, _))| Fetch { label: pname.clone(), arg: i as u8, offsets: vec![], tail: 0, kind: kind.clone() })
             .collect();
         for (fi, expr) in fields.iter().enumerate() {
             let first = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("");
@@ -185,6 +247,8 @@ fn plan_values(btf: &KernelBtf, funcs: Vec<(String, Prototype)>, fields: &[Strin
 enum Hook {
     Fentry,
     Kprobe,
+    TpBtf,
+    RawTp,
 }
 
 /// The syscall tracepoints closest to a function, as the hint when it cannot be traced.
@@ -230,7 +294,7 @@ fn plan(rt: &Runtime, backend: Backend, first: &str, want_return: bool) -> Resul
     };
     match hook {
         Hook::Fentry => rt.say("plan: fentry/fexit (BPF trampolines)"),
-        Hook::Kprobe => rt.say(format_args!("plan: kprobe/kretprobe (fentry: {fentry})")),
+        _ => rt.say(format_args!("plan: kprobe/kretprobe (fentry: {fentry})")),
     }
     Ok(hook)
 }
@@ -241,6 +305,8 @@ fn prog_name(hook: Hook, ret: bool, slot: usize) -> String {
         (Hook::Fentry, true) => format!("tk_fexit_{slot}"),
         (Hook::Kprobe, false) => format!("tk_kprobe_{slot}"),
         (Hook::Kprobe, true) => format!("tk_kretprobe_{slot}"),
+        (Hook::TpBtf, _) => format!("tk_tp_btf_{slot}"),
+        (Hook::RawTp, _) => format!("tk_raw_tp_{slot}"),
     }
 }
 
@@ -252,6 +318,11 @@ pub fn run(args: KprobeArgs) -> Result<i32, Error> {
     drop(btf);
     let want_return = !args.entry_only;
     let hook = plan(&rt, args.backend, &traced[0].name, want_return)?;
+    run_traced(&mut rt, traced, hook, want_return)
+}
+
+/// Loads the generic programs of `hook` for each traced target, attaches them and streams.
+fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: Hook, want_return: bool) -> Result<i32, Error> {
     for t in &traced {
         rt.say(format_args!("{}: {}", t.name, t.proto.c_decl));
     }
@@ -272,6 +343,7 @@ pub fn run(args: KprobeArgs) -> Result<i32, Error> {
                 dst.arg = src.arg;
                 dst.nderef = src.offsets.len() as u8;
                 dst.off[..src.offsets.len()].copy_from_slice(&src.offsets);
+                dst.tail = src.tail;
                 dst.str_slot = s.map_or(0, |s| s as u8 + 1);
             }
         }
@@ -292,7 +364,7 @@ pub fn run(args: KprobeArgs) -> Result<i32, Error> {
         match wanted.iter().find(|(n, _, _)| *n == name) {
             Some((_, slot, _)) => {
                 prog.set_autoload(true);
-                if hook == Hook::Fentry {
+                if matches!(hook, Hook::Fentry | Hook::TpBtf) {
                     prog.set_attach_target(0, Some(traced[*slot].name.clone())).map_err(|e| {
                         Error::runtime(format!("setting the fentry target `{}`: {e}", traced[*slot].name), None)
                     })?;
@@ -313,8 +385,9 @@ pub fn run(args: KprobeArgs) -> Result<i32, Error> {
             let Some((_, slot, ret)) = wanted.iter().find(|(n, _, _)| *n == pname) else { continue };
             let func = &names[*slot];
             let link = match hook {
-                Hook::Fentry => prog.attach(),
+                Hook::Fentry | Hook::TpBtf => prog.attach(),
                 Hook::Kprobe => prog.attach_kprobe(*ret, func),
+                Hook::RawTp => prog.attach_raw_tracepoint(func),
             };
             links.push(link.map_err(|source| Error::Attach {
                 what: format!("{} {func}", if *ret { "return probe on" } else { "probe on" }),

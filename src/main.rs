@@ -45,6 +45,8 @@ enum Command {
     /// Raw tracepoints (raw_tp), arguments decoded from BTF
     #[command(name = "raw_tp")]
     RawTp(tools::kprobe::RawTpArgs),
+    /// Count a tracepoint's events per comm or process, in the kernel
+    Count(tools::count::CountArgs),
     /// CPU profile: sampled kernel and user stacks, counted, symbolized
     Profile(tools::profile::ProfileArgs),
     /// Classic tracepoints, every field decoded by name from its format
@@ -70,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Tcpstate(a) => tools::tcpstate::run(a)?,
         Command::Kprobe(a) => tools::kprobe::run(a)?,
         Command::Profile(a) => tools::profile::run(a)?,
+        Command::Count(a) => tools::count::run(a)?,
         Command::TpBtf(a) => tools::kprobe::run_raw_tracepoint(a, true)?,
         Command::RawTp(a) => tools::kprobe::run_raw_tracepoint(a, false)?,
         Command::Tracepoint(a) => tools::tracepoint::run(a)?,

@@ -1,4 +1,4 @@
-//! The kernel matrix: the root test suites of tcpstate, uprobe, kprobe, tracepoint, profile, rawtp
+//! The kernel matrix: the root test suites of tcpstate, uprobe, kprobe, tracepoint, profile, rawtp, count
 //! run inside QEMU on Debian's stock 5.10, 6.1 and 6.12 kernels (the host kernel runs them
 //! natively as the other test targets). One test per kernel; they take turns, since each VM wants both cores.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use vm::Kernel;
 
 /// Suites run in every guest: the test targets of the same names, built by this `cargo test`.
-const SUITES: &[&str] = &["tcpstate", "uprobe", "kprobe", "tracepoint", "profile", "rawtp"];
+const SUITES: &[&str] = &["tcpstate", "uprobe", "kprobe", "tracepoint", "profile", "rawtp", "count"];
 const GUEST_TIMEOUT: Duration = Duration::from_secs(900);
 
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());

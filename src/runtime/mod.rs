@@ -90,6 +90,11 @@ impl Runtime {
         }
     }
 
+    /// The -v line that says tracing is in place (tests and benchmarks wait for it).
+    pub fn attached(&self) {
+        self.say(format_args!("attached after {:.2} ms", self.started.elapsed().as_secs_f64() * 1e3));
+    }
+
     /// Runs one lifecycle step, timing it for -v.
     pub fn step<T>(&self, name: &str, f: impl FnOnce() -> T) -> T {
         let t = Instant::now();
@@ -201,7 +206,7 @@ impl Runtime {
         let source = self.step("event buffer", || EventSource::new(skel, transport, &state, &perf_lost))?;
         let links = self.step("attach", || attach(skel))?;
         let (mut child, follow_links) = self.start_child(skel)?;
-        self.say(format_args!("attached after {:.2} ms", self.started.elapsed().as_secs_f64() * 1e3));
+        self.attached();
         {
             let mut st = state.borrow_mut();
             if !st.sink.json {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod count;
 pub mod kprobe;
 pub mod list;
 pub mod probe;

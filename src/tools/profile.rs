@@ -138,6 +138,7 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
             })
             .collect()
     })?;
+    rt.attached();
     if let Some(c) = child.as_mut() {
         c.release()?;
     }

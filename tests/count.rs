@@ -1,0 +1,64 @@
+//! count: in-kernel counts per comm of events the test triggers a known number of times.
+
+mod common;
+
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use common::{Tracer, require_root, run};
+
+#[test]
+fn counts_per_comm_are_exact() {
+    if !require_root("counts_per_comm_are_exact") {
+        return;
+    }
+    let t = Tracer::start(&["count", "signal:signal_generate", "--json"]);
+    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = child.id() as i32;
+    // SIGCONT to a running process is generated (and traced) without side effects.
+    thread::Builder::new()
+        .name("tk-count-sig".into())
+        .spawn(move || {
+            for _ in 0..37 {
+                // SAFETY: kill() on our own child.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let out = t.stop();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    let counts = out.json();
+    let ours = counts.iter().find(|v| v["comm"] == "tk-count-sig").unwrap_or_else(|| panic!("{:#?}", out.stdout));
+    assert_eq!(ours["count"], 37);
+    assert_eq!(ours["type"], "count");
+}
+
+#[test]
+fn table_by_pid_of_a_command() {
+    if !require_root("table_by_pid_of_a_command") {
+        return;
+    }
+    let out = run(&["count", "syscalls:sys_enter_kill", "--by", "pid", "--", "sh", "-c", "for i in 1 2 3 4 5 6; do kill -0 $$; done"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout[0].split_whitespace().collect::<Vec<_>>(), ["COUNT", "PID", "COMM"]);
+    let row: Vec<&str> = out.stdout[1].split_whitespace().collect();
+    assert_eq!((row[0], row[2]), ("6", "sh"), "{:?}", out.stdout);
+}
+
+#[test]
+fn bad_targets() {
+    if !require_root("count bad_targets") {
+        return;
+    }
+    let out = run(&["count", "syscalls:sys_enter_opnat"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("did you mean"), "{}", out.stderr);
+    let out = run(&["count", "syscalls:sys_enter_open*"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+}

@@ -63,7 +63,8 @@ fn json_and_table() {
     assert_eq!(top["comm"], "uprobe_target");
     assert_eq!(top["user"][0], "tk_spin");
     let summary = objs.iter().find(|v| v["type"] == "summary").expect("summary");
-    assert!(summary["samples"].as_u64().unwrap() >= 20, "1 s at 99 Hz, sharing the CPUs with other tests");
+    // 1 s at 99 Hz, sharing the CPUs with other tests (and emulated in the VM matrix)
+    assert!(summary["samples"].as_u64().unwrap() >= 10, "{summary}");
     assert_eq!(summary["lost"], 0);
     let table = run(&["profile", "-F", "99", "--", prog.to_str().unwrap(), "spin", "1"]);
     assert_eq!(table.stdout.first().map(|l| l.trim()), Some("tk_spin"), "{:?}", table.stdout);

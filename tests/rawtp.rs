@@ -9,12 +9,21 @@ use std::time::Duration;
 
 use common::{Tracer, require_root, run};
 
+/// Argument names come from the kernel's `__bpf_trace_NAME` wrappers where BTF has them
+/// (not in Debian's 5.10): else they are `arg0`, `arg1`, ….
+fn arg(name: &str, index: usize) -> String {
+    let named = run(&["list", "kernel", "__bpf_trace_inet_sock_set_state"]).status.success();
+    if named { name.to_owned() } else { format!("arg{index}") }
+}
+
 #[test]
 fn tp_btf_agrees_with_tcpstate() {
     if !require_root("tp_btf_agrees_with_tcpstate") {
         return;
     }
-    let generic = Tracer::start(&["tp_btf", "inet_sock_set_state", "-a", "sk->__sk_common.skc_num", "--json"]);
+    let (sk, old, new) = (arg("sk", 0), arg("oldstate", 1), arg("newstate", 2));
+    let field = format!("{sk}->__sk_common.skc_num");
+    let generic = Tracer::start(&["tp_btf", "inet_sock_set_state", "-a", &field, "--json"]);
     let tcpstate = Tracer::start(&["tcpstate", "--json"]);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -38,9 +47,9 @@ fn tp_btf_agrees_with_tcpstate() {
         *from_tcpstate.entry((state(e["oldstate"].as_str().unwrap()), state(e["newstate"].as_str().unwrap()))).or_default() += 1;
     }
     let mut from_generic: BTreeMap<(i64, i64), u32> = BTreeMap::new();
-    for e in g.events().iter().filter(|e| e["args"]["sk->__sk_common.skc_num"] == port) {
+    for e in g.events().iter().filter(|e| e["args"][&field] == port) {
         assert_eq!(e["func"], "inet_sock_set_state");
-        *from_generic.entry((e["args"]["oldstate"].as_i64().unwrap(), e["args"]["newstate"].as_i64().unwrap())).or_default() += 1;
+        *from_generic.entry((e["args"][&old].as_i64().unwrap(), e["args"][&new].as_i64().unwrap())).or_default() += 1;
     }
     assert!(!from_tcpstate.is_empty(), "{:#?}", t.stdout);
     assert_eq!(from_generic, from_tcpstate, "the same transitions of the listening port's sockets");
@@ -51,12 +60,14 @@ fn raw_tp_reads_an_embedded_char_array() {
     if !require_root("raw_tp_reads_an_embedded_char_array") {
         return;
     }
-    let out = run(&["raw_tp", "sched_process_exec", "-a", "p->comm", "-a", "bprm->filename", "--json", "--", "sh", "-c", "/bin/true; true"]);
+    let (p, old_pid, bprm) = (arg("p", 0), arg("old_pid", 1), arg("bprm", 2));
+    let (comm, file) = (format!("{p}->comm"), format!("{bprm}->filename"));
+    let out = run(&["raw_tp", "sched_process_exec", "-a", &comm, "-a", &file, "--json", "--", "sh", "-c", "/bin/true; true"]);
     assert!(out.status.success(), "{}", out.stderr);
     let events = out.events();
-    let e = events.iter().find(|e| e["args"]["bprm->filename"] == "/bin/true").unwrap_or_else(|| panic!("{:#?}", out.stdout));
-    assert_eq!(e["args"]["p->comm"], "true");
-    assert!(e["args"]["old_pid"].as_i64().unwrap() > 0);
+    let e = events.iter().find(|e| e["args"][&file] == "/bin/true").unwrap_or_else(|| panic!("{:#?}", out.stdout));
+    assert_eq!(e["args"][&comm], "true");
+    assert!(e["args"][&old_pid].as_i64().unwrap() > 0);
 }
 
 #[test]

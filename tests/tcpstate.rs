@@ -80,7 +80,9 @@ fn check_connection(events: &[Value], v6: bool, port: u16, client_port: u16) {
     let me = std::process::id();
     let (family, lo) = if v6 { ("ipv6", "::1") } else { ("ipv4", "127.0.0.1") };
     let socks = sockets(events, port);
-    let mut seen: Vec<Vec<String>> = socks.values().map(|evs| transitions(evs)).collect();
+    // A slow machine may retransmit the SYN: the duplicate's request socket is dropped again.
+    let dropped_request = ["LISTEN>SYN_RECV", "SYN_RECV>CLOSE"];
+    let mut seen: Vec<Vec<String>> = socks.values().map(|evs| transitions(evs)).filter(|t| t != &dropped_request).collect();
     seen.sort();
     let want = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let mut expected = vec![

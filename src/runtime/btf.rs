@@ -104,7 +104,9 @@ impl KernelBtf {
     /// A raw tracepoint's arguments, named from the kernel's `__bpf_trace_NAME` wrapper (its
     /// first parameter, the tracepoint's private data, is not an argument).
     pub fn tracepoint_prototype(&self, name: &str) -> Option<Prototype> {
-        let mut p = self.prototype(&format!("__bpf_trace_{name}"))?;
+        let Some(mut p) = self.prototype(&format!("__bpf_trace_{name}")) else {
+            return self.tracepoint_typedef(name);
+        };
         if !p.params.is_empty() {
             p.params.remove(0);
         }
@@ -115,9 +117,32 @@ impl KernelBtf {
         Some(p)
     }
 
+    /// Older kernels' BTF (Debian's 5.10) has no `__bpf_trace_` wrappers, only the
+    /// `btf_trace_NAME` typedef, whose parameters are unnamed: they become `arg0`, `arg1`, ….
+    fn tracepoint_typedef(&self, name: &str) -> Option<Prototype> {
+        let td = self.btf.type_by_name::<BtfType<'_>>(&format!("btf_trace_{name}"))?;
+        let proto = FuncProto::try_from(td.skip_mods_and_typedefs().next_type()?).ok()?;
+        let mut params = Vec::new();
+        let mut c_params = Vec::new();
+        for (i, p) in proto.iter().skip(1).enumerate() {
+            let pname = format!("arg{i}");
+            let ty = self.btf.type_by_id::<BtfType<'_>>(p.ty)?;
+            c_params.push(c_decl(&c_type(&ty), &pname));
+            params.push((pname, self.kind(&ty), p.ty));
+        }
+        Some(Prototype { name: name.to_owned(), params, ret: ValueKind::Void, c_decl: format!("{name}({})", c_params.join(", ")) })
+    }
+
     /// Every raw tracepoint that BTF names (for globs and "did you mean").
     pub fn tracepoint_names(&self) -> Vec<String> {
-        self.func_names().into_iter().filter_map(|n| n.strip_prefix("__bpf_trace_").map(str::to_owned)).collect()
+        let mut names: Vec<String> = self
+            .btf
+            .type_by_kind::<libbpf_rs::btf::types::Typedef<'_>>()
+            .filter_map(|t| t.name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("btf_trace_")).map(str::to_owned))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     fn kind(&self, ty: &BtfType<'_>) -> ValueKind {

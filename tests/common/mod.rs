@@ -234,6 +234,16 @@ impl Tracer {
     }
 }
 
+/// A test that panics before stopping its tracer must not leave it running (and attached).
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Runs tracekit to completion (for errors and self-terminating runs).
 pub fn run(args: &[&str]) -> Finished {
     let out = Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("tracekit runs");

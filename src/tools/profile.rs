@@ -88,6 +88,22 @@ struct Mapping {
     path: PathBuf,
 }
 
+/// The mapped files of a watched process, held open through /proc/PID/map_files: the exact
+/// file it ran stays readable after it exits, even if the path was replaced meanwhile.
+type HeldFiles = HashMap<(u32, PathBuf), fs::File>;
+
+fn hold_files(pid: u32, maps: &[Mapping], held: &mut HeldFiles) {
+    for m in maps {
+        let key = (pid, m.path.clone());
+        if held.contains_key(&key) {
+            continue;
+        }
+        if let Ok(f) = fs::File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)) {
+            held.insert(key, f);
+        }
+    }
+}
+
 fn read_mappings(pid: u32) -> Option<Vec<Mapping>> {
     let text = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     let maps: Vec<Mapping> = text
@@ -147,16 +163,18 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     let mut watched: Vec<u32> = rt.filter.pids.clone();
     watched.extend(child.as_ref().map(|c| c.pid()));
     let mut cache: HashMap<u32, Vec<Mapping>> = HashMap::new();
+    let mut held: HeldFiles = HashMap::new();
     rt.wait(child.as_mut(), || {
         for &pid in &watched {
             if let Some(m) = read_mappings(pid) {
+                hold_files(pid, &m, &mut held);
                 cache.insert(pid, m);
             }
         }
     });
     drop(links);
     let code = child.map_or(0, |c| c.finish());
-    let stacks = collect(&skel, &mut cache);
+    let stacks = collect(&skel, &mut cache, &held);
     let dropped = lost::read_drops(skel.drops_map());
     print(&args, &rt, &stacks, dropped)?;
     Ok(code)
@@ -186,7 +204,7 @@ fn stack_addrs(skel: &ProfileSkel<'_>, id: i32) -> Vec<u64> {
 }
 
 /// Names for addresses: kernel ones in one batch, user ones per mapped file.
-fn collect(skel: &ProfileSkel<'_>, cache: &mut HashMap<u32, Vec<Mapping>>) -> Vec<Stack> {
+fn collect(skel: &ProfileSkel<'_>, cache: &mut HashMap<u32, Vec<Mapping>>, held: &HeldFiles) -> Vec<Stack> {
     let mut raw: Vec<(types::tk_profile_key, u64, Vec<u64>, Vec<u64>)> = Vec::new();
     for k in skel.maps.counts.keys() {
         let mut key = types::tk_profile_key::default();
@@ -227,9 +245,14 @@ fn collect(skel: &ProfileSkel<'_>, cache: &mut HashMap<u32, Vec<Mapping>>) -> Ve
     }
     for ((pid, path), entries) in per_file {
         let offsets: Vec<u64> = entries.iter().map(|e| e.2).collect();
-        // Inside the process's mount namespace while it lives (containers), else as named.
+        // The file held open while it ran; else inside the process's mount namespace while it
+        // lives (containers); else as named.
         let in_root = PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
-        let file = if in_root.exists() { in_root } else { path };
+        let file = match held.get(&(pid, path.clone())) {
+            Some(f) => PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(f))),
+            None if in_root.exists() => in_root,
+            None => path,
+        };
         let src = source::Source::Elf(source::Elf::new(&file));
         let Ok(syms) = symbolizer.symbolize(&src, Input::FileOffset(&offsets)) else { continue };
         for ((pid, addr, _), s) in entries.iter().zip(syms) {

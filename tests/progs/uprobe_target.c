@@ -41,7 +41,8 @@ __attribute__((noipa)) long tk_spin(int seconds)
 			sink += i;
 		n++;
 		clock_gettime(CLOCK_MONOTONIC, &now);
-	} while (now.tv_sec - start.tv_sec < seconds);
+	} while ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) <
+		 seconds * 1000000000L);
 	return n;
 }
 

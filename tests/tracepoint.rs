@@ -144,8 +144,6 @@ fn stack_of_each_event() {
     let events = out.events();
     let e = events.iter().find(|e| e["fields"]["filename"] == marker.as_str()).unwrap_or_else(|| panic!("{:#?}", out.stdout));
     let kstack: Vec<&str> = e["kstack"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
-    // Syscall tracepoints run BPF with the user registers before Linux 6.x (6.12 here): no
-    // kernel stack then; where there is one, its frames have names.
-    assert!(kstack.is_empty() || kstack.contains(&"do_syscall_64"), "kernel frames by name: {kstack:?}");
+    assert!(kstack.contains(&"do_syscall_64"), "kernel frames by name: {kstack:?}");
     assert!(!e["ustack"].as_array().unwrap().is_empty(), "user frames too: {e}");
 }

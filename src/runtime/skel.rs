@@ -30,12 +30,7 @@ impl Transport {
 pub struct CommonConfig<'a> {
     pub filter: &'a Filter,
     pub transport: Transport,
-    /// --stack: record stack ids (sizes the stack map).
-    pub stack: bool,
 }
-
-/// Stack ids kept for --stack; one entry (unused) otherwise.
-pub const STACK_ENTRIES: u32 = 4096;
 
 /// Switches the shared `tk_events` map to the chosen transport (the libbpf-tools compat trick).
 pub fn configure_events_map(map: &mut OpenMapMut<'_>, t: Transport) -> libbpf_rs::Result<()> {
@@ -61,7 +56,6 @@ pub const FOLLOW_ARMED: u8 = 2;
 pub trait CommonLoaded {
     fn events_map(&self) -> &MapMut<'_>;
     fn drops_map(&self) -> &MapMut<'_>;
-    fn stacks_map(&self) -> &MapMut<'_>;
     fn follow_map(&self) -> &MapMut<'_>;
     /// Attaches the `-- CMD` descendant tracking (loaded only in that mode).
     fn attach_follow(&self) -> libbpf_rs::Result<Vec<Link>>;
@@ -98,8 +92,6 @@ macro_rules! common_skel {
                     matches!(cfg.transport, $crate::runtime::skel::Transport::PerfBuf { .. }) as u32;
                 tr.wakeup_bytes = cfg.transport.wakeup_bytes();
                 tr.wakeup_ns = $crate::runtime::skel::Transport::WAKEUP_NS;
-                tr.want_stack = cfg.stack as u32;
-                self.maps.tk_stacks.set_max_entries(if cfg.stack { $crate::runtime::skel::STACK_ENTRIES } else { 1 })?;
                 $crate::runtime::skel::configure_events_map(&mut self.maps.tk_events, cfg.transport)?;
                 self.progs.tk_follow_fork.set_autoload(f.follow);
                 self.progs.tk_follow_exit.set_autoload(f.follow);
@@ -114,9 +106,6 @@ macro_rules! common_skel {
             }
             fn drops_map(&self) -> &libbpf_rs::MapMut<'_> {
                 &self.maps.tk_drops
-            }
-            fn stacks_map(&self) -> &libbpf_rs::MapMut<'_> {
-                &self.maps.tk_stacks
             }
             fn follow_map(&self) -> &libbpf_rs::MapMut<'_> {
                 &self.maps.tk_follow

@@ -149,13 +149,15 @@ fn did_you_mean(names: &[String], want: &str) -> Option<String> {
 
 /// FUNC arguments (names and globs) → the functions to trace, each with its prototype.
 fn expand(btf: &KernelBtf, wanted: &[String]) -> Result<Vec<(String, Prototype)>, Error> {
-    let names = btf.func_names();
+    // Every function name is needed only for globs and "did you mean": listed once, on demand.
+    let names = std::cell::OnceCell::new();
+    let names = || names.get_or_init(|| btf.func_names());
     let mut out: Vec<(String, Prototype)> = Vec::new();
     for w in wanted {
         let w = w.trim();
         if w.contains(['*', '?', '[']) {
             let pat = glob::Pattern::new(w).map_err(|e| Error::usage(format!("bad glob `{w}`: {e}"), None))?;
-            let hits: Vec<&String> = names.iter().filter(|n| pat.matches(n)).collect();
+            let hits: Vec<&String> = names().iter().filter(|n| pat.matches(n)).collect();
             if hits.is_empty() {
                 return Err(Error::usage(
                     format!("no kernel function matches `{w}`"),
@@ -174,7 +176,7 @@ fn expand(btf: &KernelBtf, wanted: &[String]) -> Result<Vec<(String, Prototype)>
             let p = btf.prototype(w).ok_or_else(|| {
                 Error::usage(
                     format!("kernel function `{w}` not found"),
-                    Some(did_you_mean(&names, w).unwrap_or_else(|| format!("see `tracekit list kernel '*{w}*'`"))),
+                    Some(did_you_mean(names(), w).unwrap_or_else(|| format!("see `tracekit list kernel '*{w}*'`"))),
                 )
             })?;
             out.push((w.to_owned(), p));

@@ -146,6 +146,18 @@ fn kprobe_backend_decodes_open() {
 }
 
 #[test]
+fn stack_of_each_call() {
+    if !require_root("kprobe stack_of_each_call") || !backend_available("kprobe") {
+        return;
+    }
+    let out = run(&["kprobe", "do_sys_openat2", "--stack", "--json", "--entry-only", "-c", "cat", "--", "sh", "-c", "cat /etc/hostname >/dev/null"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let e = out.events().into_iter().find(|e| e["args"]["filename"] == "/etc/hostname").expect("the open of /etc/hostname");
+    let kstack: Vec<String> = e["kstack"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_owned()).collect();
+    assert!(kstack.iter().any(|f| f == "do_syscall_64"), "{kstack:?}");
+}
+
+#[test]
 fn table_and_comm_filter() {
     if !require_root("table_and_comm_filter") || !backend_available("kprobe") {
         return;

@@ -129,3 +129,23 @@ fn list_tracepoints() {
     assert!(out.status.success(), "{}", out.stderr);
     assert!(out.stdout.iter().any(|l| l == "syscalls:sys_enter_openat"), "{:?}", out.stdout);
 }
+
+#[test]
+fn stack_of_each_event() {
+    if !require_root("tracepoint stack_of_each_event") {
+        return;
+    }
+    let me = std::process::id().to_string();
+    let t = Tracer::start(&["tracepoint", "syscalls:sys_enter_openat", "--stack", "--json", "-p", &me]);
+    let marker = format!("{}/tk-tp-stack-{me}", env!("CARGO_TARGET_TMPDIR"));
+    assert!(File::open(&marker).is_err());
+    thread::sleep(Duration::from_millis(300));
+    let out = t.stop();
+    let events = out.events();
+    let e = events.iter().find(|e| e["fields"]["filename"] == marker.as_str()).unwrap_or_else(|| panic!("{:#?}", out.stdout));
+    let kstack: Vec<&str> = e["kstack"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    // Syscall tracepoints run BPF with the user registers before Linux 6.x (6.12 here): no
+    // kernel stack then; where there is one, its frames have names.
+    assert!(kstack.is_empty() || kstack.contains(&"do_syscall_64"), "kernel frames by name: {kstack:?}");
+    assert!(!e["ustack"].as_array().unwrap().is_empty(), "user frames too: {e}");
+}

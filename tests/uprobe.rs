@@ -258,6 +258,21 @@ fn uretprobe_reads_the_returned_string() {
 }
 
 #[test]
+fn stack_of_each_call() {
+    if !require_root("uprobe stack_of_each_call") {
+        return;
+    }
+    let t = Tracer::start(&["uprobe", &format!("{}:readline", private_bash().display()), "--stack", "--json", "--entry-only"]);
+    // bash sleeps before its last prompt: user frames are symbolized while the process lives.
+    let pid = interactive_bash(&["echo stacked", "sleep 2"]);
+    thread::sleep(Duration::from_millis(300));
+    let out = t.stop();
+    let events = out.events();
+    let e = events.iter().find(|e| e["pid"] == pid).unwrap_or_else(|| panic!("{:#?}", out.stdout));
+    assert_eq!(e["ustack"][0], "readline", "the probed function is the first user frame: {e}");
+}
+
+#[test]
 fn cleanup_after_sigint() {
     if !require_root("uprobe cleanup_after_sigint") {
         return;

@@ -26,6 +26,15 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } tk_events SEC(".maps");
 
+/* --stack: kernel and user stacks of events, by id (created only with --stack). */
+#define TK_STACK_DEPTH 127
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, TK_STACK_DEPTH * sizeof(__u64));
+	__uint(max_entries, 4096);
+} tk_stacks SEC(".maps");
+
 /* Events that could not be delivered (ring buffer full, perf output failed), per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -117,6 +126,17 @@ static __always_inline int tk_filter_allows(void)
 	    bpf_get_current_ancestor_cgroup_id(tk_filter.cgroup_level) != tk_filter.cgroup_id)
 		return 0;
 	return 1;
+}
+
+/* Stack ids of the current event, or -1 without --stack. */
+static __always_inline void tk_stack_ids(void *ctx, __s32 *kstack, __s32 *ustack)
+{
+	if (!tk_transport.want_stack) {
+		*kstack = *ustack = -1;
+		return;
+	}
+	*kstack = bpf_get_stackid(ctx, &tk_stacks, 0);
+	*ustack = bpf_get_stackid(ctx, &tk_stacks, BPF_F_USER_STACK);
 }
 
 static __always_inline void tk_fill_hdr(struct tk_hdr *h)

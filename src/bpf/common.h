@@ -25,7 +25,7 @@ struct tk_transport {
 	__u64 wakeup_bytes;       /* ring buffer: wake the reader once this much is pending */
 	__u64 wakeup_ns;          /* ... or when the last wakeup is older than this */
 	__u32 use_perfbuf;        /* 1: tk_events is a perf event array */
-	__u32 _pad;
+	__u32 want_stack;         /* --stack: record stack ids in tk_stacks */
 };
 
 /* Leads every event: who, when, where. */

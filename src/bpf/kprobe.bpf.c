@@ -59,6 +59,7 @@ static __always_inline int on_entry(void *ctx, const int slot, __u64 *args)
 	tk_fill_hdr(&e->hdr);
 	e->slot = slot;
 	e->flags = TK_KP_F_ENTRY;
+	tk_stack_ids(ctx, &e->kstack, &e->ustack);
 	e->ret = 0;
 	e->latency_ns = 0;
 	e->str_len[0] = e->str_len[1] = 0;

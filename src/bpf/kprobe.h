@@ -45,6 +45,8 @@ struct tk_kprobe_event {
 	__u64 latency_ns;
 	__u32 slot;
 	__u32 flags;
+	__s32 kstack;         /* --stack: ids in tk_stacks, < 0 when none */
+	__s32 ustack;
 	__s16 str_len[TK_KP_STRS];   /* bytes read including the NUL; < 0: read failed */
 	__u32 _pad;
 	char str[TK_KP_STRS * TK_KP_STR_LEN];

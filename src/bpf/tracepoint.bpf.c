@@ -53,6 +53,7 @@ int tp__generic(void *ctx)
 		return 0;
 	tk_fill_hdr(&e->hdr);
 	e->tp_id = tk_tp.tps[idx].id;
+	tk_stack_ids(ctx, &e->kstack, &e->ustack);
 	size = tk_tp.tps[idx].size;
 	if (size > TK_TP_DATA)
 		size = TK_TP_DATA;

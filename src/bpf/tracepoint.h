@@ -35,6 +35,8 @@ struct tk_tp_config {
 struct tk_tp_event {
 	struct tk_hdr hdr;
 	__u32 tp_id;
+	__s32 kstack;         /* --stack: ids in tk_stacks, < 0 when none */
+	__s32 ustack;
 	__u16 data_len;
 	__s16 str_len[TK_TP_STRS];
 	__u16 _pad;

@@ -70,6 +70,7 @@ int uprobe__generic(struct pt_regs *ctx)
 		return 0;
 	id = probe_id(ctx);
 	start_event(e, id, TK_UPROBE_F_ENTRY);
+	tk_stack_ids(ctx, &e->kstack, &e->ustack);
 	e->args[0] = PT_REGS_PARM1(ctx);
 	e->args[1] = PT_REGS_PARM2(ctx);
 	e->args[2] = PT_REGS_PARM3(ctx);
@@ -123,6 +124,7 @@ int uretprobe__generic(struct pt_regs *ctx)
 		e->flags |= TK_UPROBE_F_RETURN;
 	} else {
 		start_event(e, id, TK_UPROBE_F_RETURN);
+		tk_stack_ids(ctx, &e->kstack, &e->ustack);
 		for (int i = 0; i < TK_UPROBE_ARGS; i++)
 			e->args[i] = 0;
 	}

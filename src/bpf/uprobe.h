@@ -36,6 +36,8 @@ struct tk_uprobe_event {
 	__u64 latency_ns;     /* 0 unless both entry and return were seen */
 	__u32 probe_id;
 	__u32 flags;
+	__s32 kstack;         /* --stack: ids in tk_stacks, < 0 when none */
+	__s32 ustack;
 	__s16 str_len[TK_UPROBE_STRS];  /* bytes read including the NUL; < 0: read failed */
 	__u16 _pad;
 	char str[TK_UPROBE_STRS * TK_UPROBE_STR_LEN];  /* slot i at i * TK_UPROBE_STR_LEN */

@@ -12,11 +12,12 @@ pub mod lost;
 pub mod output;
 pub mod probe;
 pub mod skel;
+pub mod symbolize;
 pub mod target;
 pub mod value;
 
 use std::cell::{Cell, RefCell};
-use std::io;
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -50,10 +51,16 @@ pub trait Printer {
     fn header(ev: &Self::Event) -> Header;
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()>;
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()>;
+    /// (pid, kernel stack id, user stack id) of an event, for tools that record them.
+    fn stack_ids(_ev: &Self::Event) -> Option<(u32, i32, i32)> {
+        None
+    }
 }
 
 pub struct Runtime {
     pub args: CommonArgs,
+    /// --stack (for the tools that offer it): record and print each event's stacks.
+    pub stack: bool,
     pub probes: Probes,
     pub filter: Filter,
     started: Instant,
@@ -80,7 +87,7 @@ impl Runtime {
         let flag = stop.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
             .map_err(|e| Error::runtime(format!("installing the signal handler: {e}"), None))?;
-        Ok(Runtime { args, probes: Probes::default(), filter, started, stop })
+        Ok(Runtime { args, stack: false, probes: Probes::default(), filter, started, stop })
     }
 
     /// Prints a lifecycle line with -v.
@@ -157,7 +164,7 @@ impl Runtime {
 
     /// Writes the common configuration (filter, transport) into an opened skeleton.
     pub fn configure<O: CommonOpen>(&self, open: &mut O, transport: Transport) -> Result<(), Error> {
-        open.configure_common(&CommonConfig { filter: &self.filter, transport })
+        open.configure_common(&CommonConfig { filter: &self.filter, transport, stack: self.stack })
             .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))
     }
 
@@ -201,6 +208,7 @@ impl Runtime {
             write_error: None,
             malformed: 0,
             first_event: None,
+            stacks: self.stack.then(|| (skel.stacks_map(), symbolize::Stacks::new())),
         });
         let perf_lost = Cell::new(0u64);
         let source = self.step("event buffer", || EventSource::new(skel, transport, &state, &perf_lost))?;
@@ -393,7 +401,7 @@ fn stdout_closed() -> bool {
     n > 0 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
-struct StreamState<P: Printer> {
+struct StreamState<'s, P: Printer> {
     printer: P,
     sink: Sink,
     events: u64,
@@ -403,9 +411,40 @@ struct StreamState<P: Printer> {
     write_error: Option<io::Error>,
     malformed: u64,
     first_event: Option<Instant>,
+    /// --stack: the stack map and the symbolizer.
+    stacks: Option<(&'s libbpf_rs::MapMut<'s>, symbolize::Stacks)>,
 }
 
-impl<P: Printer> StreamState<P> {
+impl<P: Printer> StreamState<'_, P> {
+    /// The event's stacks (kernel, user), symbolized: on their own lines, or JSON arrays.
+    fn write_stacks(&mut self, ev: &P::Event) -> io::Result<()> {
+        let (Some((map, names)), Some((pid, k, u))) = (&self.stacks, P::stack_ids(ev)) else { return Ok(()) };
+        let lookup = |id: i32| -> Vec<u64> {
+            if id < 0 {
+                return Vec::new();
+            }
+            match map.lookup(&id.to_ne_bytes(), MapFlags::ANY) {
+                Ok(Some(v)) => symbolize::addrs_of(&v),
+                _ => Vec::new(),
+            }
+        };
+        // User frames first: the process must still be running to be symbolized.
+        let user = names.user(pid, &lookup(u));
+        let kernel = names.kernel(&lookup(k));
+        if self.sink.json {
+            let list = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+            self.sink.field_raw("kstack", &list(&kernel))?;
+            self.sink.field_raw("ustack", &list(&user))
+        } else {
+            let w = self.sink.w();
+            for f in kernel.iter().chain(&user) {
+                w.write_all(b"\n        ")?;
+                w.write_all(f.as_bytes())?;
+            }
+            Ok(())
+        }
+    }
+
     fn note_write(&mut self, r: io::Result<()>) {
         if let Err(e) = r {
             self.done = true;
@@ -431,11 +470,13 @@ impl<P: Printer> StreamState<P> {
             self.sink
                 .event_start(&hdr)
                 .and_then(|()| self.printer.json(&ev, &mut self.sink))
+                .and_then(|()| self.write_stacks(&ev))
                 .and_then(|()| self.sink.obj_end())
         } else {
             self.sink
                 .row_start(&hdr)
                 .and_then(|()| self.printer.row(&ev, &mut self.sink))
+                .and_then(|()| self.write_stacks(&ev))
                 .and_then(|()| self.sink.row_end())
         };
         self.note_write(r);
@@ -453,10 +494,10 @@ enum EventSource<'a> {
 }
 
 impl<'a> EventSource<'a> {
-    fn new<P: Printer, S: CommonLoaded>(
+    fn new<'s: 'a, P: Printer, S: CommonLoaded>(
         skel: &'a S,
         transport: Transport,
-        state: &'a RefCell<StreamState<P>>,
+        state: &'a RefCell<StreamState<'s, P>>,
         perf_lost: &'a Cell<u64>,
     ) -> Result<Self, Error> {
         let map = skel.events_map();

@@ -30,7 +30,10 @@ impl Transport {
 pub struct CommonConfig<'a> {
     pub filter: &'a Filter,
     pub transport: Transport,
+    /// --stack: record stack ids (the stack map exists only then).
+    pub stack: bool,
 }
+
 
 /// Switches the shared `tk_events` map to the chosen transport (the libbpf-tools compat trick).
 pub fn configure_events_map(map: &mut OpenMapMut<'_>, t: Transport) -> libbpf_rs::Result<()> {
@@ -56,6 +59,7 @@ pub const FOLLOW_ARMED: u8 = 2;
 pub trait CommonLoaded {
     fn events_map(&self) -> &MapMut<'_>;
     fn drops_map(&self) -> &MapMut<'_>;
+    fn stacks_map(&self) -> &MapMut<'_>;
     fn follow_map(&self) -> &MapMut<'_>;
     /// Attaches the `-- CMD` descendant tracking (loaded only in that mode).
     fn attach_follow(&self) -> libbpf_rs::Result<Vec<Link>>;
@@ -92,6 +96,10 @@ macro_rules! common_skel {
                     matches!(cfg.transport, $crate::runtime::skel::Transport::PerfBuf { .. }) as u32;
                 tr.wakeup_bytes = cfg.transport.wakeup_bytes();
                 tr.wakeup_ns = $crate::runtime::skel::Transport::WAKEUP_NS;
+                tr.want_stack = cfg.stack as u32;
+                // Not even created without --stack: a stack map reserves per-CPU callchain
+                // buffers in the kernel, and libbpf turns the then-dead references into traps.
+                self.maps.tk_stacks.set_autocreate(cfg.stack)?;
                 $crate::runtime::skel::configure_events_map(&mut self.maps.tk_events, cfg.transport)?;
                 self.progs.tk_follow_fork.set_autoload(f.follow);
                 self.progs.tk_follow_exit.set_autoload(f.follow);
@@ -106,6 +114,9 @@ macro_rules! common_skel {
             }
             fn drops_map(&self) -> &libbpf_rs::MapMut<'_> {
                 &self.maps.tk_drops
+            }
+            fn stacks_map(&self) -> &libbpf_rs::MapMut<'_> {
+                &self.maps.tk_stacks
             }
             fn follow_map(&self) -> &libbpf_rs::MapMut<'_> {
                 &self.maps.tk_follow

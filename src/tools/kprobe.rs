@@ -63,6 +63,10 @@ pub struct KprobeArgs {
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
 
+    /// Also record and print each event's kernel and user stack (symbolized)
+    #[arg(long)]
+    pub stack: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -82,6 +86,10 @@ pub struct RawTpArgs {
     #[arg(short = 'a', long = "arg", value_name = "EXPR")]
     pub fields: Vec<String>,
 
+    /// Also record and print each event's kernel and user stack (symbolized)
+    #[arg(long)]
+    pub stack: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -90,6 +98,7 @@ pub struct RawTpArgs {
 /// tracepoint, decoded by type, through the same decode plans as kprobe.
 pub fn run_raw_tracepoint(args: RawTpArgs, btf_typed: bool) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
+    rt.stack = args.stack;
     let (feature, hook) = if btf_typed { (Feature::TpBtf, Hook::TpBtf) } else { (Feature::RawTp, Hook::RawTp) };
     let status = rt.probes.get(feature);
     if !status.is_supported() {
@@ -314,6 +323,7 @@ fn prog_name(hook: Hook, ret: bool, slot: usize) -> String {
 
 pub fn run(args: KprobeArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
+    rt.stack = args.stack;
     let btf = rt.step("btf", || KernelBtf::load(rt.args.btf.as_deref()))?;
     let funcs = expand(&btf, &args.funcs)?;
     let traced = plan_values(&btf, funcs, &args.fields)?;
@@ -450,6 +460,10 @@ fn slot_str(ev: &types::tk_kprobe_event, slot: Option<usize>) -> Option<(std::bo
 
 impl Printer for KprobePrinter {
     type Event = types::tk_kprobe_event;
+
+    fn stack_ids(ev: &Self::Event) -> Option<(u32, i32, i32)> {
+        Some((ev.hdr.pid, ev.kstack, ev.ustack))
+    }
     const COLUMNS: &'static str = "PID     COMM               LAT(ms) CALL";
 
     fn header(ev: &Self::Event) -> Header {

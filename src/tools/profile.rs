@@ -10,12 +10,13 @@ use std::mem::MaybeUninit;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use blazesym::symbolize::{Input, Symbolized, Symbolizer, source};
+use blazesym::symbolize::{Input, Symbolizer, source};
 use clap::Args;
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::error::Error;
 use crate::runtime::output::{Sink, c_chars};
+use crate::runtime::symbolize::{addrs_of, frame_name};
 use crate::runtime::{CommonArgs, CommonLoaded, Runtime, Transport, lost};
 
 crate::tool_skel!("profile", OpenProfileSkel, ProfileSkel, tk_profile_key);
@@ -194,11 +195,7 @@ fn stack_addrs(skel: &ProfileSkel<'_>, id: i32) -> Vec<u64> {
         return Vec::new();
     }
     match skel.maps.stacks.lookup(&id.to_ne_bytes(), MapFlags::ANY) {
-        Ok(Some(bytes)) => bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
-            .take_while(|&a| a != 0)
-            .collect(),
+        Ok(Some(bytes)) => addrs_of(&bytes),
         _ => Vec::new(),
     }
 }
@@ -288,18 +285,6 @@ fn stack_names(id: i32, addrs: &[u64], name: impl Fn(u64) -> String) -> Vec<Stri
         return vec!["[lost stack]".into()];
     }
     addrs.iter().map(|&a| name(a)).collect()
-}
-
-/// The function and, where debug info has them, the functions inlined into it (innermost first).
-fn frame_name(s: &Symbolized<'_>, addr: u64) -> String {
-    match s {
-        Symbolized::Sym(sym) => {
-            let mut parts: Vec<&str> = sym.inlined.iter().rev().map(|f| f.name.as_ref()).collect();
-            parts.push(sym.name.as_ref());
-            parts.join(";")
-        }
-        Symbolized::Unknown(_) => format!("{addr:#x}"),
-    }
 }
 
 fn print(args: &ProfileArgs, rt: &Runtime, stacks: &[Stack], dropped: u64) -> Result<(), Error> {

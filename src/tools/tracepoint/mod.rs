@@ -43,6 +43,10 @@ pub struct TracepointArgs {
     #[arg(short = 'f', long = "field", value_name = "FIELD", value_delimiter = ',')]
     pub fields: Vec<String>,
 
+    /// Also record and print each event's kernel and user stack (symbolized)
+    #[arg(long)]
+    pub stack: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -99,6 +103,7 @@ pub fn resolve(tracefs: &std::path::Path, wanted: &[String]) -> Result<Vec<Forma
 
 pub fn run(args: TracepointArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
+    rt.stack = args.stack;
     let tracefs = kernel::ensure_tracefs()?;
     let formats = resolve(&tracefs, &args.events)?;
     for f in &args.fields {
@@ -232,6 +237,10 @@ fn for_each_field<'e>(
 
 impl Printer for TracepointPrinter {
     type Event = types::tk_tp_event;
+
+    fn stack_ids(ev: &Self::Event) -> Option<(u32, i32, i32)> {
+        Some((ev.hdr.pid, ev.kstack, ev.ustack))
+    }
     const COLUMNS: &'static str = "PID     COMM            TRACEPOINT / FIELDS";
 
     fn header(ev: &Self::Event) -> Header {

@@ -59,6 +59,10 @@ pub struct UprobeArgs {
     #[arg(long)]
     pub return_only: bool,
 
+    /// Also record and print each event's kernel and user stack (symbolized)
+    #[arg(long)]
+    pub stack: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -195,6 +199,7 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
         .map(|s| signature::parse(s).map_err(|e| Error::usage(format!("bad --sig `{s}`: {e}"), None)))
         .collect::<Result<Vec<_>, _>>()?;
     let mut rt = Runtime::new(args.common.clone())?;
+    rt.stack = args.stack;
     let pid = match rt.filter.pids.as_slice() {
         [one] => Some(*one),
         _ => None,
@@ -319,6 +324,10 @@ impl UprobePrinter {
 
 impl Printer for UprobePrinter {
     type Event = types::tk_uprobe_event;
+
+    fn stack_ids(ev: &Self::Event) -> Option<(u32, i32, i32)> {
+        Some((ev.hdr.pid, ev.kstack, ev.ustack))
+    }
     const COLUMNS: &'static str = "PID     COMM               LAT(ms) CALL";
 
     fn header(ev: &Self::Event) -> Header {

@@ -1,0 +1,55 @@
+//! Stack frames to names with blazesym: kernel addresses through kallsyms, user addresses
+//! through the process's own mappings (it must still run) or an ELF file. A frame without a
+//! name prints as hex; none is dropped.
+
+use blazesym::symbolize::{Input, Symbolized, Symbolizer, source};
+
+/// The function and, where debug info has them, the functions inlined into it (innermost
+/// first), `;`-separated.
+pub fn frame_name(s: &Symbolized<'_>, addr: u64) -> String {
+    match s {
+        Symbolized::Sym(sym) => {
+            let mut parts: Vec<&str> = sym.inlined.iter().rev().map(|f| f.name.as_ref()).collect();
+            parts.push(sym.name.as_ref());
+            parts.join(";")
+        }
+        Symbolized::Unknown(_) => format!("{addr:#x}"),
+    }
+}
+
+pub struct Stacks {
+    symbolizer: Symbolizer,
+}
+
+impl Stacks {
+    pub fn new() -> Self {
+        Stacks { symbolizer: Symbolizer::new() }
+    }
+
+    fn names(&self, src: &source::Source<'_>, addrs: &[u64]) -> Vec<String> {
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        match self.symbolizer.symbolize(src, Input::AbsAddr(addrs)) {
+            Ok(syms) => addrs.iter().zip(syms).map(|(a, s)| frame_name(&s, *a)).collect(),
+            Err(_) => addrs.iter().map(|a| format!("{a:#x}")).collect(),
+        }
+    }
+
+    pub fn kernel(&self, addrs: &[u64]) -> Vec<String> {
+        self.names(&source::Source::Kernel(source::Kernel::default()), addrs)
+    }
+
+    pub fn user(&self, pid: u32, addrs: &[u64]) -> Vec<String> {
+        self.names(&source::Source::Process(source::Process::new(pid.into())), addrs)
+    }
+}
+
+/// A stack map value: addresses up to the first zero.
+pub fn addrs_of(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+        .take_while(|&a| a != 0)
+        .collect()
+}

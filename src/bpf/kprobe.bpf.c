@@ -45,6 +45,11 @@ static __always_inline void read_str(struct tk_kprobe_event *e, __u32 slot, __u6
 		e->str_len[slot] = bpf_probe_read_user_str(dst, TK_KP_STR_LEN, (void *)ptr);
 }
 
+static __always_inline __u64 event_size(struct tk_kprobe_event *e)
+{
+	return tk_used_size(offsetof(struct tk_kprobe_event, str), e->str_len, TK_KP_STRS, TK_KP_STR_LEN);
+}
+
 static __always_inline int on_entry(void *ctx, const int slot, __u64 *args)
 {
 	const volatile struct tk_kfunc *fn = &tk_kprobe.funcs[slot];
@@ -84,7 +89,7 @@ static __always_inline int on_entry(void *ctx, const int slot, __u64 *args)
 			read_str(e, f->str_slot - 1, v);
 	}
 	if (!tk_kprobe.want_return) {
-		tk_output(ctx, e, sizeof(*e));
+		tk_output(ctx, e, event_size(e));
 	} else {
 		key.tid = e->hdr.tid;
 		key.slot = slot;
@@ -111,7 +116,7 @@ static __always_inline int on_return(void *ctx, const int slot, __u64 ret)
 	e->hdr.ts_ns = now;
 	e->ret = ret;
 	e->flags |= TK_KP_F_RETURN;
-	tk_output(ctx, e, sizeof(*e));
+	tk_output(ctx, e, event_size(e));
 	bpf_map_delete_elem(&inflight, &key);
 	return 0;
 }

@@ -15,24 +15,24 @@ struct tk_tp_event _tk_tp_event = {};
 
 _Static_assert(sizeof(struct tk_tp_event) <= TK_EVENT_MAX, "built in a tk_scratch slot");
 
-static __always_inline void read_string(struct tk_tp_event *e, int slot, void *ctx,
-					const volatile struct tk_tp_strfield *f)
+/* Reads string field f into dst; returns the bytes read including the NUL, or < 0. */
+static __always_inline long read_string(char *dst, void *ctx, const volatile struct tk_tp_strfield *f)
 {
-	char *dst = &e->str[slot * TK_TP_STR_LEN];
 	__u64 ptr = 0;
 	__u32 loc = 0;
 
 	if (f->kind == TK_TP_STR_PTR) {
 		bpf_probe_read_kernel(&ptr, sizeof(ptr), ctx + f->offset);
 		if ((__s64)ptr < 0)
-			e->str_len[slot] = bpf_probe_read_kernel_str(dst, TK_TP_STR_LEN, (void *)ptr);
-		else
-			e->str_len[slot] = bpf_probe_read_user_str(dst, TK_TP_STR_LEN, (void *)ptr);
-	} else if (f->kind == TK_TP_STR_LOC) {
+			return bpf_probe_read_kernel_str(dst, TK_TP_STR_LEN, (void *)ptr);
+		return bpf_probe_read_user_str(dst, TK_TP_STR_LEN, (void *)ptr);
+	}
+	if (f->kind == TK_TP_STR_LOC) {
 		/* __data_loc: offset of the string in the record (low 16 bits), its length above */
 		bpf_probe_read_kernel(&loc, sizeof(loc), ctx + f->offset);
-		e->str_len[slot] = bpf_probe_read_kernel_str(dst, TK_TP_STR_LEN, ctx + (loc & 0xffff));
+		return bpf_probe_read_kernel_str(dst, TK_TP_STR_LEN, ctx + (loc & 0xffff));
 	}
+	return 0;
 }
 
 SEC("tracepoint")
@@ -40,6 +40,8 @@ int tp__generic(void *ctx)
 {
 	struct tk_tp_event *e;
 	__u32 size;
+	__u64 end; /* 64-bit: a bound checked on a zero-extended copy is lost on older verifiers */
+	long n;
 	/* The record's common_type cannot tell events apart: syscall tracepoints overwrite it
 	 * with a pointer for BPF. The attach cookie does. */
 	__u64 idx = tk_tp.have_cookie ? bpf_get_attach_cookie(ctx) : 0;
@@ -58,13 +60,25 @@ int tp__generic(void *ctx)
 	if (size > TK_TP_DATA)
 		size = TK_TP_DATA;
 	e->data_len = size;
-	e->str_len[0] = e->str_len[1] = 0;
 	if (size > 0)
-		bpf_probe_read_kernel(e->data, size, ctx);
-	for (int s = 0; s < TK_TP_STRS; s++)
-		if (s < tk_tp.tps[idx].nstr)
-			read_string(e, s, ctx, &tk_tp.tps[idx].str[s]);
-	tk_output(ctx, e, sizeof(*e));
+		bpf_probe_read_kernel(e->buf, size, ctx);
+	end = size;
+	for (int s = 0; s < TK_TP_STRS; s++) {
+		e->str_off[s] = end;
+		e->str_len[s] = 0;
+		/* an unsigned bound the verifier sees as such (clang would reason its own way) */
+		asm volatile("" : "+r"(end));
+		if (s >= tk_tp.tps[idx].nstr || end > TK_TP_DATA + s * TK_TP_STR_LEN)
+			continue;
+		n = read_string((char *)e->buf + end, ctx, &tk_tp.tps[idx].str[s]);
+		e->str_len[s] = n;
+		if (n > 0 && n <= TK_TP_STR_LEN)
+			end += n;
+	}
+	asm volatile("" : "+r"(end));
+	if (end > sizeof(e->buf))
+		end = sizeof(e->buf);
+	tk_output(ctx, e, offsetof(struct tk_tp_event, buf) + end);
 	tk_scratch_put();
 	return 0;
 }

@@ -32,16 +32,19 @@ struct tk_tp_config {
 	__u32 have_cookie;    /* the attach cookie is the index in tps (5.15+); else one event */
 };
 
+/* Sent with its used length only: the header, the record, then its strings back to back
+ * (most records are tens of bytes, and copying the whole buffer per event slowed the traced
+ * workload measurably). */
 struct tk_tp_event {
 	struct tk_hdr hdr;
 	__u32 tp_id;
 	__s32 kstack;         /* --stack: ids in tk_stacks, < 0 when none */
 	__s32 ustack;
-	__u16 data_len;
-	__s16 str_len[TK_TP_STRS];
-	__u16 _pad;
-	__u8 data[TK_TP_DATA];
-	char str[TK_TP_STRS * TK_TP_STR_LEN];
+	__u16 data_len;       /* the record: buf[0 .. data_len] */
+	__s16 str_len[TK_TP_STRS];   /* bytes read including the NUL; < 0: read failed */
+	__u16 str_off[TK_TP_STRS];   /* where string i starts in buf */
+	__u16 _pad[3];
+	__u8 buf[TK_TP_DATA + TK_TP_STRS * TK_TP_STR_LEN];
 };
 
 #endif

@@ -56,6 +56,12 @@ static __always_inline void read_str(struct tk_uprobe_event *e, __u32 slot, __u6
 						   (void *)ptr);
 }
 
+static __always_inline __u64 event_size(struct tk_uprobe_event *e)
+{
+	return tk_used_size(offsetof(struct tk_uprobe_event, str), e->str_len, TK_UPROBE_STRS,
+			    TK_UPROBE_STR_LEN);
+}
+
 SEC("uprobe")
 int uprobe__generic(struct pt_regs *ctx)
 {
@@ -84,7 +90,7 @@ int uprobe__generic(struct pt_regs *ctx)
 		}
 	}
 	if (!tk_uprobe.want_return) {
-		tk_output(ctx, e, sizeof(*e));
+		tk_output(ctx, e, event_size(e));
 	} else {
 		key.tid = e->hdr.tid;
 		key.probe_id = id;
@@ -136,7 +142,7 @@ int uretprobe__generic(struct pt_regs *ctx)
 				slot++;
 		read_str(e, slot, e->ret);
 	}
-	tk_output(ctx, e, sizeof(*e));
+	tk_output(ctx, e, event_size(e));
 	tk_scratch_put();
 	return 0;
 }

@@ -460,6 +460,7 @@ fn slot_str(ev: &types::tk_kprobe_event, slot: Option<usize>) -> Option<(std::bo
 
 impl Printer for KprobePrinter {
     type Event = types::tk_kprobe_event;
+    const MIN_LEN: usize = std::mem::offset_of!(types::tk_kprobe_event, str);
 
     fn stack_ids(ev: &Self::Event) -> Option<(u32, i32, i32)> {
         Some((ev.hdr.pid, ev.kstack, ev.ustack))

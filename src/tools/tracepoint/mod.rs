@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::error::Error;
 use crate::runtime::fastfmt;
-use crate::runtime::output::{Header, Sink, c_chars};
+use crate::runtime::output::{Header, Sink, c_str};
 use crate::runtime::probe::Feature;
 use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
 use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
@@ -206,7 +206,7 @@ fn for_each_field<'e>(
 ) -> io::Result<Option<&'e Format>> {
     let Some(i) = p.formats.iter().position(|f| f.id == ev.tp_id) else { return Ok(None) };
     let fmt = &p.formats[i];
-    let data = &ev.data[..usize::from(ev.data_len).min(DATA)];
+    let data = &ev.buf[..usize::from(ev.data_len).min(DATA)];
     for field in &fmt.fields {
         if !p.only.is_empty() && !p.only.iter().any(|o| o == &field.name) {
             continue;
@@ -214,8 +214,9 @@ fn for_each_field<'e>(
         let raw = read_uint(data, field.offset, field.size);
         let string = || {
             let slot = p.slots[i].iter().position(|&o| o == field.offset)?;
-            let len = ev.str_len[slot];
-            (len > 0).then(|| Shown::Str(c_chars(&ev.str[slot * STR_LEN..(slot + 1) * STR_LEN]), len as usize >= STR_LEN))
+            let (len, off) = (ev.str_len[slot], usize::from(ev.str_off[slot]));
+            let bytes = ev.buf.get(off..(off + STR_LEN).min(ev.buf.len()))?;
+            (len > 0).then(|| Shown::Str(c_str(bytes), len as usize >= STR_LEN))
         };
         let v = match field.kind {
             FieldKind::Int { bytes, .. } if field.name.ends_with("flags") => Shown::Hex(mask(raw, bytes)),
@@ -237,6 +238,7 @@ fn for_each_field<'e>(
 
 impl Printer for TracepointPrinter {
     type Event = types::tk_tp_event;
+    const MIN_LEN: usize = std::mem::offset_of!(types::tk_tp_event, buf);
 
     fn stack_ids(ev: &Self::Event) -> Option<(u32, i32, i32)> {
         Some((ev.hdr.pid, ev.kstack, ev.ustack))

@@ -324,6 +324,7 @@ impl UprobePrinter {
 
 impl Printer for UprobePrinter {
     type Event = types::tk_uprobe_event;
+    const MIN_LEN: usize = std::mem::offset_of!(types::tk_uprobe_event, str);
 
     fn stack_ids(ev: &Self::Event) -> Option<(u32, i32, i32)> {
         Some((ev.hdr.pid, ev.kstack, ev.ustack))

@@ -62,3 +62,40 @@ fn bad_targets() {
     let out = run(&["count", "syscalls:sys_enter_open*"]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
 }
+
+#[test]
+fn counts_per_stack_name_the_frames() {
+    if !require_root("counts_per_stack_name_the_frames") {
+        return;
+    }
+    let t = Tracer::start(&["count", "signal:signal_generate", "--by", "stack", "--folded"]);
+    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = child.id() as i32;
+    thread::Builder::new()
+        .name("tk-count-stk".into())
+        .spawn(move || {
+            for _ in 0..23 {
+                // SAFETY: kill() on our own child.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let out = t.stop();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    // folded: comm;user root…;user leaf;kernel root_[k];…;kernel leaf_[k] count
+    let ours: Vec<&String> = out.stdout.iter().filter(|l| l.starts_with("tk-count-stk;")).collect();
+    let total: u64 = ours.iter().map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap()).sum();
+    assert_eq!(total, 23, "{:#?}", out.stdout);
+    for line in ours {
+        let frames: Vec<&str> = line.rsplit_once(' ').unwrap().0.split(';').skip(1).collect();
+        let (user, kernel): (Vec<&str>, Vec<&str>) = frames.iter().partition(|f| !f.ends_with("_[k]"));
+        assert!(kernel.iter().any(|f| f.contains("kill")), "kernel frames of kill(2) name it: {line}");
+        let leaf = user.last().unwrap_or_else(|| panic!("no user frames: {line}"));
+        assert!(leaf.contains("kill"), "the user leaf is libc's kill(): {line}");
+    }
+}

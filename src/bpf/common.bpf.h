@@ -26,7 +26,7 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } tk_events SEC(".maps");
 
-/* --stack: kernel and user stacks of events, by id (created only with --stack). */
+/* --stack: kernel and user stacks of events, by id (created only when stacks are asked for). */
 #define TK_STACK_DEPTH 127
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
@@ -149,6 +149,17 @@ static __always_inline void tk_fill_hdr(struct tk_hdr *h)
 	h->uid = (__u32)bpf_get_current_uid_gid();
 	h->cpu = bpf_get_smp_processor_id();
 	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+/* One more for `key` in a hash map of __u64 counts; a full map counts a drop instead. */
+static __always_inline void tk_count_in(void *map, const void *key)
+{
+	__u64 one = 1, *n = bpf_map_lookup_elem(map, key);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
+		tk_count_drop();
 }
 
 /* A scratch slot of TK_EVENT_MAX bytes, or NULL (counted as a drop when nested too deep).

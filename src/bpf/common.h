@@ -38,4 +38,12 @@ struct tk_hdr {
 	char comm[TK_COMM_LEN];
 };
 
+/* Key of in-kernel counts (count, profile): who, and where when stacks are asked for. */
+struct tk_stack_key {
+	__u32 pid;            /* 0 when counting per comm */
+	__s32 kstack;         /* id in tk_stacks, or a negative errno (none); 0 when not asked */
+	__s32 ustack;
+	char comm[TK_COMM_LEN];
+};
+
 #endif

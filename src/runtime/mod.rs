@@ -12,6 +12,7 @@ pub mod lost;
 pub mod output;
 pub mod probe;
 pub mod skel;
+pub mod stackcount;
 pub mod symbolize;
 pub mod target;
 pub mod value;

@@ -1,4 +1,4 @@
-//! `tracekit count CAT:NAME`: how often a tracepoint fires, per comm or per process, counted
+//! `tracekit count CAT:NAME`: how often a tracepoint fires, per comm, process or stack, counted
 //! in the kernel (a hash map read at the end or every --interval) instead of streaming events.
 
 use std::io::{self, Write};
@@ -6,14 +6,14 @@ use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use libbpf_rs::{MapCore, MapFlags};
-
 use crate::error::Error;
-use crate::runtime::output::{Sink, c_chars};
+use crate::runtime::output::Sink;
+use crate::runtime::stackcount::{self, Mappings, Stack, StackKey, Style};
 use crate::runtime::{CommonArgs, CommonLoaded, Runtime, Transport, kernel, lost};
 
-crate::tool_skel!("count", OpenCountSkel, CountSkel, tk_count_key);
-use skel::{CountSkel, CountSkelBuilder, OpenCountSkel, types};
+crate::tool_skel!("count", OpenCountSkel, CountSkel, tk_stack_key);
+const _: () = assert!(size_of::<skel::types::tk_stack_key>() == size_of::<StackKey>());
+use skel::{CountSkel, CountSkelBuilder, OpenCountSkel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum By {
@@ -21,13 +21,16 @@ pub enum By {
     Comm,
     /// Process (pid and comm)
     Pid,
+    /// Kernel and user stack (and process), symbolized
+    Stack,
 }
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "EXAMPLES:\n    \
     tracekit count syscalls:sys_enter_openat            # opens per comm until Ctrl-C\n    \
     tracekit count sched:sched_switch --by pid -d 5\n    \
-    tracekit count syscalls:sys_enter_write --interval 1   # a table every second")]
+    tracekit count syscalls:sys_enter_write --interval 1   # a table every second\n    \
+    tracekit count block:block_rq_issue --by stack --folded > io.folded   # flame graph")]
 pub struct CountArgs {
     /// The tracepoint to count (CATEGORY:NAME)
     #[arg(value_name = "CAT:NAME")]
@@ -41,15 +44,23 @@ pub struct CountArgs {
     #[arg(short = 'i', long, value_name = "SECS", value_parser = crate::runtime::args::parse_duration)]
     pub interval: Option<Duration>,
 
+    /// With --by stack: Brendan Gregg's folded format (frames;…;frames count)
+    #[arg(short = 'f', long, conflicts_with = "json")]
+    pub folded: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub fn run(args: CountArgs) -> Result<i32, Error> {
-    let rt = Runtime::new(args.common.clone())?;
+    let mut rt = Runtime::new(args.common.clone())?;
     if rt.args.count.is_some() {
         return Err(Error::usage("count aggregates in the kernel: --count does not apply", Some("use --duration".into())));
     }
+    if args.folded && args.by != By::Stack {
+        return Err(Error::usage("--folded prints stacks", Some("add --by stack".into())));
+    }
+    rt.stack = args.by == By::Stack;
     let tracefs = kernel::ensure_tracefs()?;
     let format = crate::tools::tracepoint::resolve(&tracefs, std::slice::from_ref(&args.target))?
         .pop()
@@ -61,7 +72,7 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
     let mut storage = MaybeUninit::uninit();
     let mut open: OpenCountSkel<'_> = rt.open("count", CountSkelBuilder::default(), &mut storage)?;
     rt.configure(&mut open, transport)?;
-    open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_count_by_pid = (args.by == By::Pid) as u32;
+    open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_count_by_pid = (args.by != By::Comm) as u32;
     let skel: CountSkel<'_> = rt.load("count", open)?;
     let (mut child, _follow) = rt.start_child(&skel)?;
     let (cat, name) = format.name.split_once(':').expect("category:name");
@@ -75,11 +86,16 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
     let mut sink = Sink::new(rt.args.json, rt.args.timestamp, kernel::monotonic_to_realtime_ns());
     let mut write_error = None;
     let mut next = args.interval.map(|i| Instant::now() + i);
+    let mut mappings = Mappings::watching(rt.filter.pids.iter().copied().chain(child.as_ref().map(|c| c.pid())));
     rt.wait(child.as_mut(), || {
+        if args.by == By::Stack {
+            mappings.refresh();
+            mappings.note_counted(&skel.maps.counts);
+        }
         if let (Some(t), Some(i)) = (next.as_mut(), args.interval) {
             if Instant::now() >= *t {
                 *t += i;
-                if let Err(e) = print(&skel, &mut sink, args.by, true) {
+                if let Err(e) = print(&skel, &mut sink, &args, &mut mappings, true) {
                     write_error.get_or_insert(e);
                 }
             }
@@ -87,7 +103,7 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
     });
     drop(link);
     let code = child.map_or(0, |c| c.finish());
-    let r = print(&skel, &mut sink, args.by, false).and_then(|()| sink.flush());
+    let r = print(&skel, &mut sink, &args, &mut mappings, false).and_then(|()| sink.flush());
     let dropped = lost::read_drops(skel.drops_map());
     if dropped > 0 {
         eprintln!("tracekit: {dropped} events not counted: the table was full");
@@ -99,43 +115,37 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
 }
 
 /// The counts, largest first; `reset` empties the table for the next interval.
-fn print(skel: &CountSkel<'_>, sink: &mut Sink, by: By, reset: bool) -> io::Result<()> {
-    let mut rows: Vec<(types::tk_count_key, u64)> = Vec::new();
-    for k in skel.maps.counts.keys() {
-        let mut key = types::tk_count_key::default();
-        if plain::copy_from_bytes(&mut key, &k).is_err() {
-            continue;
-        }
-        if let Ok(Some(v)) = skel.maps.counts.lookup(&k, MapFlags::ANY) {
-            rows.push((key, u64::from_ne_bytes(v[..8].try_into().expect("u64 count"))));
-        }
-        if reset {
-            let _ = skel.maps.counts.delete(&k);
-        }
-    }
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
-    if sink.json {
-        for (key, n) in &rows {
+fn print(skel: &CountSkel<'_>, sink: &mut Sink, args: &CountArgs, mappings: &mut Mappings, reset: bool) -> io::Result<()> {
+    let rows: Vec<Stack> = stackcount::collect(&skel.maps.counts, (args.by == By::Stack).then(|| skel.stacks_map()), mappings, reset);
+    if args.by == By::Stack {
+        let style = match (args.folded, sink.json) {
+            (true, _) => Style::Folded,
+            (false, true) => Style::Json,
+            (false, false) => Style::Table,
+        };
+        stackcount::print(&rows, style, sink)?;
+    } else if sink.json {
+        for row in &rows {
             sink.obj_start("count")?;
-            if by == By::Pid {
-                sink.field_u64("pid", key.pid.into())?;
+            if args.by == By::Pid {
+                sink.field_u64("pid", row.pid.into())?;
             }
-            sink.field_str("comm", &c_chars(&key.comm))?;
-            sink.field_u64("count", *n)?;
+            sink.field_str("comm", &row.comm)?;
+            sink.field_u64("count", row.count)?;
             sink.obj_end()?;
         }
     } else {
         let w = sink.w();
-        if by == By::Pid {
+        if args.by == By::Pid {
             writeln!(w, "{:>12} {:<7} COMM", "COUNT", "PID")?;
         } else {
             writeln!(w, "{:>12} COMM", "COUNT")?;
         }
-        for (key, n) in &rows {
-            if by == By::Pid {
-                writeln!(w, "{n:>12} {:<7} {}", key.pid, c_chars(&key.comm))?;
+        for row in &rows {
+            if args.by == By::Pid {
+                writeln!(w, "{:>12} {:<7} {}", row.count, row.pid, row.comm)?;
             } else {
-                writeln!(w, "{n:>12} {}", c_chars(&key.comm))?;
+                writeln!(w, "{:>12} {}", row.count, row.comm)?;
             }
         }
         writeln!(w)?;

@@ -109,10 +109,44 @@ fn set_comm(name: &str) {
     unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
 }
 
+/// The capacity workload: `__work rate RATE SECS THREADS` opens a missing marker path (a cheap
+/// openat that still carries the marker) from THREADS threads at RATE opens/s in total for
+/// SECS, paced in batches; prints the opens made and the seconds taken.
+fn work_at_rate(rate: f64, secs: f64, threads: usize) -> ! {
+    let missing = std::env::temp_dir().join(format!("{MARK}-missing"));
+    let start = Instant::now();
+    let per_thread = rate / threads as f64;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let missing = missing.clone();
+            thread::spawn(move || {
+                let mut done = 0u64;
+                while start.elapsed().as_secs_f64() < secs {
+                    for _ in 0..64 {
+                        let _ = fs::File::open(&missing);
+                    }
+                    done += 64;
+                    let due = Duration::from_secs_f64(done as f64 / per_thread);
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        thread::sleep(wait);
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let ops: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    println!("{ops} {:.6}", start.elapsed().as_secs_f64());
+    std::process::exit(0)
+}
+
 /// The workload process: `__work SCENARIO N PORT` runs N operations as fast as it can and
 /// prints the seconds it took; `N = 0` repeats one operation every 5 ms until killed.
 fn work(args: &[String]) -> ! {
-    set_comm(WORK_COMM);
+    set_comm(WORK_COMM); // before any thread starts: threads inherit it
+    if args[0] == "rate" {
+        work_at_rate(args[1].parse().unwrap(), args[2].parse().unwrap(), args[3].parse().unwrap());
+    }
     let s = &args[0];
     let n: u64 = args[1].parse().unwrap();
     let port: u16 = args[2].parse().unwrap();
@@ -381,6 +415,66 @@ fn measure(s: Scenario, t: &Tracer, n: u64, port: u16, dir: &Path) -> Measure {
     }
 }
 
+/// One step of the capacity ladder: the open tracer at one offered rate.
+#[derive(Clone)]
+struct Step {
+    rate: f64,
+    achieved: f64,
+    generated: u64,
+    delivered: u64,
+    reported_lost: Option<u64>,
+}
+
+impl Step {
+    fn lossless(&self) -> bool {
+        self.delivered == self.generated && self.reported_lost.unwrap_or(0) == 0
+    }
+    fn exact(&self) -> bool {
+        self.reported_lost.unwrap_or(0) == self.generated - self.delivered.min(self.generated)
+    }
+}
+
+/// Offered rates climb (doubling) until the workload cannot reach the rate (the machine's
+/// limit) or two steps lost events; each step writes the tracer's output to a file.
+fn capacity(t: &Tracer, dir: &Path, smoke: bool) -> Vec<Step> {
+    let threads = thread::available_parallelism().map_or(2, |n| n.get());
+    let secs = if smoke { 0.2 } else { 2.0 };
+    let mut rate = if smoke { 20_000.0 } else { 100_000.0 };
+    let mut steps: Vec<Step> = Vec::new();
+    loop {
+        let file = dir.join(format!("capacity-{}.out", t.name.replace(' ', "_")));
+        let mut child = start_tracer(t, Stdio::from(fs::File::create(&file).unwrap()));
+        thread::sleep(Duration::from_millis(700));
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args(["__work", "rate", &rate.to_string(), &secs.to_string(), &threads.to_string()])
+            .output()
+            .unwrap();
+        thread::sleep(Duration::from_millis(1500));
+        let stderr = stop(&mut child);
+        let text = fs::read_to_string(&file).unwrap_or_default();
+        let words: Vec<f64> = String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        let (ops, took) = (words.first().copied().unwrap_or(0.0), words.get(1).copied().unwrap_or(f64::NAN));
+        let step = Step {
+            rate,
+            achieved: ops / took,
+            generated: ops as u64,
+            delivered: text.lines().filter(|l| l.contains(MARK)).count() as u64,
+            reported_lost: reported_lost(&format!("{stderr}\n{text}")),
+        };
+        eprintln!(
+            "bench: capacity / {}: offered {:.0}/s, made {:.0}/s, delivered {} of {}, lost reported {:?}",
+            t.name, rate, step.achieved, step.delivered, step.generated, step.reported_lost
+        );
+        let machine_limit = step.achieved < 0.8 * rate;
+        steps.push(step);
+        let losses = steps.iter().filter(|s| !s.lossless()).count();
+        if smoke || machine_limit || losses >= 2 {
+            return steps;
+        }
+        rate *= 2.0;
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     v.sort_by(f64::total_cmp);
@@ -461,6 +555,45 @@ fn main() {
                 if t.floor { "–".into() } else { format!("{:.2} s", med(&|m| m.cpu_s_per_m)) },
             ));
             eprintln!("bench: {} / {}: done", s.name(), t.name);
+        }
+    }
+    if only.is_empty() || only.contains(&"capacity") {
+        table.push_str(
+            "\n| capacity (open) | highest rate with zero loss | above it: made | delivered / generated | lost reported |\n|---|---|---|---|---|\n",
+        );
+        eprintln!("bench: capacity (openat of a missing marker path from every CPU, doubling rates)");
+        for (t, missing) in tracers(Scenario::Open) {
+            if t.floor {
+                continue;
+            }
+            if let Some(why) = missing {
+                table.push_str(&format!("| {} | {why} | | | |\n", t.name));
+                continue;
+            }
+            let steps = capacity(&t, dir.path(), smoke);
+            for st in &steps {
+                results.push(serde_json::json!({
+                    "scenario": "capacity", "tracer": t.name, "offered_rate": st.rate, "achieved_rate": st.achieved,
+                    "generated": st.generated, "delivered": st.delivered, "reported_lost": st.reported_lost,
+                }));
+            }
+            let best = steps.iter().filter(|s| s.lossless()).map(|s| s.achieved).fold(f64::NAN, f64::max);
+            let best = if best.is_finite() { format!("{:.2} M/s", best / 1e6) } else { "none".into() };
+            match steps.iter().find(|s| !s.lossless()) {
+                Some(st) => table.push_str(&format!(
+                    "| {} | {best} | {:.2} M/s | {} / {} | {} ({}) |\n",
+                    t.name,
+                    st.achieved / 1e6,
+                    st.delivered,
+                    st.generated,
+                    st.reported_lost.map_or("none".into(), |n| n.to_string()),
+                    if st.exact() { "exact" } else { "wrong" },
+                )),
+                None => table.push_str(&format!(
+                    "| {} | {best} (no loss up to the machine's limit) | – | – | – |\n",
+                    t.name
+                )),
+            }
         }
     }
     println!("{table}");

@@ -8,19 +8,16 @@ use std::time::Duration;
 
 use common::{Tracer, require_root, run};
 
-#[test]
-fn counts_per_comm_are_exact() {
-    if !require_root("counts_per_comm_are_exact") {
-        return;
-    }
-    let t = Tracer::start(&["count", "signal:signal_generate", "--json"]);
+/// Runs tracekit with `args` while a thread named `thread_name` sends `n` signals, and stops it.
+/// SIGCONT to a running process is generated (and traced) without side effects.
+fn traced_signals(args: &[&str], thread_name: &str, n: usize) -> common::Finished {
+    let t = Tracer::start(args);
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = child.id() as i32;
-    // SIGCONT to a running process is generated (and traced) without side effects.
     thread::Builder::new()
-        .name("tk-count-sig".into())
+        .name(thread_name.into())
         .spawn(move || {
-            for _ in 0..37 {
+            for _ in 0..n {
                 // SAFETY: kill() on our own child.
                 unsafe { libc::kill(pid, libc::SIGCONT) };
             }
@@ -32,6 +29,15 @@ fn counts_per_comm_are_exact() {
     let out = t.stop();
     let _ = child.kill();
     let _ = child.wait();
+    out
+}
+
+#[test]
+fn counts_per_comm_are_exact() {
+    if !require_root("counts_per_comm_are_exact") {
+        return;
+    }
+    let out = traced_signals(&["count", "signal:signal_generate", "--json"], "tk-count-sig", 37);
     assert!(out.status.success(), "{}", out.stderr);
     let counts = out.json();
     let ours = counts.iter().find(|v| v["comm"] == "tk-count-sig").unwrap_or_else(|| panic!("{:#?}", out.stdout));
@@ -68,24 +74,7 @@ fn counts_per_stack_name_the_frames() {
     if !require_root("counts_per_stack_name_the_frames") {
         return;
     }
-    let t = Tracer::start(&["count", "signal:signal_generate", "--by", "stack", "--folded"]);
-    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-    let pid = child.id() as i32;
-    thread::Builder::new()
-        .name("tk-count-stk".into())
-        .spawn(move || {
-            for _ in 0..23 {
-                // SAFETY: kill() on our own child.
-                unsafe { libc::kill(pid, libc::SIGCONT) };
-            }
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    thread::sleep(Duration::from_millis(200));
-    let out = t.stop();
-    let _ = child.kill();
-    let _ = child.wait();
+    let out = traced_signals(&["count", "signal:signal_generate", "--by", "stack", "--folded"], "tk-count-stk", 23);
     assert!(out.status.success(), "{}", out.stderr);
     // folded: comm;user root…;user leaf;kernel root_[k];…;kernel leaf_[k] count
     let ours: Vec<&String> = out.stdout.iter().filter(|l| l.starts_with("tk-count-stk;")).collect();

@@ -62,19 +62,29 @@ static __always_inline __u64 event_size(struct tk_uprobe_event *e)
 			    TK_UPROBE_STR_LEN);
 }
 
+/* Both ends start alike: the filter, a scratch slot (NULL: nothing to do), the probe. */
+static __always_inline struct tk_uprobe_event *begin(struct pt_regs *ctx, __u32 *id)
+{
+	struct tk_uprobe_event *e;
+
+	if (!tk_filter_allows())
+		return NULL;
+	e = tk_scratch_get();
+	if (e)
+		*id = probe_id(ctx);
+	return e;
+}
+
 SEC("uprobe")
 int uprobe__generic(struct pt_regs *ctx)
 {
 	struct inflight_key key;
 	struct tk_uprobe_event *e;
-	__u32 id, slot = 0;
+	__u32 id = 0, slot = 0;
 
-	if (!tk_filter_allows())
-		return 0;
-	e = tk_scratch_get();
+	e = begin(ctx, &id);
 	if (!e)
 		return 0;
-	id = probe_id(ctx);
 	start_event(e, id, TK_UPROBE_F_ENTRY);
 	tk_stack_ids(ctx, &e->kstack, &e->ustack);
 	e->args[0] = PT_REGS_PARM1(ctx);
@@ -105,15 +115,12 @@ int uretprobe__generic(struct pt_regs *ctx)
 {
 	struct inflight_key key;
 	struct tk_uprobe_event *e, *entry;
-	__u32 id, slot = 0;
+	__u32 id = 0, slot = 0;
 	__u64 now;
 
-	if (!tk_filter_allows())
-		return 0;
-	e = tk_scratch_get();
+	e = begin(ctx, &id);
 	if (!e)
 		return 0;
-	id = probe_id(ctx);
 	key.tid = (__u32)bpf_get_current_pid_tgid();
 	key.probe_id = id;
 	now = bpf_ktime_get_ns();

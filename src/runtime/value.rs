@@ -65,6 +65,29 @@ pub fn mask(raw: u64, bytes: u8) -> u64 {
     if bytes >= 8 { raw } else { raw & ((1u64 << (8 * bytes)) - 1) }
 }
 
+/// Text of string slot `slot` of an event's fixed slots (`str_len` bytes read including the
+/// NUL; <= 0: none), and whether it filled its slot (truncated).
+pub fn slot_str<'e>(str_len: &[i16], chars: &'e [std::ffi::c_char], slot: usize) -> Option<(Cow<'e, str>, bool)> {
+    let len = *str_len.get(slot)?;
+    let slot_len = chars.len() / str_len.len();
+    let bytes = chars.get(slot * slot_len..(slot + 1) * slot_len)?;
+    (len > 0).then(|| (super::output::c_chars(bytes), len as usize >= slot_len))
+}
+
+/// The columns every traced call's row starts with: PID, COMM and the latency in ms, or `-`
+/// when only one end of the call was seen.
+pub fn call_row_start(w: &mut impl Write, h: &super::output::Header, latency_ns: Option<u64>) -> io::Result<()> {
+    fastfmt::int_col(w, h.pid, 7)?;
+    fastfmt::col(w, super::output::c_str(&h.comm).as_bytes(), 15)?;
+    match latency_ns {
+        Some(ns) => {
+            fastfmt::ms_col(w, ns, 10)?;
+            w.write_all(b" ")
+        }
+        None => w.write_all(b"         - "),
+    }
+}
+
 /// The JSON fields every traced call ends with.
 pub fn json_call_tail(out: &mut Sink, latency_ns: Option<u64>, truncated: bool) -> io::Result<()> {
     if let Some(l) = latency_ns {

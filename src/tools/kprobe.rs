@@ -11,9 +11,8 @@ use libbpf_rs::skel::OpenSkel;
 
 use crate::error::Error;
 use crate::runtime::btf::{Fetch, KernelBtf, Prototype, ValueKind};
-use crate::runtime::output::{Header, Sink, c_chars};
-use crate::runtime::fastfmt;
-use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
+use crate::runtime::output::{Header, Sink};
+use crate::runtime::value::{Shown, call_row_start, json_call_tail, mask, sign_extend};
 use crate::runtime::probe::{Feature, Status};
 use crate::runtime::{CommonArgs, Printer, Runtime};
 
@@ -24,7 +23,6 @@ use skel::{KprobeSkel, KprobeSkelBuilder, OpenKprobeSkel, types};
 pub const MAX_FUNCS: usize = 16;
 const MAX_FETCHES: usize = 8;
 const STRS: usize = 2;
-const STR_LEN: usize = 256;
 const F_RETURN: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -453,9 +451,7 @@ fn errno_of(kind: &ValueKind, raw: u64) -> Option<nix::errno::Errno> {
 }
 
 fn slot_str(ev: &types::tk_kprobe_event, slot: Option<usize>) -> Option<(std::borrow::Cow<'_, str>, bool)> {
-    let slot = slot?;
-    let len = *ev.str_len.get(slot)?;
-    (len > 0).then(|| (c_chars(&ev.str[slot * STR_LEN..(slot + 1) * STR_LEN]), len as usize >= STR_LEN))
+    crate::runtime::value::slot_str(&ev.str_len, &ev.str, slot?)
 }
 
 impl Printer for KprobePrinter {
@@ -475,14 +471,7 @@ impl Printer for KprobePrinter {
         let h = Header::from(&ev.hdr);
         let Some(t) = self.traced.get(ev.slot as usize) else { return Ok(()) };
         let w = out.w();
-        fastfmt::int_col(w, h.pid, 7)?;
-        fastfmt::col(w, crate::runtime::output::c_str(&h.comm).as_bytes(), 15)?;
-        if ev.flags & F_RETURN != 0 {
-            fastfmt::ms_col(w, ev.latency_ns, 10)?;
-            w.write_all(b" ")?;
-        } else {
-            w.write_all(b"         - ")?;
-        }
+        call_row_start(w, &h, (ev.flags & F_RETURN != 0).then_some(ev.latency_ns))?;
         write!(w, "{}(", t.name)?;
         for (i, f) in t.fetches.iter().enumerate() {
             write!(w, "{}{}=", if i > 0 { ", " } else { "" }, f.label)?;

@@ -15,9 +15,8 @@ use clap::Args;
 use libbpf_rs::UprobeOpts;
 
 use crate::error::Error;
-use crate::runtime::output::{Header, Sink, c_chars, c_str};
-use crate::runtime::fastfmt;
-use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
+use crate::runtime::output::{Header, Sink};
+use crate::runtime::value::{Shown, call_row_start, json_call_tail, mask, sign_extend};
 use crate::runtime::target::{self, ElfInfo};
 use crate::runtime::{CommonArgs, Printer, Runtime};
 use signature::{Kind, Signature};
@@ -28,7 +27,6 @@ use skel::{OpenUprobeSkel, UprobeSkel, UprobeSkelBuilder, types};
 /// Must match uprobe.h.
 pub const MAX_PROBES: usize = 64;
 const STRS: usize = 3;
-const STR_LEN: usize = 256;
 const F_ENTRY: u32 = 1;
 const F_RETURN: u32 = 2;
 
@@ -285,11 +283,7 @@ struct UprobePrinter {
 
 /// A string slot: the text read and whether it filled the buffer (truncated).
 fn slot_str(ev: &types::tk_uprobe_event, slot: usize) -> Option<(std::borrow::Cow<'_, str>, bool)> {
-    let len = *ev.str_len.get(slot)?;
-    if len <= 0 {
-        return None;
-    }
-    Some((c_chars(&ev.str[slot * STR_LEN..(slot + 1) * STR_LEN]), len as usize >= STR_LEN))
+    crate::runtime::value::slot_str(&ev.str_len, &ev.str, slot)
 }
 
 /// Which string slot each parameter and the return value got (the BPF side's order).
@@ -339,14 +333,8 @@ impl Printer for UprobePrinter {
         let h = Header::from(&ev.hdr);
         let p = self.probe(ev);
         let w = out.w();
-        fastfmt::int_col(w, h.pid, 7)?;
-        fastfmt::col(w, c_str(&h.comm).as_bytes(), 15)?;
-        if ev.flags & (F_ENTRY | F_RETURN) == F_ENTRY | F_RETURN {
-            fastfmt::ms_col(w, ev.latency_ns, 10)?;
-            w.write_all(b" ")?;
-        } else {
-            w.write_all(b"         - ")?;
-        }
+        let paired = ev.flags & (F_ENTRY | F_RETURN) == F_ENTRY | F_RETURN;
+        call_row_start(w, &h, paired.then_some(ev.latency_ns))?;
         w.write_all(p.func.as_bytes())?;
         let (arg_slots, ret_slot) = p.sig.as_ref().map_or(([None; 6], None), slots);
         if ev.flags & F_ENTRY != 0 {
@@ -454,7 +442,7 @@ mod tests {
         ev.ret = 0x2000;
         ev.latency_ns = 1_500_000;
         for (slot, text) in [(0, &b"$ "[..]), (1, b"echo hi")] {
-            for (d, s) in ev.str[slot * STR_LEN..].iter_mut().zip(text) {
+            for (d, s) in ev.str[slot * 256..].iter_mut().zip(text) {
                 *d = *s as _;
             }
             ev.str_len[slot] = text.len() as i16 + 1;

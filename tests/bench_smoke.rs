@@ -28,6 +28,12 @@ fn benchmark_smoke_run() {
     for peer in ["libbpf-tools opensnoop", "bpftrace"] {
         assert!(table.contains(&format!("| open | {peer} |")), "a row for {peer}, measured or 'not installed':\n{table}");
     }
+    // capacity: one small step per tracer in smoke mode; tracekit's losses, if any, are exact
+    let cap = table
+        .lines()
+        .find(|l| l.starts_with("| tracekit tracepoint |"))
+        .unwrap_or_else(|| panic!("no capacity row for tracekit in\n{table}\n{err}"));
+    assert!(!cap.contains("wrong") && !cap.contains("| none"), "{cap}");
     let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(raw.as_array().unwrap().len() >= 10);
 }

@@ -67,6 +67,9 @@ fn bad_targets() {
     assert!(out.stderr.contains("did you mean"), "{}", out.stderr);
     let out = run(&["count", "syscalls:sys_enter_open*"]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    let out = run(&["count", "syscalls:sys_enter_kill", "--folded"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("--by stack"), "{}", out.stderr);
 }
 
 #[test]

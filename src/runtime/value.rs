@@ -74,6 +74,9 @@ pub fn slot_str<'e>(str_len: &[i16], chars: &'e [std::ffi::c_char], slot: usize)
     (len > 0).then(|| (super::output::c_chars(bytes), len as usize >= slot_len))
 }
 
+/// The header line of traced calls' rows (see `call_row_start`).
+pub const CALL_COLUMNS: &str = "PID     COMM               LAT(ms) CALL";
+
 /// The columns every traced call's row starts with: PID, COMM and the latency in ms, or `-`
 /// when only one end of the call was seen.
 pub fn call_row_start(w: &mut impl Write, h: &super::output::Header, latency_ns: Option<u64>) -> io::Result<()> {

@@ -12,7 +12,7 @@ use libbpf_rs::skel::OpenSkel;
 use crate::error::Error;
 use crate::runtime::btf::{Fetch, KernelBtf, Prototype, ValueKind};
 use crate::runtime::output::{Header, Sink};
-use crate::runtime::value::{Shown, call_row_start, json_call_tail, mask, sign_extend};
+use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
 use crate::runtime::probe::{Feature, Status};
 use crate::runtime::{CommonArgs, Printer, Runtime};
 
@@ -461,7 +461,7 @@ impl Printer for KprobePrinter {
     fn stack_ids(ev: &Self::Event) -> Option<(u32, i32, i32)> {
         Some((ev.hdr.pid, ev.kstack, ev.ustack))
     }
-    const COLUMNS: &'static str = "PID     COMM               LAT(ms) CALL";
+    const COLUMNS: &'static str = CALL_COLUMNS;
 
     fn header(ev: &Self::Event) -> Header {
         Header::from(&ev.hdr)

@@ -16,7 +16,7 @@ use libbpf_rs::UprobeOpts;
 
 use crate::error::Error;
 use crate::runtime::output::{Header, Sink};
-use crate::runtime::value::{Shown, call_row_start, json_call_tail, mask, sign_extend};
+use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
 use crate::runtime::target::{self, ElfInfo};
 use crate::runtime::{CommonArgs, Printer, Runtime};
 use signature::{Kind, Signature};
@@ -323,7 +323,7 @@ impl Printer for UprobePrinter {
     fn stack_ids(ev: &Self::Event) -> Option<(u32, i32, i32)> {
         Some((ev.hdr.pid, ev.kstack, ev.ustack))
     }
-    const COLUMNS: &'static str = "PID     COMM               LAT(ms) CALL";
+    const COLUMNS: &'static str = CALL_COLUMNS;
 
     fn header(ev: &Self::Event) -> Header {
         Header::from(&ev.hdr)

@@ -149,3 +149,33 @@ fn stack_of_each_event() {
     assert!(kstack.is_empty() || kstack.contains(&"do_syscall_64"), "kernel frames by name: {kstack:?}");
     assert!(!e["ustack"].as_array().unwrap().is_empty(), "user frames too: {e}");
 }
+
+#[test]
+fn two_string_fields_of_one_event() {
+    if !require_root("two_string_fields_of_one_event") {
+        return;
+    }
+    let me = std::process::id().to_string();
+    let t = Tracer::start(&["tracepoint", "syscalls:sys_enter_renameat2", "--json", "-p", &me]);
+    // The first name fills its 256-byte buffer (cut at 255 characters): the second must still
+    // come out whole, right behind it.
+    let dir = env!("CARGO_TARGET_TMPDIR");
+    let old = format!("{dir}/tk-old-{me}-{}", "o".repeat(300));
+    let new = format!("{dir}/tk-new-{me}");
+    let (c_old, c_new) = (std::ffi::CString::new(old.clone()).unwrap(), std::ffi::CString::new(new.clone()).unwrap());
+    // SAFETY: two NUL-terminated paths; the rename fails (no such file), the event stays.
+    let rc = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, c_old.as_ptr(), libc::AT_FDCWD, c_new.as_ptr(), 0) };
+    assert_eq!(rc, -1);
+    thread::sleep(Duration::from_millis(300));
+    let out = t.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let events = out.events();
+    let e = events
+        .iter()
+        .find(|e| e["fields"]["newname"] == new.as_str())
+        .unwrap_or_else(|| panic!("no renameat2 to {new}: {:#?}", out.stdout));
+    let oldname = e["fields"]["oldname"].as_str().unwrap();
+    assert!(oldname.starts_with(&old[..255]) && oldname.len() < old.len(), "cut at its buffer: {oldname}");
+    assert_eq!(e["truncated"], true, "{e}");
+    assert_eq!(e["fields"]["olddfd"], -100);
+}

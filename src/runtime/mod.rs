@@ -422,18 +422,9 @@ impl<P: Printer> StreamState<'_, P> {
     /// The event's stacks (kernel, user), symbolized: on their own lines, or JSON arrays.
     fn write_stacks(&mut self, ev: &P::Event) -> io::Result<()> {
         let (Some((map, names)), Some((pid, k, u))) = (&self.stacks, P::stack_ids(ev)) else { return Ok(()) };
-        let lookup = |id: i32| -> Vec<u64> {
-            if id < 0 {
-                return Vec::new();
-            }
-            match map.lookup(&id.to_ne_bytes(), MapFlags::ANY) {
-                Ok(Some(v)) => symbolize::addrs_of(&v),
-                _ => Vec::new(),
-            }
-        };
         // User frames first: the process must still be running to be symbolized.
-        let user = names.user(pid, &lookup(u));
-        let kernel = names.kernel(&lookup(k));
+        let user = names.user(pid, &symbolize::stack_addrs(map, u));
+        let kernel = names.kernel(&symbolize::stack_addrs(map, k));
         if self.sink.json {
             let list = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
             self.sink.field_raw("kstack", &list(&kernel))?;

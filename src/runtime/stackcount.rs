@@ -7,11 +7,10 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use blazesym::symbolize::{Input, Symbolizer, source};
 use libbpf_rs::{MapCore, MapFlags, MapMut};
 
 use super::output::{Sink, c_str};
-use super::symbolize::{addrs_of, frame_name};
+use super::symbolize::{Stacks, stack_addrs};
 
 /// `struct tk_stack_key` of common.h (each skeleton generates its own copy of the type).
 #[repr(C)]
@@ -131,14 +130,6 @@ pub struct Stack {
     pub user: Vec<String>,
 }
 
-fn stack_addrs(stacks: Option<&MapMut<'_>>, id: i32) -> Vec<u64> {
-    let Some(stacks) = stacks.filter(|_| id >= 0) else { return Vec::new() };
-    match stacks.lookup(&id.to_ne_bytes(), MapFlags::ANY) {
-        Ok(Some(bytes)) => addrs_of(&bytes),
-        _ => Vec::new(),
-    }
-}
-
 const EFAULT: i32 = 14;
 
 /// A stack's frames; a stack the kernel could not keep (table full, collision) says so.
@@ -161,25 +152,20 @@ pub fn collect(counts: &MapMut<'_>, stacks: Option<&MapMut<'_>>, mappings: &mut 
         }
         if let Ok(Some(v)) = counts.lookup(&k, MapFlags::ANY) {
             let count = u64::from_ne_bytes(v[..8].try_into().expect("u64 count"));
-            raw.push((key, count, stack_addrs(stacks, key.kstack), stack_addrs(stacks, key.ustack)));
+            let addrs = |id| stacks.map_or_else(Vec::new, |m| stack_addrs(m, id));
+            raw.push((key, count, addrs(key.kstack), addrs(key.ustack)));
         }
         if reset {
             let _ = counts.delete(&k);
         }
     }
-    let symbolizer = Symbolizer::new();
+    let symbolizer = Stacks::new();
     let mut kaddrs: Vec<u64> = raw.iter().flat_map(|r| r.2.iter().copied()).collect();
     kaddrs.sort_unstable();
     kaddrs.dedup();
-    let mut names: HashMap<(u32, u64), String> = HashMap::new(); // (pid or 0 for kernel, addr)
-    if !kaddrs.is_empty() {
-        let src = source::Source::Kernel(source::Kernel::default());
-        if let Ok(syms) = symbolizer.symbolize(&src, Input::AbsAddr(&kaddrs)) {
-            for (a, s) in kaddrs.iter().zip(syms) {
-                names.insert((0, *a), frame_name(&s, *a));
-            }
-        }
-    }
+    // (pid or 0 for kernel, addr) → name
+    let mut names: HashMap<(u32, u64), String> =
+        kaddrs.iter().zip(symbolizer.kernel(&kaddrs)).map(|(a, n)| ((0, *a), n)).collect();
     // user: (pid, addr) → (file, offset), symbolized per file
     let mut per_file: HashMap<(u32, PathBuf), Vec<(u64, u64)>> = HashMap::new();
     for (key, _, _, uaddrs) in &raw {
@@ -191,12 +177,10 @@ pub fn collect(counts: &MapMut<'_>, stacks: Option<&MapMut<'_>>, mappings: &mut 
         }
     }
     for ((pid, path), entries) in per_file {
-        let offsets: Vec<u64> = entries.iter().map(|e| e.1).collect();
+        let (addrs, offsets): (Vec<u64>, Vec<u64>) = entries.into_iter().unzip();
         let file = mappings.file(pid, &path);
-        let src = source::Source::Elf(source::Elf::new(&file));
-        let Ok(syms) = symbolizer.symbolize(&src, Input::FileOffset(&offsets)) else { continue };
-        for ((addr, _), s) in entries.iter().zip(syms) {
-            names.insert((pid, *addr), frame_name(&s, *addr));
+        for (addr, n) in addrs.iter().zip(symbolizer.file(&file, &offsets, &addrs)) {
+            names.insert((pid, *addr), n);
         }
     }
     let name = |pid: u32, a: u64| names.get(&(pid, a)).cloned().unwrap_or_else(|| format!("{a:#x}"));

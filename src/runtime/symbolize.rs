@@ -2,7 +2,10 @@
 //! through the process's own mappings (it must still run) or an ELF file. A frame without a
 //! name prints as hex; none is dropped.
 
+use std::path::Path;
+
 use blazesym::symbolize::{Input, Symbolized, Symbolizer, source};
+use libbpf_rs::{MapCore, MapFlags, MapMut};
 
 /// The function and, where debug info has them, the functions inlined into it (innermost
 /// first), `;`-separated.
@@ -26,27 +29,46 @@ impl Stacks {
         Stacks { symbolizer: Symbolizer::new() }
     }
 
-    fn names(&self, src: &source::Source<'_>, addrs: &[u64]) -> Vec<String> {
+    /// A name per address (`input` is what blazesym looks up: the addresses themselves, or
+    /// their file offsets); an address it cannot name, or a failed lookup, prints as hex.
+    fn names(&self, src: &source::Source<'_>, input: Input<&[u64]>, addrs: &[u64]) -> Vec<String> {
         if addrs.is_empty() {
             return Vec::new();
         }
-        match self.symbolizer.symbolize(src, Input::AbsAddr(addrs)) {
+        match self.symbolizer.symbolize(src, input) {
             Ok(syms) => addrs.iter().zip(syms).map(|(a, s)| frame_name(&s, *a)).collect(),
             Err(_) => addrs.iter().map(|a| format!("{a:#x}")).collect(),
         }
     }
 
     pub fn kernel(&self, addrs: &[u64]) -> Vec<String> {
-        self.names(&source::Source::Kernel(source::Kernel::default()), addrs)
+        self.names(&source::Source::Kernel(source::Kernel::default()), Input::AbsAddr(addrs), addrs)
     }
 
+    /// Through the running process's own mappings.
     pub fn user(&self, pid: u32, addrs: &[u64]) -> Vec<String> {
-        self.names(&source::Source::Process(source::Process::new(pid.into())), addrs)
+        self.names(&source::Source::Process(source::Process::new(pid.into())), Input::AbsAddr(addrs), addrs)
+    }
+
+    /// Through an ELF file: `offsets[i]` is where `addrs[i]` lies in `file`.
+    pub fn file(&self, file: &Path, offsets: &[u64], addrs: &[u64]) -> Vec<String> {
+        self.names(&source::Source::Elf(source::Elf::new(file)), Input::FileOffset(offsets), addrs)
+    }
+}
+
+/// The addresses of stack `id` in a STACK_TRACE map; none for a negative id (no stack).
+pub fn stack_addrs(stacks: &MapMut<'_>, id: i32) -> Vec<u64> {
+    if id < 0 {
+        return Vec::new();
+    }
+    match stacks.lookup(&id.to_ne_bytes(), MapFlags::ANY) {
+        Ok(Some(bytes)) => addrs_of(&bytes),
+        _ => Vec::new(),
     }
 }
 
 /// A stack map value: addresses up to the first zero.
-pub fn addrs_of(bytes: &[u8]) -> Vec<u64> {
+fn addrs_of(bytes: &[u8]) -> Vec<u64> {
     bytes
         .chunks_exact(8)
         .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))

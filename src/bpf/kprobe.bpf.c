@@ -156,19 +156,6 @@ static __always_inline void regs_args(struct pt_regs *ctx, __u64 *args)
 	args[5] = PT_REGS_PARM6(ctx);
 }
 
-/* raw_tp: the tracepoint's arguments as an array of u64, like fentry's. */
-static __always_inline void raw_args(struct bpf_raw_tracepoint_args *ctx, const int slot, __u64 *args)
-{
-	__u32 n = tk_kprobe.funcs[slot].nargs;
-
-	args[0] = n > 0 ? ctx->args[0] : 0;
-	args[1] = n > 1 ? ctx->args[1] : 0;
-	args[2] = n > 2 ? ctx->args[2] : 0;
-	args[3] = n > 3 ? ctx->args[3] : 0;
-	args[4] = n > 4 ? ctx->args[4] : 0;
-	args[5] = n > 5 ? ctx->args[5] : 0;
-}
-
 #define TK_KP_SLOT(n)                                                        \
 SEC("fentry")                                                                \
 int tk_fentry_##n(unsigned long long *ctx)                                   \
@@ -205,7 +192,8 @@ SEC("raw_tp")                                                                \
 int tk_raw_tp_##n(struct bpf_raw_tracepoint_args *ctx)                       \
 {                                                                            \
 	__u64 args[6];                                                       \
-	raw_args(ctx, n, args);                                              \
+	/* the arguments are an array of u64 at the start, as for fentry */  \
+	tracing_args((unsigned long long *)ctx->args, n, args);              \
 	return on_entry(ctx, n, args);                                       \
 }
 

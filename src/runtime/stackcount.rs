@@ -69,8 +69,14 @@ impl Mappings {
         Mappings { watched: pids.into_iter().collect(), ..Default::default() }
     }
 
-    /// Called while tracing: a fresh copy of the watched processes' mappings.
-    pub fn refresh(&mut self) {
+    /// Called while tracing: fresh mappings of the watched processes, and those of processes
+    /// counted so far, taken once each.
+    pub fn refresh(&mut self, counts: &MapMut<'_>) {
+        self.refresh_watched();
+        self.note_counted(counts);
+    }
+
+    fn refresh_watched(&mut self) {
         for &pid in &self.watched {
             let Some(maps) = read_mappings(pid) else { continue };
             for m in &maps {
@@ -86,9 +92,9 @@ impl Mappings {
         }
     }
 
-    /// Called while tracing: the mappings of processes counted so far, taken once each, so
-    /// that the user frames of one that exits before the end still get names.
-    pub fn note_counted(&mut self, counts: &MapMut<'_>) {
+    /// The mappings of processes counted so far, taken once each, so that the user frames of
+    /// one that exits before the end still get names.
+    fn note_counted(&mut self, counts: &MapMut<'_>) {
         let mut key = StackKey::default();
         for k in counts.keys() {
             if plain::copy_from_bytes(&mut key, &k).is_err() || key.pid == 0 || key.ustack < 0 {
@@ -208,6 +214,17 @@ pub enum Style {
     Folded,
     /// One `{"type":"stack",…}` object per stack.
     Json,
+}
+
+impl Style {
+    /// From the `--folded` and `--json` flags (folded wins).
+    pub fn of(folded: bool, json: bool) -> Self {
+        match (folded, json) {
+            (true, _) => Style::Folded,
+            (false, true) => Style::Json,
+            (false, false) => Style::Table,
+        }
+    }
 }
 
 pub fn print(stacks: &[Stack], style: Style, sink: &mut Sink) -> io::Result<()> {

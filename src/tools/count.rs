@@ -89,8 +89,7 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
     let mut mappings = Mappings::watching(rt.filter.pids.iter().copied().chain(child.as_ref().map(|c| c.pid())));
     rt.wait(child.as_mut(), || {
         if args.by == By::Stack {
-            mappings.refresh();
-            mappings.note_counted(&skel.maps.counts);
+            mappings.refresh(&skel.maps.counts);
         }
         if let (Some(t), Some(i)) = (next.as_mut(), args.interval) {
             if Instant::now() >= *t {
@@ -118,11 +117,7 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
 fn print(skel: &CountSkel<'_>, sink: &mut Sink, args: &CountArgs, mappings: &mut Mappings, reset: bool) -> io::Result<()> {
     let rows: Vec<Stack> = stackcount::collect(&skel.maps.counts, (args.by == By::Stack).then(|| skel.stacks_map()), mappings, reset);
     if args.by == By::Stack {
-        let style = match (args.folded, sink.json) {
-            (true, _) => Style::Folded,
-            (false, true) => Style::Json,
-            (false, false) => Style::Table,
-        };
+        let style = Style::of(args.folded, sink.json);
         stackcount::print(&rows, style, sink)?;
     } else if sink.json {
         for row in &rows {

@@ -116,10 +116,7 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     // User addresses of processes that exit before the end are resolved through a copy of their
     // mappings taken while they ran (the child of -- CMD, the --pid processes).
     let mut mappings = Mappings::watching(rt.filter.pids.iter().copied().chain(child.as_ref().map(|c| c.pid())));
-    rt.wait(child.as_mut(), || {
-        mappings.refresh();
-        mappings.note_counted(&skel.maps.counts);
-    });
+    rt.wait(child.as_mut(), || mappings.refresh(&skel.maps.counts));
     drop(links);
     let code = child.map_or(0, |c| c.finish());
     let stacks = stackcount::collect(&skel.maps.counts, Some(skel.stacks_map()), &mut mappings, false);
@@ -131,11 +128,7 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
 fn print(args: &ProfileArgs, rt: &Runtime, stacks: &[Stack], dropped: u64) -> Result<(), Error> {
     let samples: u64 = stacks.iter().map(|s| s.count).sum();
     let mut sink = Sink::new(rt.args.json, false, 0);
-    let style = match (args.folded, rt.args.json) {
-        (true, _) => Style::Folded,
-        (false, true) => Style::Json,
-        (false, false) => Style::Table,
-    };
+    let style = Style::of(args.folded, rt.args.json);
     let r = stackcount::print(stacks, style, &mut sink).and_then(|()| {
         if rt.args.json {
             sink.obj_start("summary")?;

@@ -1,4 +1,5 @@
-//! Compiles every `src/bpf/*.bpf.c` into a libbpf skeleton in `OUT_DIR` (`<tool>.skel.rs`).
+//! Compiles every `src/bpf/{trace,net}/*.bpf.c` into a libbpf skeleton in `OUT_DIR`
+//! (`<tool>.skel.rs`); shared headers live in `src/bpf/include`.
 //! Clang warnings surface as cargo warnings; a missing clang is one clear line.
 
 use std::env;
@@ -11,6 +12,8 @@ use tracing_subscriber::filter::{LevelFilter as Level, Targets};
 use tracing_subscriber::prelude::*;
 
 const BPF_DIR: &str = "src/bpf";
+/// One folder per family of programs; tool names are unique across them.
+const PROGRAM_DIRS: &[&str] = &["trace", "net"];
 
 /// Kernel architecture names as used by `vmlinux/<arch>` (the libbpf-bootstrap table).
 fn kernel_arch(target_arch: &str) -> &str {
@@ -59,6 +62,7 @@ fn main() {
     // bpf_tracing.h picks the pt_regs layout (PT_REGS_PARM1, ...) from this.
     let arch_define = format!("-D__TARGET_ARCH_{arch}");
     let bpf_dir = manifest.join(BPF_DIR);
+    let include_dir = bpf_dir.join("include");
 
     println!("cargo:rerun-if-changed={BPF_DIR}");
     println!("cargo:rerun-if-changed=vmlinux");
@@ -67,8 +71,9 @@ fn main() {
     let clang = clang_path();
     require_clang(&clang);
 
-    let mut sources: Vec<PathBuf> = std::fs::read_dir(&bpf_dir)
-        .expect("src/bpf exists")
+    let mut sources: Vec<PathBuf> = PROGRAM_DIRS
+        .iter()
+        .flat_map(|d| std::fs::read_dir(bpf_dir.join(d)).expect("src/bpf/<family> exists"))
         .map(|e| e.expect("readable src/bpf entry").path())
         .filter(|p| p.to_str().is_some_and(|s| s.ends_with(".bpf.c")))
         .collect();
@@ -91,7 +96,7 @@ fn main() {
                 "-I".as_ref(),
                 vmlinux.as_os_str(),
                 "-I".as_ref(),
-                bpf_dir.as_os_str(),
+                include_dir.as_os_str(),
                 arch_define.as_ref(),
                 "-Wall".as_ref(),
                 "-Wno-unused-function".as_ref(),
@@ -99,7 +104,7 @@ fn main() {
             .build_and_generate(&skel)
             .unwrap_or_else(|e| panic!("building BPF program `{}`: {e:#}", src.display()));
     }
-    for entry in std::fs::read_dir(&bpf_dir).expect("src/bpf exists") {
+    for entry in std::fs::read_dir(&include_dir).expect("src/bpf/include exists") {
         let path = entry.expect("readable src/bpf entry").path();
         if path.extension().is_some_and(|e| e == "h") {
             println!("cargo:rerun-if-changed={}", path.display());

@@ -96,7 +96,7 @@ macro_rules! common_skel {
                     matches!(cfg.transport, $crate::runtime::skel::Transport::PerfBuf { .. }) as u32;
                 tr.wakeup_bytes = cfg.transport.wakeup_bytes();
                 tr.wakeup_ns = $crate::runtime::skel::Transport::WAKEUP_NS;
-                tr.want_stack = cfg.stack as u32;
+                ro.tk_want_stack = cfg.stack as u32;
                 // Not even created without --stack: a stack map reserves per-CPU callchain
                 // buffers in the kernel, and libbpf turns the then-dead references into traps.
                 self.maps.tk_stacks.set_autocreate(cfg.stack)?;

@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Types shared by every tool's BPF program and, through BTF, by the Rust side. */
+/* Types of the task tools (events that come from a task: pid, comm, stacks), shared with the
+ * Rust side through BTF. */
 #ifndef TK_COMMON_H
 #define TK_COMMON_H
+
+#include "transport.h"
 
 #define TK_COMM_LEN 16
 #define TK_MAX_IDS 8
@@ -18,14 +21,6 @@ struct tk_filter {
 	__u32 cgroup_level;       /* depth of cgroup_id below the v2 root */
 	__u32 follow;             /* only tasks whose tgid is in tk_follow (-- CMD) */
 	char comm[TK_COMM_LEN];   /* exact task comm; empty = off */
-};
-
-/* Transport settings, written into rodata before load. */
-struct tk_transport {
-	__u64 wakeup_bytes;       /* ring buffer: wake the reader once this much is pending */
-	__u64 wakeup_ns;          /* ... or when the last wakeup is older than this */
-	__u32 use_perfbuf;        /* 1: tk_events is a perf event array */
-	__u32 want_stack;         /* --stack: record stack ids in tk_stacks */
 };
 
 /* Leads every event: who, when, where. */

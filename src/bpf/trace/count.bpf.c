@@ -29,7 +29,7 @@ int count__tp(void *ctx)
 		return 0;
 	if (tk_count_by_pid)
 		key.pid = bpf_get_current_pid_tgid() >> 32;
-	if (tk_transport.want_stack)
+	if (tk_want_stack)
 		tk_stack_ids(ctx, &key.kstack, &key.ustack);
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	tk_count_in(&counts, &key);

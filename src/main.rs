@@ -1,16 +1,14 @@
 //! tracekit: one small binary for eBPF tracing. This file parses the command line and
 //! dispatches; every tool lives in `tools/`, the shared machinery in `runtime/`.
 
-mod error;
-mod runtime;
-mod tools;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use error::Error;
+use tracekit::error::Error;
+use tracekit::{runtime, tools};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,7 +1,7 @@
 //! The in-kernel filter of every tool, from the common options (written to rodata by
 //! `common_skel!`, tested by `tk_filter_allows()` in `common.bpf.h`).
 
-use super::args::CommonArgs;
+use super::cli::TaskArgs;
 use super::kernel::{self, CgroupTarget};
 use crate::error::Error;
 
@@ -21,7 +21,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn from_args(args: &CommonArgs) -> Result<Self, Error> {
+    pub fn from_args(args: &TaskArgs) -> Result<Self, Error> {
         for (flag, ids) in [("--pid", &args.pids), ("--tid", &args.tids)] {
             if ids.len() > MAX_IDS {
                 return Err(Error::usage(
@@ -51,12 +51,12 @@ mod tests {
     #[derive(Parser)]
     struct T {
         #[command(flatten)]
-        common: CommonArgs,
+        common: crate::runtime::CommonArgs,
     }
 
     fn filter(argv: &[&str]) -> Result<Filter, Error> {
         let t = T::try_parse_from(std::iter::once("t").chain(argv.iter().copied())).expect("parses");
-        Filter::from_args(&t.common)
+        Filter::from_args(&t.common.task)
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The shared runtime every tool runs on: parse → plan → open → configure → load → attach →
 //! stream → decode → print → detach. A tool contributes its skeleton, its plan and a [`Printer`].
 
-pub mod args;
 pub mod btf;
+pub mod attach;
 pub mod child;
+pub mod cli;
 pub mod fastfmt;
 pub mod filter;
 pub mod kernel;
@@ -30,12 +31,12 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, PerfBufferBuilder, RingBufferBuilder};
 
 use crate::error::Error;
-pub use args::{CommonArgs, TransportChoice};
+pub use cli::{CommonArgs, OutputArgs, TaskArgs, TransportChoice};
 use child::GatedChild;
 use filter::Filter;
-use output::{Header, Sink};
+use output::{EventHeader, Sink};
 use probe::{Feature, Probes};
-pub use skel::{CommonConfig, CommonLoaded, CommonOpen, Transport};
+pub use skel::{CommonConfig, CommonOpen, TaskLoaded, Transport, TransportLoaded, TransportOpen};
 
 const PAGE: u32 = 4096;
 const DEFAULT_RINGBUF_PAGES: u32 = 512;
@@ -51,7 +52,7 @@ pub trait Printer {
     const MIN_LEN: usize = size_of::<Self::Event>();
     /// Table column titles (the time column is added by the runtime).
     const COLUMNS: &'static str;
-    fn header(ev: &Self::Event) -> Header;
+    fn header(&self, ev: &Self::Event) -> EventHeader<'_>;
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()>;
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()>;
     /// (pid, kernel stack id, user stack id) of an event, for tools that record them.
@@ -61,7 +62,9 @@ pub trait Printer {
 }
 
 pub struct Runtime {
-    pub args: CommonArgs,
+    pub out: OutputArgs,
+    /// Task options (empty for packet tools).
+    pub task: TaskArgs,
     /// --stack (for the tools that offer it): record and print each event's stacks.
     pub stack: bool,
     pub probes: Probes,
@@ -71,13 +74,22 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Validates the common options and installs the Ctrl-C / SIGTERM handler.
+    /// A task tool's runtime: validates the options and installs the Ctrl-C / SIGTERM handler.
     pub fn new(args: CommonArgs) -> Result<Self, Error> {
+        Self::with(args.out, args.task)
+    }
+
+    /// A packet tool's runtime: no task filter, no `-- CMD`.
+    pub fn for_packets(out: OutputArgs) -> Result<Self, Error> {
+        Self::with(out, TaskArgs::default())
+    }
+
+    fn with(out: OutputArgs, task: TaskArgs) -> Result<Self, Error> {
         let started = Instant::now();
-        libbpf_log::install(args.verbose);
+        libbpf_log::install(out.verbose);
         kernel::check_privileges()?;
         kernel::raise_memlock();
-        if let Some(btf) = &args.btf {
+        if let Some(btf) = &out.btf {
             if !btf.is_file() {
                 return Err(Error::usage(
                     format!("--btf file `{}` not found", btf.display()),
@@ -85,17 +97,17 @@ impl Runtime {
                 ));
             }
         }
-        let filter = Filter::from_args(&args)?;
+        let filter = Filter::from_args(&task)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
             .map_err(|e| Error::runtime(format!("installing the signal handler: {e}"), None))?;
-        Ok(Runtime { args, stack: false, probes: Probes::default(), filter, started, stop })
+        Ok(Runtime { out, task, stack: false, probes: Probes::default(), filter, started, stop })
     }
 
     /// Prints a lifecycle line with -v.
     pub fn say(&self, msg: impl std::fmt::Display) {
-        if self.args.verbose > 0 {
+        if self.out.verbose > 0 {
             eprintln!("tracekit: {msg}");
         }
     }
@@ -116,7 +128,7 @@ impl Runtime {
     /// The transport for this run, decided before load.
     pub fn transport(&self) -> Result<Transport, Error> {
         let ring = self.probes.get(Feature::RingBuf);
-        let use_ring = match self.args.transport {
+        let use_ring = match self.out.transport {
             TransportChoice::Ringbuf if !ring.is_supported() => {
                 return Err(Error::Unsupported {
                     feature: "ringbuf",
@@ -129,10 +141,10 @@ impl Runtime {
             TransportChoice::Auto => ring.is_supported(),
         };
         Ok(if use_ring {
-            let pages = self.args.buffer_pages.unwrap_or(DEFAULT_RINGBUF_PAGES).next_power_of_two();
+            let pages = self.out.buffer_pages.unwrap_or(DEFAULT_RINGBUF_PAGES).next_power_of_two();
             Transport::RingBuf { bytes: pages * PAGE }
         } else {
-            let pages = self.args.buffer_pages.unwrap_or(DEFAULT_PERFBUF_PAGES).next_power_of_two();
+            let pages = self.out.buffer_pages.unwrap_or(DEFAULT_PERFBUF_PAGES).next_power_of_two();
             Transport::PerfBuf { pages_per_cpu: pages }
         })
     }
@@ -151,7 +163,7 @@ impl Runtime {
         mut builder: B,
         storage: &'o mut MaybeUninit<OpenObject>,
     ) -> Result<B::Output, Error> {
-        if let Some(btf) = &self.args.btf {
+        if let Some(btf) = &self.out.btf {
             builder
                 .object_builder_mut()
                 .btf_custom_path(btf)
@@ -160,9 +172,15 @@ impl Runtime {
         self.step("open", || builder.open(storage)).map_err(|source| Error::Load {
             tool,
             log_tail: libbpf_log::take_tail(10),
-            verbose: self.args.verbose > 0,
+            verbose: self.out.verbose > 0,
             source,
         })
+    }
+
+    /// Writes a packet tool's transport configuration into an opened skeleton.
+    pub fn configure_transport<O: TransportOpen>(&self, open: &mut O, transport: Transport) -> Result<(), Error> {
+        open.configure_transport(transport)
+            .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))
     }
 
     /// Writes the common configuration (filter, transport) into an opened skeleton.
@@ -181,7 +199,7 @@ impl Runtime {
                 Ok(skel)
             }
             Err(source) => {
-                let verbose = self.args.verbose > 0;
+                let verbose = self.out.verbose > 0;
                 // With -v libbpf already echoed everything.
                 let log_tail = libbpf_log::take_tail(if verbose { 0 } else { 10 });
                 Err(Error::Load { tool, log_tail, verbose, source })
@@ -194,24 +212,24 @@ impl Runtime {
     ///
     /// `attach` runs once the event channel is open, so no event is lost in between (a perf
     /// buffer does not exist for the kernel until it is opened).
-    pub fn stream<P: Printer, S: CommonLoaded>(
+    pub fn stream<P: Printer, S: TransportLoaded>(
         &mut self,
         skel: &S,
         transport: Transport,
         printer: P,
         attach: impl FnOnce(&S) -> Result<Vec<Link>, Error>,
     ) -> Result<i32, Error> {
-        let sink = Sink::new(self.args.json, self.args.timestamp, kernel::monotonic_to_realtime_ns());
+        let sink = Sink::new(self.out.json, self.out.timestamp, kernel::monotonic_to_realtime_ns());
         let state = RefCell::new(StreamState {
             printer,
             sink,
             events: 0,
-            limit: self.args.count,
+            limit: self.out.count,
             done: false,
             write_error: None,
             malformed: 0,
             first_event: None,
-            stacks: self.stack.then(|| (skel.stacks_map(), symbolize::Stacks::new())),
+            stacks: skel.task().filter(|_| self.stack).map(|t| (t.stacks_map(), symbolize::Stacks::new())),
         });
         let perf_lost = Cell::new(0u64);
         let source = self.step("event buffer", || EventSource::new(skel, transport, &state, &perf_lost))?;
@@ -229,7 +247,7 @@ impl Runtime {
             c.release()?;
         }
 
-        let until = Until::new(self.args.duration);
+        let until = Until::new(self.out.duration);
         let mut next_lost_check = Instant::now() + LOST_CHECK_INTERVAL;
         let mut reported_lost = 0u64;
         let mut announced_first = false;
@@ -314,7 +332,7 @@ impl Runtime {
         }
         self.say(format_args!("{} events, {lost} lost", st.events));
         let mut code = child.map_or(0, GatedChild::finish);
-        if self.args.fail_on_loss && lost > 0 && code == 0 {
+        if self.out.fail_on_loss && lost > 0 && code == 0 {
             code = 1;
         }
         Ok(code)
@@ -324,16 +342,16 @@ impl Runtime {
 impl Runtime {
     /// `-- CMD`: attaches the descendant tracking, starts CMD held at its gate and follows its
     /// pid. Release it with [`GatedChild::release`] once tracing is attached.
-    pub fn start_child<S: CommonLoaded>(&self, skel: &S) -> Result<(Option<GatedChild>, Vec<Link>), Error> {
-        if !self.filter.follow {
+    pub fn start_child<S: TransportLoaded + ?Sized>(&self, skel: &S) -> Result<(Option<GatedChild>, Vec<Link>), Error> {
+        let Some(skel) = skel.task().filter(|_| self.filter.follow) else {
             return Ok((None, Vec::new()));
-        }
+        };
         let links = skel.attach_follow().map_err(|source| Error::Attach {
             what: "raw_tp/sched_process_fork (follows -- CMD's children)".into(),
             hint: None,
             source,
         })?;
-        let c = GatedChild::spawn(&self.args.command)?;
+        let c = GatedChild::spawn(&self.task.command)?;
         skel.follow_map()
             .update(&c.pid().to_ne_bytes(), &[skel::FOLLOW_ARMED], MapFlags::ANY)
             .map_err(|e| Error::runtime(format!("following `-- CMD` (pid {}): {e}", c.pid()), None))?;
@@ -343,7 +361,7 @@ impl Runtime {
     /// Blocks until Ctrl-C/SIGTERM, --duration or the end of `-- CMD`, calling `tick` at most
     /// every poll interval (for tools that aggregate in the kernel instead of streaming).
     pub fn wait(&self, mut child: Option<&mut GatedChild>, mut tick: impl FnMut()) {
-        let until = Until::new(self.args.duration);
+        let until = Until::new(self.out.duration);
         while let Some(t) = until.next_wait(&self.stop, child.as_deref_mut()) {
             std::thread::sleep(t);
             tick();
@@ -375,7 +393,7 @@ impl Until {
     }
 }
 
-fn lost_total<S: CommonLoaded>(skel: &S, perf_lost: &Cell<u64>) -> u64 {
+fn lost_total<S: TransportLoaded>(skel: &S, perf_lost: &Cell<u64>) -> u64 {
     lost::read_drops(skel.drops_map()).max(perf_lost.get())
 }
 
@@ -464,7 +482,7 @@ impl<P: Printer> StreamState<'_, P> {
         if self.first_event.is_none() {
             self.first_event = Some(Instant::now());
         }
-        let hdr = P::header(&ev);
+        let hdr = self.printer.header(&ev);
         let r = if self.sink.json {
             self.sink
                 .event_start(&hdr)
@@ -493,7 +511,7 @@ enum EventSource<'a> {
 }
 
 impl<'a> EventSource<'a> {
-    fn new<'s: 'a, P: Printer, S: CommonLoaded>(
+    fn new<'s: 'a, P: Printer, S: TransportLoaded>(
         skel: &'a S,
         transport: Transport,
         state: &'a RefCell<StreamState<'s, P>>,

@@ -8,15 +8,50 @@ use super::fastfmt;
 /// Version of the NDJSON schema documented in the README; bumped on incompatible changes.
 pub const JSON_SCHEMA: u32 = 1;
 
-/// The fields every event starts with (from `struct tk_hdr`).
+/// The fields a task event starts with (from `struct tk_hdr`).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Header {
+pub struct TaskHeader {
     pub ts_ns: u64,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
     pub cpu: u32,
     pub comm: [u8; 16],
+}
+
+/// The fields a packet event starts with (from `struct tk_pkt_hdr`), the interface named.
+#[derive(Debug, Clone, Copy)]
+pub struct PacketHeader<'a> {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub iface: &'a str,
+    pub netns: u32,
+    pub cpu: u32,
+    pub len: u32,
+    /// `ingress` or `egress`
+    pub dir: &'static str,
+}
+
+/// What leads an event: a task (pid, comm, ...) or a packet (interface, namespace, ...).
+#[derive(Debug, Clone, Copy)]
+pub enum EventHeader<'a> {
+    Task(TaskHeader),
+    Packet(PacketHeader<'a>),
+}
+
+impl EventHeader<'_> {
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            EventHeader::Task(h) => h.ts_ns,
+            EventHeader::Packet(h) => h.ts_ns,
+        }
+    }
+}
+
+impl From<TaskHeader> for EventHeader<'_> {
+    fn from(h: TaskHeader) -> Self {
+        EventHeader::Task(h)
+    }
 }
 
 /// Bytes up to the first NUL, as text (lossy only for invalid UTF-8, which costs an allocation).
@@ -82,9 +117,9 @@ impl Sink {
     }
 
     /// Starts a table row: the time column when asked for.
-    pub fn row_start(&mut self, hdr: &Header) -> io::Result<()> {
+    pub fn row_start(&mut self, hdr: &EventHeader<'_>) -> io::Result<()> {
         if self.timestamp {
-            let secs = (self.realtime_ns(hdr.ts_ns) / 1_000_000_000) as i64;
+            let secs = (self.realtime_ns(hdr.ts_ns()) / 1_000_000_000) as i64;
             if secs != self.clock.0 {
                 self.clock = (secs, local_hms(secs));
             }
@@ -108,15 +143,27 @@ impl Sink {
         Ok(())
     }
 
-    /// An event object with the common header fields.
-    pub fn event_start(&mut self, hdr: &Header) -> io::Result<()> {
+    /// An event object with the header's fields (task or packet).
+    pub fn event_start(&mut self, hdr: &EventHeader<'_>) -> io::Result<()> {
         self.obj_start("event")?;
-        self.field_i128("time_ns", self.realtime_ns(hdr.ts_ns))?;
-        self.field_u64("pid", hdr.pid.into())?;
-        self.field_u64("tid", hdr.tid.into())?;
-        self.field_u64("uid", hdr.uid.into())?;
-        self.field_u64("cpu", hdr.cpu.into())?;
-        self.field_str("comm", &c_str(&hdr.comm))
+        self.field_i128("time_ns", self.realtime_ns(hdr.ts_ns()))?;
+        match hdr {
+            EventHeader::Task(h) => {
+                self.field_u64("pid", h.pid.into())?;
+                self.field_u64("tid", h.tid.into())?;
+                self.field_u64("uid", h.uid.into())?;
+                self.field_u64("cpu", h.cpu.into())?;
+                self.field_str("comm", &c_str(&h.comm))
+            }
+            EventHeader::Packet(h) => {
+                self.field_str("iface", h.iface)?;
+                self.field_u64("ifindex", h.ifindex.into())?;
+                self.field_u64("netns", h.netns.into())?;
+                self.field_u64("cpu", h.cpu.into())?;
+                self.field_str("dir", h.dir)?;
+                self.field_u64("len", h.len.into())
+            }
+        }
     }
 
     pub fn obj_end(&mut self) -> io::Result<()> {

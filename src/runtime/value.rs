@@ -79,7 +79,7 @@ pub const CALL_COLUMNS: &str = "PID     COMM               LAT(ms) CALL";
 
 /// The columns every traced call's row starts with: PID, COMM and the latency in ms, or `-`
 /// when only one end of the call was seen.
-pub fn call_row_start(w: &mut impl Write, h: &super::output::Header, latency_ns: Option<u64>) -> io::Result<()> {
+pub fn call_row_start(w: &mut impl Write, h: &super::output::TaskHeader, latency_ns: Option<u64>) -> io::Result<()> {
     fastfmt::int_col(w, h.pid, 7)?;
     fastfmt::col(w, super::output::c_str(&h.comm).as_bytes(), 15)?;
     match latency_ns {

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use crate::error::Error;
 use crate::runtime::output::Sink;
 use crate::runtime::stackcount::{self, Mappings, Stack, StackKey, Style};
-use crate::runtime::{CommonArgs, CommonLoaded, Runtime, Transport, kernel, lost};
+use crate::runtime::{CommonArgs, Runtime, TaskLoaded, TransportLoaded, Transport, kernel, lost};
 
 crate::tool_skel!("count", OpenCountSkel, CountSkel, tk_stack_key);
 const _: () = assert!(size_of::<skel::types::tk_stack_key>() == size_of::<StackKey>());
@@ -41,7 +41,7 @@ pub struct CountArgs {
     pub by: By,
 
     /// Print (and reset) the counts every SECS as well as at the end
-    #[arg(short = 'i', long, value_name = "SECS", value_parser = crate::runtime::args::parse_duration)]
+    #[arg(short = 'i', long, value_name = "SECS", value_parser = crate::runtime::cli::task::parse_duration)]
     pub interval: Option<Duration>,
 
     /// With --by stack: Brendan Gregg's folded format (frames;…;frames count)
@@ -54,7 +54,7 @@ pub struct CountArgs {
 
 pub fn run(args: CountArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
-    if rt.args.count.is_some() {
+    if rt.out.count.is_some() {
         return Err(Error::usage("count aggregates in the kernel: --count does not apply", Some("use --duration".into())));
     }
     if args.folded && args.by != By::Stack {
@@ -83,7 +83,7 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
     if let Some(c) = child.as_mut() {
         c.release()?;
     }
-    let mut sink = Sink::new(rt.args.json, rt.args.timestamp, kernel::monotonic_to_realtime_ns());
+    let mut sink = Sink::new(rt.out.json, rt.out.timestamp, kernel::monotonic_to_realtime_ns());
     let mut write_error = None;
     let mut next = args.interval.map(|i| Instant::now() + i);
     let mut mappings = Mappings::watching(rt.filter.pids.iter().copied().chain(child.as_ref().map(|c| c.pid())));

@@ -11,7 +11,7 @@ use libbpf_rs::skel::OpenSkel;
 
 use crate::error::Error;
 use crate::runtime::btf::{Fetch, KernelBtf, Prototype, ValueKind};
-use crate::runtime::output::{Header, Sink};
+use crate::runtime::output::{EventHeader, TaskHeader, Sink};
 use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
 use crate::runtime::probe::{Feature, Status};
 use crate::runtime::{CommonArgs, Printer, Runtime};
@@ -102,7 +102,7 @@ pub fn run_raw_tracepoint(args: RawTpArgs, btf_typed: bool) -> Result<i32, Error
     if !status.is_supported() {
         return Err(Error::Unsupported { feature: feature.name(), reason: status.detail(), hint: Some("see `tracekit probe`".into()) });
     }
-    let btf = rt.step("btf", || KernelBtf::load(rt.args.btf.as_deref()))?;
+    let btf = rt.step("btf", || KernelBtf::load(rt.out.btf.as_deref()))?;
     let all = btf.tracepoint_names();
     let mut protos = Vec::new();
     for w in &args.names {
@@ -322,7 +322,7 @@ fn prog_name(hook: Hook, ret: bool, slot: usize) -> String {
 pub fn run(args: KprobeArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = args.stack;
-    let btf = rt.step("btf", || KernelBtf::load(rt.args.btf.as_deref()))?;
+    let btf = rt.step("btf", || KernelBtf::load(rt.out.btf.as_deref()))?;
     let funcs = expand(&btf, &args.funcs)?;
     let traced = plan_values(&btf, funcs, &args.fields)?;
     drop(btf);
@@ -463,12 +463,12 @@ impl Printer for KprobePrinter {
     }
     const COLUMNS: &'static str = CALL_COLUMNS;
 
-    fn header(ev: &Self::Event) -> Header {
-        Header::from(&ev.hdr)
+    fn header(&self, ev: &Self::Event) -> EventHeader<'_> {
+        TaskHeader::from(&ev.hdr).into()
     }
 
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
-        let h = Header::from(&ev.hdr);
+        let h = TaskHeader::from(&ev.hdr);
         let Some(t) = self.traced.get(ev.slot as usize) else { return Ok(()) };
         let w = out.w();
         call_row_start(w, &h, (ev.flags & F_RETURN != 0).then_some(ev.latency_ns))?;

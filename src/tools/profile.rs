@@ -13,7 +13,7 @@ use clap::Args;
 use crate::error::Error;
 use crate::runtime::output::Sink;
 use crate::runtime::stackcount::{self, Mappings, Stack, StackKey, Style};
-use crate::runtime::{CommonArgs, CommonLoaded, Runtime, Transport, lost};
+use crate::runtime::{CommonArgs, Runtime, TaskLoaded, TransportLoaded, Transport, lost};
 
 crate::tool_skel!("profile", OpenProfileSkel, ProfileSkel, tk_stack_key);
 const _: () = assert!(size_of::<skel::types::tk_stack_key>() == size_of::<StackKey>());
@@ -80,7 +80,7 @@ fn cpu_clock(cpu: i32, hz: u64) -> io::Result<OwnedFd> {
 pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = true;
-    if rt.args.count.is_some() {
+    if rt.out.count.is_some() {
         return Err(Error::usage("profile counts samples in the kernel: --count does not apply", Some("use --duration".into())));
     }
     let cpus = online_cpus()?;
@@ -127,10 +127,10 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
 
 fn print(args: &ProfileArgs, rt: &Runtime, stacks: &[Stack], dropped: u64) -> Result<(), Error> {
     let samples: u64 = stacks.iter().map(|s| s.count).sum();
-    let mut sink = Sink::new(rt.args.json, false, 0);
-    let style = Style::of(args.folded, rt.args.json);
+    let mut sink = Sink::new(rt.out.json, false, 0);
+    let style = Style::of(args.folded, rt.out.json);
     let r = stackcount::print(stacks, style, &mut sink).and_then(|()| {
-        if rt.args.json {
+        if rt.out.json {
             sink.obj_start("summary")?;
             sink.field_u64("schema", crate::runtime::output::JSON_SCHEMA.into())?;
             sink.field_u64("samples", samples)?;

@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 
 use crate::error::Error;
 use crate::runtime::fastfmt;
-use crate::runtime::output::{Header, Sink};
+use crate::runtime::output::{EventHeader, TaskHeader, Sink};
 use crate::runtime::probe::Feature;
 use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
 
@@ -211,12 +211,12 @@ impl Printer for TcpstatePrinter {
     const COLUMNS: &'static str =
         "PID     COMM            LADDR:LPORT           RADDR:RPORT           OLDSTATE    -> NEWSTATE         MS";
 
-    fn header(ev: &Self::Event) -> Header {
-        Header::from(&ev.hdr)
+    fn header(&self, ev: &Self::Event) -> EventHeader<'_> {
+        TaskHeader::from(&ev.hdr).into()
     }
 
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
-        let h = Header::from(&ev.hdr);
+        let h = TaskHeader::from(&ev.hdr);
         let local = Endpoint::new(addr(ev.family, &ev.saddr), ev.sport);
         let remote = Endpoint::new(addr(ev.family, &ev.daddr), ev.dport);
         let comm = crate::runtime::output::c_str(&h.comm);

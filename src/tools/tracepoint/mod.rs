@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::error::Error;
 use crate::runtime::fastfmt;
-use crate::runtime::output::{Header, Sink, c_str};
+use crate::runtime::output::{EventHeader, TaskHeader, Sink, c_str};
 use crate::runtime::probe::Feature;
 use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
 use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
@@ -245,12 +245,12 @@ impl Printer for TracepointPrinter {
     }
     const COLUMNS: &'static str = "PID     COMM            TRACEPOINT / FIELDS";
 
-    fn header(ev: &Self::Event) -> Header {
-        Header::from(&ev.hdr)
+    fn header(&self, ev: &Self::Event) -> EventHeader<'_> {
+        TaskHeader::from(&ev.hdr).into()
     }
 
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
-        let h = Header::from(&ev.hdr);
+        let h = TaskHeader::from(&ev.hdr);
         let Some(i) = self.formats.iter().position(|f| f.id == ev.tp_id) else { return Ok(()) };
         let w = out.w();
         fastfmt::int_col(w, h.pid, 7)?;

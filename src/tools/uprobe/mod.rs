@@ -15,7 +15,7 @@ use clap::Args;
 use libbpf_rs::UprobeOpts;
 
 use crate::error::Error;
-use crate::runtime::output::{Header, Sink};
+use crate::runtime::output::{EventHeader, TaskHeader, Sink};
 use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
 use crate::runtime::target::{self, ElfInfo};
 use crate::runtime::{CommonArgs, Printer, Runtime};
@@ -325,12 +325,12 @@ impl Printer for UprobePrinter {
     }
     const COLUMNS: &'static str = CALL_COLUMNS;
 
-    fn header(ev: &Self::Event) -> Header {
-        Header::from(&ev.hdr)
+    fn header(&self, ev: &Self::Event) -> EventHeader<'_> {
+        TaskHeader::from(&ev.hdr).into()
     }
 
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
-        let h = Header::from(&ev.hdr);
+        let h = TaskHeader::from(&ev.hdr);
         let p = self.probe(ev);
         let w = out.w();
         let paired = ev.flags & (F_ENTRY | F_RETURN) == F_ENTRY | F_RETURN;

@@ -1,0 +1,155 @@
+//! The options of packet tools (xdp, tc, sockfilter): which namespace, which packets. Every
+//! filter here runs in the kernel (`struct tk_pkt_filter` in pkt.h, written into rodata).
+
+use std::net::IpAddr;
+
+use clap::{Args, ValueEnum};
+
+/// At most this many `--port` values (TK_PKT_MAX_PORTS in pkt.h; checked against the generated
+/// type where the filter is written).
+pub const MAX_PORTS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmp6,
+    Sctp,
+}
+
+impl Proto {
+    /// The IPPROTO_* number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Icmp => 1,
+            Proto::Icmp6 => 58,
+            Proto::Sctp => 132,
+        }
+    }
+}
+
+/// An address with a prefix length: `10.0.0.1`, `10.0.0.0/8`, `fd00::/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPrefix {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl HostPrefix {
+    /// The address as 16 bytes (IPv4 in the first 4), with the bits past the prefix cleared.
+    pub fn masked_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        match self.addr {
+            IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => out.copy_from_slice(&a.octets()),
+        }
+        for (i, b) in out.iter_mut().enumerate() {
+            let bits_before = (i * 8) as u32;
+            let keep = u32::from(self.prefix).saturating_sub(bits_before).min(8);
+            *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+        }
+        out
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+}
+
+pub fn parse_host(s: &str) -> Result<HostPrefix, String> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| {
+        format!("`{s}` is not an IP address or prefix (e.g. 10.0.0.1, 10.0.0.0/8, fd00::1, fd00::/64)")
+    })?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => match p.parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("prefix length `{p}` of `{s}` must be a number from 0 to {max}")),
+        },
+    };
+    Ok(HostPrefix { addr, prefix })
+}
+
+/// One port, 1-65535 (`--port 80`); lists come as `--port 80,443` through clap's delimiter.
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        Ok(p) => Err(format!("port {p} is out of range (1-65535)")),
+        Err(_) => Err(format!("`{s}` is not a port number (1-65535)")),
+    }
+}
+
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Packet options")]
+pub struct NetArgs {
+    /// Network namespace of the interface: a name (`ip netns`), a path (/proc/PID/ns/net) or a pid
+    #[arg(long, value_name = "NAME|PATH|PID")]
+    pub netns: Option<String>,
+
+    /// IPv4 packets only
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// IPv6 packets only
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Only this transport protocol
+    #[arg(long, value_enum, value_name = "PROTO")]
+    pub proto: Option<Proto>,
+
+    /// Only packets with this source or destination port (comma-separated, at most 8)
+    #[arg(long = "port", value_name = "PORT", value_delimiter = ',', value_parser = parse_port)]
+    pub ports: Vec<u16>,
+
+    /// Only packets from or to this address or prefix (ADDR[/LEN])
+    #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_host, conflicts_with_all = ["src", "dst"])]
+    pub host: Option<HostPrefix>,
+
+    /// Only packets from this address or prefix
+    #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_host, conflicts_with = "dst")]
+    pub src: Option<HostPrefix>,
+
+    /// Only packets to this address or prefix
+    #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_host)]
+    pub dst: Option<HostPrefix>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_prefixes() {
+        let h = parse_host("10.1.2.3/8").unwrap();
+        assert_eq!(h.prefix, 8);
+        assert_eq!(&h.masked_bytes()[..4], &[10, 0, 0, 0]);
+        assert_eq!(parse_host("10.1.2.3").unwrap().prefix, 32);
+        let h = parse_host("fd00::1:2/112").unwrap();
+        assert_eq!(h.masked_bytes()[14..], [0, 0]);
+        assert_eq!(h.masked_bytes()[..2], [0xfd, 0]);
+        assert_eq!(parse_host("[::1]").unwrap().prefix, 128);
+        let h = parse_host("10.255.255.255/12").unwrap();
+        assert_eq!(&h.masked_bytes()[..4], &[10, 240, 0, 0]);
+        assert!(parse_host("10.0.0.1/33").unwrap_err().contains("0 to 32"));
+        assert!(parse_host("nohost").unwrap_err().contains("not an IP address"));
+        assert!(parse_host("::1/129").is_err());
+        assert!(parse_host("").is_err());
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("80"), Ok(80));
+        assert!(parse_port("0").unwrap_err().contains("out of range"));
+        assert!(parse_port("65536").unwrap_err().contains("out of range"));
+        assert!(parse_port("http").unwrap_err().contains("not a port"));
+    }
+}

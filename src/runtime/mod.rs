@@ -59,6 +59,15 @@ pub trait Printer {
     fn stack_ids(_ev: &Self::Event) -> Option<(u32, i32, i32)> {
         None
     }
+    /// Called after every poll (at most every 100 ms), for tools that print counters with
+    /// `--interval`.
+    fn tick(&mut self, _out: &mut Sink) -> io::Result<()> {
+        Ok(())
+    }
+    /// Called once at the end, before the summary: a tool's closing counters.
+    fn finish(&mut self, _out: &mut Sink) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 pub struct Runtime {
@@ -212,12 +221,12 @@ impl Runtime {
     ///
     /// `attach` runs once the event channel is open, so no event is lost in between (a perf
     /// buffer does not exist for the kernel until it is opened).
-    pub fn stream<P: Printer, S: TransportLoaded>(
+    pub fn stream<P: Printer, S: TransportLoaded, A>(
         &mut self,
         skel: &S,
         transport: Transport,
         printer: P,
-        attach: impl FnOnce(&S) -> Result<Vec<Link>, Error>,
+        attach: impl FnOnce(&S) -> Result<A, Error>,
     ) -> Result<i32, Error> {
         let sink = Sink::new(self.out.json, self.out.timestamp, kernel::monotonic_to_realtime_ns());
         let state = RefCell::new(StreamState {
@@ -263,7 +272,8 @@ impl Runtime {
             }
             {
                 let mut st = state.borrow_mut();
-                let r = st.sink.flush();
+                let st = &mut *st;
+                let r = st.printer.tick(&mut st.sink).and_then(|()| st.sink.flush());
                 st.note_write(r);
                 if !announced_first {
                     if let Some(t) = st.first_event {
@@ -319,6 +329,10 @@ impl Runtime {
                 }
             );
             eprintln!("hint: {}", lost::bigger_buffer_hint(Self::pages(transport), lost, st.events));
+        }
+        if st.write_error.is_none() {
+            let r = st.printer.finish(&mut st.sink);
+            st.note_write(r);
         }
         if st.sink.json && st.write_error.is_none() {
             let elapsed = self.started.elapsed().as_secs_f64();

@@ -178,7 +178,7 @@ pub fn run(args: TracepointArgs) -> Result<i32, Error> {
                     source,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
     })
 }
 

@@ -2,6 +2,8 @@
 //! attached, collect its output, and check that nothing of it stays in the kernel.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};

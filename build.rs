@@ -73,7 +73,7 @@ fn main() {
 
     let mut sources: Vec<PathBuf> = PROGRAM_DIRS
         .iter()
-        .flat_map(|d| std::fs::read_dir(bpf_dir.join(d)).expect("src/bpf/<family> exists"))
+        .flat_map(|d| std::fs::read_dir(bpf_dir.join(d)).into_iter().flatten())
         .map(|e| e.expect("readable src/bpf entry").path())
         .filter(|p| p.to_str().is_some_and(|s| s.ends_with(".bpf.c")))
         .collect();

@@ -8,7 +8,7 @@ use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::{TcHook, TcHookBuilder};
@@ -68,16 +68,31 @@ impl Iface {
                 .join(", ")
         };
         let elsewhere = namespaces_with(name, netns);
-        let hint = match elsewhere.first() {
-            Some(NetnsSpec::Current) => format!(
+        let names: Vec<&str> = elsewhere
+            .iter()
+            .filter_map(|s| match s {
+                NetnsSpec::Name(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        let hint = match (elsewhere.first(), names.as_slice()) {
+            (Some(NetnsSpec::Current), _) => format!(
                 "`{name}` exists in tracekit's own namespace: leave out `--netns` (interfaces in netns {}: {list})",
                 netns.label()
             ),
-            Some(NetnsSpec::Name(n)) => {
+            (_, [n]) => {
                 format!(
                     "`{name}` exists in netns `{n}`: pass `--netns {n}` (interfaces here: {list})"
                 )
             }
+            (_, [_, ..]) => format!(
+                "`{name}` exists in netns {}: pass `--netns NAME` (interfaces here: {list})",
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             _ => format!("interfaces{}: {list}", where_(netns)),
         };
         Err(Error::usage(
@@ -595,9 +610,32 @@ pub(crate) struct TcGuard {
     iface: Iface,
     dir: TcDir,
     prog_id: u32,
-    hook: TcHook,
-    created_qdisc: bool,
     removed: bool,
+}
+
+/// The clsact qdiscs this process created, as (netns inode, ifindex): shared by the guards of
+/// both directions, so whichever guard drops last removes the qdisc.
+static OUR_QDISCS: Mutex<Vec<(u64, u32)>> = Mutex::new(Vec::new());
+
+fn our_qdiscs() -> std::sync::MutexGuard<'static, Vec<(u64, u32)>> {
+    OUR_QDISCS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes the clsact qdisc of `ifindex` if this process created it and no filter is left on
+/// it. The caller is inside the namespace.
+fn release_qdisc(netns: &Netns, ifindex: u32) -> io::Result<()> {
+    let mut ours = our_qdiscs();
+    let Some(at) = ours.iter().position(|&k| k == (netns.inode, ifindex)) else {
+        return Ok(());
+    };
+    if !clsact_is_empty(ifindex) {
+        return Ok(());
+    }
+    ours.swap_remove(at);
+    match destroy_clsact(ifindex) {
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        other => other,
+    }
 }
 
 impl TcGuard {
@@ -619,30 +657,23 @@ impl TcGuard {
         match tc_query(self.iface.index, self.dir) {
             // Still ours: remove it. Someone else's by now, or gone: leave it.
             Ok(Some(id)) if id == self.prog_id => {
-                self.hook.detach().map_err(|source| Error::Attach {
-                    what: ctx(),
-                    hint: None,
-                    source,
-                })?
+                tc_detach(self.iface.index, self.dir).map_err(|e| Error::io(ctx(), e))?
             }
             Ok(_) => {}
             // The interface (or its namespace) is gone, and the filter with it.
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
             Err(e) => return Err(Error::io(ctx(), e)),
         }
-        if self.created_qdisc && clsact_is_empty(self.iface.index) {
-            let mut all = self.hook;
-            all.attach_point(libbpf_sys::BPF_TC_INGRESS | libbpf_sys::BPF_TC_EGRESS);
-            all.destroy().map_err(|source| Error::Attach {
-                what: format!(
+        release_qdisc(&self.netns, self.iface.index).map_err(|e| {
+            Error::io(
+                format!(
                     "removing the clsact qdisc of `{}`{}",
                     self.iface,
                     self.netns.suffix()
                 ),
-                hint: None,
-                source,
-            })?;
-        }
+                e,
+            )
+        })?;
         Ok(())
     }
 }
@@ -667,21 +698,21 @@ fn attach_clsact(
     let _in_ns = netns.enter()?;
     let on = format!("`{iface}` {dir}{}", netns.suffix());
     let pre = netns.exec_prefix();
-    let mut created_qdisc = create_clsact(iface.index).map_err(|e| Error::Attach {
+    let created = create_clsact(iface.index).map_err(|e| Error::Attach {
         what: format!("clsact qdisc on `{iface}`{}", netns.suffix()),
         hint: Some(format!(
             "check the qdiscs with `{pre}tc qdisc show dev {iface}`"
         )),
         source: libbpf_rs::Error::from(e),
     })?;
+    let key = (netns.inode, iface.index);
+    if created {
+        our_qdiscs().push(key);
+    }
+    let mut ours = our_qdiscs().contains(&key);
     // Undo our qdisc on every error below.
-    let undo = |created: bool| {
-        if created && clsact_is_empty(iface.index) {
-            let _ = TcHookBuilder::new(prog)
-                .ifindex(iface.index as i32)
-                .hook(libbpf_sys::BPF_TC_INGRESS | libbpf_sys::BPF_TC_EGRESS)
-                .destroy();
-        }
+    let undo = || {
+        let _ = release_qdisc(netns, iface.index);
     };
 
     // The sweep: a filter with tracekit's handle and priority whose program no process holds
@@ -691,13 +722,13 @@ fn attach_clsact(
         .map_err(|e| Error::io(format!("querying tc filters on {on}"), e));
     match stale {
         Err(e) => {
-            undo(created_qdisc);
+            undo();
             return Err(e);
         }
         Ok(None) => {}
         Ok(Some(id)) => {
             if let Some((pid, comm)) = fd_holders("prog_id", id).into_iter().next() {
-                undo(created_qdisc);
+                undo();
                 return Err(Error::runtime(
                     format!(
                         "another tracekit is attached to {on} (pid {pid} `{comm}`, program id {id})"
@@ -711,52 +742,51 @@ fn attach_clsact(
             let name = prog_name_of(id)
                 .map(|n| format!(" `{n}`"))
                 .unwrap_or_default();
-            tc_hook(prog, iface, dir).detach().map_err(|source| Error::Attach {
-                what: format!("removing a stale tracekit tc filter on {on}"),
-                hint: Some(format!("remove it by hand: `{pre}tc filter del dev {iface} {dir} pref {TC_PRIORITY}`")),
-                source,
-            })?;
+            if let Err(e) = tc_detach(iface.index, dir) {
+                undo();
+                return Err(Error::io_hint(
+                    format!("removing a stale tracekit tc filter on {on}"),
+                    e,
+                    format!(
+                        "remove it by hand: `{pre}tc filter del dev {iface} {dir} pref {TC_PRIORITY}`"
+                    ),
+                ));
+            }
             notes.push(format!(
                 "removed a stale tc filter on {on} (program id {id}{name}, handle {TC_HANDLE:#x} pref \
                  {TC_PRIORITY}) left by a killed tracekit"
             ));
             // A clsact qdisc whose only filter was the stale one is taken to be the killed
             // tracekit's: ours to remove at exit.
-            created_qdisc = created_qdisc || clsact_is_empty(iface.index);
+            if !ours && clsact_is_empty(iface.index) {
+                our_qdiscs().push(key);
+                ours = true;
+            }
         }
     }
 
     let mut hook = tc_hook(prog, iface, dir);
-    let hook = match hook.attach() {
-        Ok(h) => h,
-        Err(source) => {
-            undo(created_qdisc);
-            return Err(Error::Attach {
-                what: format!("tc program `{prog_name}` on {on}"),
-                hint: Some(format!(
-                    "see the filters with `{pre}tc filter show dev {iface} {dir}`"
-                )),
-                source,
-            });
-        }
-    };
+    if let Err(source) = hook.attach() {
+        undo();
+        return Err(Error::Attach {
+            what: format!("tc program `{prog_name}` on {on}"),
+            hint: Some(format!(
+                "see the filters with `{pre}tc filter show dev {iface} {dir}`"
+            )),
+            source,
+        });
+    }
     let prog_id = tc_query(iface.index, dir).ok().flatten().unwrap_or(0);
     let describe = format!(
         "tc filter on {iface} {dir}{} (clsact{}, cls_bpf direct-action, handle {TC_HANDLE:#x} pref {TC_PRIORITY})",
         netns.suffix(),
-        if created_qdisc {
-            " created by tracekit"
-        } else {
-            ""
-        }
+        if ours { " created by tracekit" } else { "" }
     );
     let guard = TcGuard {
         netns: netns.clone(),
         iface: iface.clone(),
         dir,
         prog_id,
-        hook,
-        created_qdisc,
         removed: false,
     };
     Ok(Attachment::tc(guard, describe, notes))
@@ -768,6 +798,51 @@ fn tc_hook(prog: BorrowedFd<'_>, iface: &Iface, dir: TcDir) -> TcHook {
         .handle(TC_HANDLE)
         .priority(TC_PRIORITY)
         .hook(dir.tc_attach_point())
+}
+
+fn raw_hook(
+    ifindex: u32,
+    attach_point: libbpf_sys::bpf_tc_attach_point,
+) -> libbpf_sys::bpf_tc_hook {
+    libbpf_sys::bpf_tc_hook {
+        sz: size_of::<libbpf_sys::bpf_tc_hook>() as _,
+        ifindex: ifindex as i32,
+        attach_point,
+        ..Default::default()
+    }
+}
+
+/// Removes tracekit's filter (handle and priority) from one direction.
+fn tc_detach(ifindex: u32, dir: TcDir) -> io::Result<()> {
+    let hook = raw_hook(ifindex, dir.tc_attach_point());
+    let opts = libbpf_sys::bpf_tc_opts {
+        sz: size_of::<libbpf_sys::bpf_tc_opts>() as _,
+        handle: TC_HANDLE,
+        priority: TC_PRIORITY,
+        ..Default::default()
+    };
+    // SAFETY: hook and opts are initialised with their sizes and valid for the call.
+    let rc = unsafe { libbpf_sys::bpf_tc_detach(&hook, &opts) };
+    if rc < 0 {
+        Err(io::Error::from_raw_os_error(-rc))
+    } else {
+        Ok(())
+    }
+}
+
+/// Deletes the clsact qdisc (and with it every filter left on it).
+fn destroy_clsact(ifindex: u32) -> io::Result<()> {
+    let mut hook = raw_hook(
+        ifindex,
+        libbpf_sys::BPF_TC_INGRESS | libbpf_sys::BPF_TC_EGRESS,
+    );
+    // SAFETY: hook is initialised with its size and valid for the call.
+    let rc = unsafe { libbpf_sys::bpf_tc_hook_destroy(&mut hook) };
+    if rc < 0 {
+        Err(io::Error::from_raw_os_error(-rc))
+    } else {
+        Ok(())
+    }
 }
 
 /// Creates the clsact qdisc; Ok(false) when one exists already (not ours to remove).

@@ -598,6 +598,7 @@ fn clsact_refuses_to_sweep_a_live_tracekit() {
     let ns = p.a.netns();
     let iface = Iface::resolve("tkv-a", &ns).unwrap();
     let live = tc_prog(c"tk_cls_live");
+    let live_id = prog_id(&live);
     let att = attach_tc(
         live.as_fd(),
         "tk_cls_live",
@@ -608,6 +609,8 @@ fn clsact_refuses_to_sweep_a_live_tracekit() {
     )
     .unwrap();
     let other = tc_prog(c"tk_cls_other");
+
+    // This process holds the program: one tracekit filter per interface and direction.
     let err = attach_tc(
         other.as_fd(),
         "tk_cls_other",
@@ -620,14 +623,53 @@ fn clsact_refuses_to_sweep_a_live_tracekit() {
     let text = msg_and_hint(&err);
     assert!(
         text.contains(&format!(
-            "another tracekit is attached to `tkv-a` ingress in netns {} (pid {}",
-            p.a.name,
-            std::process::id()
+            "tracekit has a tc filter on `tkv-a` ingress in netns {} already",
+            p.a.name
         )),
         "{text}"
     );
+
+    // Another process holds it (a child given the fd as its fd 200), and this one lets go.
+    let raw = live.as_raw_fd();
+    let mut cmd = Command::new("sleep");
+    cmd.arg("30");
+    // SAFETY: dup2 is async-signal-safe; it only gives the child a copy of the fd without CLOEXEC.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 200) < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let mut holder = cmd.spawn().expect("spawn sleep");
+    drop(live);
+    assert!(eventually(|| held(live_id)));
+    let err = attach_tc(
+        other.as_fd(),
+        "tk_cls_other",
+        &iface,
+        &ns,
+        TcDir::Ingress,
+        TcBackend::Clsact,
+    )
+    .unwrap_err();
+    let text = msg_and_hint(&err);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        text.contains(&format!(
+            "another tracekit is attached to `tkv-a` ingress in netns {} (pid {} `sleep`, program id {live_id})",
+            p.a.name,
+            holder.id()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("handle 0x746b pref 29803"), "{text}");
     // The live one is untouched, and egress is free.
-    assert!(filters(&p.a, "ingress").contains(&format!("id {}", prog_id(&live))));
+    assert!(filters(&p.a, "ingress").contains(&format!("id {live_id}")));
     let eg = attach_tc(
         other.as_fd(),
         "tk_cls_other",
@@ -639,6 +681,7 @@ fn clsact_refuses_to_sweep_a_live_tracekit() {
     .unwrap();
     drop(eg);
     drop(att);
+    assert!(!filters(&p.a, "ingress").contains("0x746b"));
     assert!(!has_clsact(&p.a));
 }
 

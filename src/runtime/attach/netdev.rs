@@ -7,7 +7,7 @@
 use std::ffi::{CStr, CString};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Mutex, OnceLock};
 
 use libbpf_rs::libbpf_sys;
@@ -238,7 +238,12 @@ pub fn attach_xdp(
     }
     // SAFETY: fd is a new link fd nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The mode our program runs in: its id in the driver or the generic slot (a program
+    // offloaded to hardware may sit next to it, so attach_mode alone is not enough).
+    let ours = prog_id_of(prog);
     let effective = match xdp_query(iface.index) {
+        Ok(q) if ours.is_some_and(|id| id == q.drv_prog_id) => XdpMode::Native,
+        Ok(q) if ours.is_some_and(|id| id == q.skb_prog_id) => XdpMode::Skb,
         Ok(q) if u32::from(q.attach_mode) == libbpf_sys::XDP_ATTACHED_DRV => XdpMode::Native,
         Ok(q) if u32::from(q.attach_mode) == libbpf_sys::XDP_ATTACHED_SKB => XdpMode::Skb,
         _ if mode == XdpMode::Auto => XdpMode::Skb,
@@ -378,6 +383,19 @@ fn xdp_conflict(errno: i32, prog_name: &str, iface: &Iface, netns: &Netns) -> Er
     )
 }
 
+fn prog_info(fd: BorrowedFd<'_>) -> Option<libbpf_sys::bpf_prog_info> {
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: fd is an open program fd; info and len are valid for writes of len bytes.
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    (rc == 0).then_some(info)
+}
+
+/// The kernel's id of the program behind `fd`.
+pub(crate) fn prog_id_of(fd: BorrowedFd<'_>) -> Option<u32> {
+    prog_info(fd).map(|i| i.id)
+}
+
 /// The name the kernel holds for program `id` (16 bytes at most).
 pub(crate) fn prog_name_of(id: u32) -> Option<String> {
     // SAFETY: plain syscall wrapper; the fd is owned below.
@@ -387,12 +405,7 @@ pub(crate) fn prog_name_of(id: u32) -> Option<String> {
     }
     // SAFETY: fd is a new program fd nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut info = libbpf_sys::bpf_prog_info::default();
-    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: info and len are valid for writes of len bytes.
-    if unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) } != 0 {
-        return None;
-    }
+    let info = prog_info(fd.as_fd())?;
     let bytes: Vec<u8> = info
         .name
         .iter()
@@ -729,13 +742,23 @@ fn attach_clsact(
         Ok(Some(id)) => {
             if let Some((pid, comm)) = fd_holders("prog_id", id).into_iter().next() {
                 undo();
+                let filter = format!(
+                    "handle {TC_HANDLE:#x} pref {TC_PRIORITY} in `{pre}tc filter show dev {iface} {dir}`"
+                );
+                if pid == std::process::id() {
+                    return Err(Error::runtime(
+                        format!("tracekit has a tc filter on {on} already (program id {id})"),
+                        Some(format!(
+                            "the clsact backend holds one tracekit filter per interface and direction                              ({filter}); the tcx backend (Linux 6.6+) holds any number"
+                        )),
+                    ));
+                }
                 return Err(Error::runtime(
                     format!(
                         "another tracekit is attached to {on} (pid {pid} `{comm}`, program id {id})"
                     ),
                     Some(format!(
-                        "stop it first, or attach to another interface or direction; its filter is \
-                         `{pre}tc filter show dev {iface} {dir}` handle {TC_HANDLE:#x} pref {TC_PRIORITY}"
+                        "stop that tracekit first, or attach to another interface or direction                          (its filter: {filter})"
                     )),
                 ));
             }
@@ -776,7 +799,7 @@ fn attach_clsact(
             source,
         });
     }
-    let prog_id = tc_query(iface.index, dir).ok().flatten().unwrap_or(0);
+    let prog_id = prog_id_of(prog).unwrap_or(0);
     let describe = format!(
         "tc filter on {iface} {dir}{} (clsact{}, cls_bpf direct-action, handle {TC_HANDLE:#x} pref {TC_PRIORITY})",
         netns.suffix(),
@@ -887,8 +910,8 @@ fn tc_query(ifindex: u32, dir: TcDir) -> io::Result<Option<u32>> {
     }
 }
 
-/// Whether the clsact qdisc of `ifindex` has no filter in either direction (true when it cannot
-/// be dumped: the caller only removes a qdisc it made).
+/// Whether the clsact qdisc of `ifindex` has no filter in either direction (false when the
+/// filters cannot be listed: then the qdisc stays).
 fn clsact_is_empty(ifindex: u32) -> bool {
     [TcDir::Ingress, TcDir::Egress]
         .into_iter()

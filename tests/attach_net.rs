@@ -819,6 +819,18 @@ fn netns_errors_say_what_exists() {
         "{err}"
     );
 
+    // A name whose bind mount is gone (an `ip netns` entry after a crash) is an empty file.
+    let stale = format!("tkat-{}-stale", std::process::id());
+    let stale_path = format!("/run/netns/{stale}");
+    std::fs::write(&stale_path, b"").unwrap();
+    let err = Netns::resolve(Some(&stale)).unwrap_err();
+    let _ = std::fs::remove_file(&stale_path);
+    let text = msg_and_hint(&err);
+    assert!(
+        text.contains("(an empty file)") && text.contains(&format!("`ip netns delete {stale}`")),
+        "{text}"
+    );
+
     let err = Netns::resolve(Some("/no/such/file")).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("does not exist"), "{err}");
@@ -857,4 +869,35 @@ fn iface_errors_list_interfaces_and_point_to_the_namespace() {
         err.to_string().contains("not a valid interface name"),
         "{err}"
     );
+}
+
+#[test]
+fn clsact_guard_cleans_up_after_the_namespace_name_is_deleted() {
+    if !common::require_root("clsact_guard_cleans_up_after_the_namespace_name_is_deleted") {
+        return;
+    }
+    let p = Pair::new();
+    let ns = p.a.netns();
+    let iface = Iface::resolve("tkv-a", &ns).unwrap();
+    let prog = tc_prog(c"tk_cls_gone");
+    let att = attach_tc(
+        prog.as_fd(),
+        "tk_cls_gone",
+        &iface,
+        &ns,
+        TcDir::Egress,
+        TcBackend::Clsact,
+    )
+    .unwrap();
+    // `ip netns delete` only removes the name: the namespace lives on while tracekit holds it,
+    // and the guard still finds its filter and qdisc there.
+    must(&["ip", "netns", "delete", &p.a.name]);
+    {
+        let _in = ns.enter().unwrap();
+        let out = must(&["tc", "filter", "show", "dev", "tkv-a", "egress"]);
+        assert!(out.contains("0x746b"), "{out}");
+    }
+    att.detach().expect("detach in a namespace without a name");
+    let _in = ns.enter().unwrap();
+    assert!(!must(&["tc", "qdisc", "show", "dev", "tkv-a"]).contains("clsact"));
 }

@@ -179,8 +179,12 @@ fn held(id: u32) -> bool {
     })
 }
 
+/// The error as the user sees it (message and hint), checked for the basics of STYLE §3.7.
 fn msg_and_hint(e: &Error) -> String {
-    format!("{e}\nhint: {}", e.hint().unwrap_or_default())
+    let text = format!("{e}\nhint: {}", e.hint().unwrap_or_default());
+    assert!(e.hint().is_some(), "every error has a hint: {text}");
+    assert!(!text.contains("  ") && !e.to_string().ends_with('.'), "{text}");
+    text
 }
 
 fn xdp_entries(ns: &Ns, dev: &str) -> Vec<Value> {

@@ -749,7 +749,7 @@ fn attach_clsact(
                     return Err(Error::runtime(
                         format!("tracekit has a tc filter on {on} already (program id {id})"),
                         Some(format!(
-                            "the clsact backend holds one tracekit filter per interface and direction                              ({filter}); the tcx backend (Linux 6.6+) holds any number"
+                            "the clsact backend holds one tracekit filter per interface and direction ({filter}); the tcx backend (Linux 6.6+) holds any number"
                         )),
                     ));
                 }
@@ -758,7 +758,7 @@ fn attach_clsact(
                         "another tracekit is attached to {on} (pid {pid} `{comm}`, program id {id})"
                     ),
                     Some(format!(
-                        "stop that tracekit first, or attach to another interface or direction                          (its filter: {filter})"
+                        "stop that tracekit first, or attach to another interface or direction (its filter: {filter})"
                     )),
                 ));
             }

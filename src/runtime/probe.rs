@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -101,6 +101,8 @@ features! {
     SkMsg => "sk_msg", Some("4.17"), probe_prog_type;
     SkSkb => "sk_skb", Some("4.14"), probe_prog_type;
     SkLookup => "sk_lookup", Some("5.9"), probe_prog_type;
+    XdpLink => "xdp_link", Some("5.9"), probe_xdp_link;
+    Tcx => "tcx", Some("6.6"), probe_tcx;
     Lsm => "lsm", Some("5.7"), probe_lsm;
     Tracefs => "tracefs", None, probe_tracefs;
     Cgroup2 => "cgroup_v2", Some("4.5"), probe_cgroup2;
@@ -265,6 +267,11 @@ fn probe_tracing(f: Feature, attach_type: u32, targets: &[&std::ffi::CStr]) -> S
 
 
 fn load_tracing_prog(attach_type: u32, btf_id: u32) -> io::Result<OwnedFd> {
+    load_trivial_prog(libbpf_sys::BPF_PROG_TYPE_TRACING, attach_type, btf_id)
+}
+
+/// Loads `r0 = 0; exit` as a program of type `prog_type`.
+fn load_trivial_prog(prog_type: libbpf_sys::bpf_prog_type, attach_type: u32, btf_id: u32) -> io::Result<OwnedFd> {
     // r0 = 0; exit
     let mut mov = libbpf_sys::bpf_insn::default();
     mov.code = (libbpf_sys::BPF_ALU64 | libbpf_sys::BPF_MOV | libbpf_sys::BPF_K) as u8;
@@ -280,7 +287,7 @@ fn load_tracing_prog(attach_type: u32, btf_id: u32) -> io::Result<OwnedFd> {
     // SAFETY: insns and opts are valid for the call; the names are NUL-terminated literals.
     let fd = unsafe {
         libbpf_sys::bpf_prog_load(
-            libbpf_sys::BPF_PROG_TYPE_TRACING,
+            prog_type,
             c"tk_probe".as_ptr(),
             c"GPL".as_ptr(),
             insns.as_ptr(),
@@ -293,6 +300,38 @@ fn load_tracing_prog(attach_type: u32, btf_id: u32) -> io::Result<OwnedFd> {
     }
     // SAFETY: fd is a new file descriptor returned by the kernel that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// XDP links (commit aa8d3a716b59, Linux 5.9). No link attempt tells "no XDP links" from "no
+/// such interface" (both EINVAL), so this is decided from the version, as tp_btf is.
+fn probe_xdp_link(f: Feature) -> Status {
+    match kernel_version() {
+        Some(v) if v >= (5, 9) => Status::Supported,
+        Some(_) => unsupported(f, "kernel too old"),
+        None => Status::Unknown("cannot read the kernel version".into()),
+    }
+}
+
+/// tcx links (commit e420bed02507, Linux 6.6), probed as cilium/ebpf does: a tcx link to an
+/// interface that does not exist fails with ENODEV where tcx exists, EINVAL where the attach
+/// type is unknown.
+fn probe_tcx(f: Feature) -> Status {
+    let fd = match load_trivial_prog(libbpf_sys::BPF_PROG_TYPE_SCHED_CLS, 0, 0) {
+        Ok(fd) => fd,
+        Err(e) => return Status::Unknown(format!("loading a probe program: {e}")),
+    };
+    // SAFETY: fd is an open program fd; NULL opts are allowed; ifindex u32::MAX never exists.
+    let rc = unsafe { libbpf_sys::bpf_link_create(fd.as_raw_fd(), -1, libbpf_sys::BPF_TCX_INGRESS, std::ptr::null()) };
+    if rc >= 0 {
+        // SAFETY: rc is a new link fd nothing else owns; dropping it detaches.
+        drop(unsafe { OwnedFd::from_raw_fd(rc) });
+        return Status::Supported;
+    }
+    match -rc {
+        libc::ENODEV => Status::Supported,
+        libc::EINVAL => unsupported(f, "the kernel does not know the tcx attach types"),
+        e => Status::Unknown(io::Error::from_raw_os_error(e).to_string()),
+    }
 }
 
 /// bpf_get_attach_cookie: one program attached many times can tell the attachments apart.

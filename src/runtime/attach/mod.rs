@@ -2,3 +2,112 @@
 //! detaches when dropped. Link-based forms first (owned by a file descriptor, so even SIGKILL
 //! leaves nothing behind); a legacy form only behind a guard that removes it on every normal
 //! exit, plus a sweep of stale tracekit attachments at the next start.
+//!
+//! - [`netns`]: `--netns NAME|PATH|PID` and entering a namespace for one thread.
+//! - [`netdev`]: interfaces, XDP links, tcx links and the legacy clsact/cls_bpf form.
+//! - [`socket`]: socket filters on an `AF_PACKET` socket.
+
+pub mod netdev;
+pub mod netns;
+pub mod socket;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use libbpf_rs::libbpf_sys;
+
+use crate::error::Error;
+
+pub use netdev::{Iface, TcBackend, TcDir, XdpMode, attach_tc, attach_xdp, iface_name};
+pub use netns::{Netns, NetnsGuard};
+pub use socket::attach_packet_socket;
+
+/// Something attached. Dropping it detaches: closing a link or socket fd, or running the
+/// guard of a legacy attachment.
+pub struct Attachment {
+    kind: Kind,
+    describe: String,
+    notes: Vec<String>,
+}
+
+enum Kind {
+    /// A BPF link (XDP, tcx, ...): the kernel detaches when the last fd closes. The fd is held,
+    /// never read.
+    Link {
+        #[allow(dead_code)]
+        fd: OwnedFd,
+        id: Option<u32>,
+    },
+    /// A legacy netlink attachment, removed by the guard's Drop.
+    Tc(netdev::TcGuard),
+    /// A socket with a filter: the filter goes with the socket (held, never read).
+    Socket(#[allow(dead_code)] OwnedFd),
+}
+
+impl Attachment {
+    pub(crate) fn link(fd: OwnedFd, describe: impl FnOnce(Option<u32>) -> String) -> Attachment {
+        let id = link_id_of(&fd);
+        Attachment {
+            describe: describe(id),
+            kind: Kind::Link { fd, id },
+            notes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn tc(guard: netdev::TcGuard, describe: String, notes: Vec<String>) -> Attachment {
+        Attachment {
+            kind: Kind::Tc(guard),
+            describe,
+            notes,
+        }
+    }
+
+    pub(crate) fn socket(fd: OwnedFd, describe: String) -> Attachment {
+        Attachment {
+            kind: Kind::Socket(fd),
+            describe,
+            notes: Vec::new(),
+        }
+    }
+
+    /// For `-v` and errors: `xdp link on tk0 (native mode), link id 12`.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// The kernel's id of the link, for link-based attachments.
+    pub fn link_id(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Link { id, .. } => *id,
+            _ => None,
+        }
+    }
+
+    /// Lines the tool should print once (each without the `tracekit: ` prefix), e.g. that a
+    /// stale tc filter left by a killed tracekit was removed before this attach.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Detaches now and reports a failure (Drop can only warn on stderr).
+    pub fn detach(self) -> Result<(), Error> {
+        match self.kind {
+            Kind::Tc(guard) => guard.remove(),
+            Kind::Link { .. } | Kind::Socket(_) => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe)
+    }
+}
+
+fn link_id_of(fd: &OwnedFd) -> Option<u32> {
+    // SAFETY: bpf_link_info is plain data (integers and a union of integers); all zero is valid.
+    let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: fd is an open link fd; info and len are valid for writes of len bytes.
+    let rc = unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    (rc == 0).then_some(info.id)
+}

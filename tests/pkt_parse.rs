@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, MapMut, OpenObject, ProgramMut, RingBufferBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapMut, OpenObject, PerfBufferBuilder, ProgramMut, RingBufferBuilder};
 use tracekit::runtime::skel::{Transport, TransportOpen};
 use tracekit::tools::net::skels::{self, PacketEvent, prog_run};
 
@@ -59,6 +59,10 @@ fn vlan(id: u16, next: u16) -> Vec<u8> {
 /// An IPv4 header (with `opts`, a multiple of 4 bytes) and its payload. Checksums are not
 /// computed: BPF_PROG_RUN does not check them.
 fn ipv4(proto: u8, opts: &[u8], frag_off: u16, payload: &[u8]) -> Vec<u8> {
+    ipv4_between(V4_SRC, V4_DST, proto, opts, frag_off, payload)
+}
+
+fn ipv4_between(src: [u8; 4], dst: [u8; 4], proto: u8, opts: &[u8], frag_off: u16, payload: &[u8]) -> Vec<u8> {
     let ihl = (20 + opts.len()) / 4;
     let total = (20 + opts.len() + payload.len()) as u16;
     let mut h = vec![0x40 | ihl as u8, 0x10];
@@ -66,8 +70,8 @@ fn ipv4(proto: u8, opts: &[u8], frag_off: u16, payload: &[u8]) -> Vec<u8> {
     h.extend_from_slice(&0x1234u16.to_be_bytes());
     h.extend_from_slice(&frag_off.to_be_bytes());
     h.extend_from_slice(&[64, proto, 0, 0]);
-    h.extend_from_slice(&V4_SRC);
-    h.extend_from_slice(&V4_DST);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
     cat(&[&h, opts, payload])
 }
 
@@ -240,17 +244,33 @@ struct Prog<'a> {
     prog: &'a ProgramMut<'a>,
     events: &'a MapMut<'a>,
     counts: &'a MapMut<'a>,
+    /// tk_events is a perf event array (else a ring buffer).
+    perf: bool,
 }
 
 impl Prog<'_> {
     /// Runs one frame: the return value and the events it sent.
     fn run(&self, frame: &[u8]) -> libbpf_rs::Result<(i32, Vec<PacketEvent>)> {
         let got = RefCell::new(Vec::new());
-        let mut rb = RingBufferBuilder::new();
-        rb.add(self.events, |data: &[u8]| {
+        let push = |data: &[u8]| {
             let mut e = PacketEvent::default();
             plain::copy_from_bytes(&mut e, data).expect("a whole tk_pkt_event");
             got.borrow_mut().push(e);
+        };
+        if self.perf {
+            let pb = PerfBufferBuilder::new(self.events)
+                .pages(8)
+                .sample_cb(|_cpu, data: &[u8]| push(data))
+                .build()
+                .expect("perf buffer");
+            let (ret, _) = prog_run(self.prog, frame, 1)?;
+            pb.consume().expect("consume perf buffer");
+            drop(pb);
+            return Ok((ret, got.into_inner()));
+        }
+        let mut rb = RingBufferBuilder::new();
+        rb.add(self.events, |data: &[u8]| {
+            push(data);
             0
         })
         .expect("ring buffer callback");
@@ -282,12 +302,16 @@ impl Prog<'_> {
 
 /// Opens, configures (ring buffer, `f`) and loads one skeleton, then calls `body` with it.
 macro_rules! with_skel {
-    ($m:ident, $builder:ident, $hook:expr, $prog:ident, $f:expr, $body:expr) => {{
+    ($m:ident, $builder:ident, $hook:expr, $prog:ident, $f:expr, $body:expr) => {
+        with_skel!($m, $builder, $hook, $prog, $f, Transport::RingBuf { bytes: 1 << 20 }, $body)
+    };
+    ($m:ident, $builder:ident, $hook:expr, $prog:ident, $f:expr, $transport:expr, $body:expr) => {{
         use skels::$m::skel::{types, $builder};
         let f: &Filter = $f;
         let mut storage = MaybeUninit::<OpenObject>::uninit();
         let mut open = $builder::default().open(&mut storage).expect("open skeleton");
-        open.configure_transport(Transport::RingBuf { bytes: 1 << 20 }).expect("configure transport");
+        let transport: Transport = $transport;
+        open.configure_transport(transport).expect("configure transport");
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata");
         let mut k = types::tk_pkt_filter::default();
         k.host = f.host;
@@ -308,6 +332,7 @@ macro_rules! with_skel {
             prog: &skel.progs.$prog,
             events: &skel.maps.tk_events,
             counts: &skel.maps.tk_pkt_counts,
+            perf: matches!(transport, Transport::PerfBuf { .. }),
         };
         ($body)(&p)
     }};
@@ -632,4 +657,102 @@ fn event_header() {
         assert_eq!(e.hdr.ifindex, 1, "{:?}: ifindex of lo", p.hook);
         assert_eq!((e.sk_found, e.sk_state, e.sk_cookie, e.sk_uid), (0, 0, 0, 0), "{:?}: no --sock", p.hook);
     });
+}
+
+/// The perf buffer transport (bpf_perf_event_output with the program's context) works in all
+/// three hooks: socket filters are allowed that helper too.
+#[test]
+fn perf_buffer_transport() {
+    if !common::require_root("perf_buffer_transport") {
+        return;
+    }
+    let perf = Transport::PerfBuf { pages_per_cpu: 8 };
+    let frame = tcp4(40000, 443);
+    let want = Pkt { sport: 40000, dport: 443, tcp_flags: SYN, ..ip4_pkt(TCP, 40) };
+    let check = |p: &Prog<'_>| {
+        let (_, e) = p.decode(&frame);
+        assert_eq!(Pkt::from(&e), want, "{:?} through the perf buffer", p.hook);
+        assert_eq!(p.counts(), [1, 1, 1, 0], "{:?}: counters", p.hook);
+    };
+    let f = Filter::default();
+    with_skel!(xdp, XdpSkelBuilder, Hook::Xdp, xdp__observe, &f, perf, check);
+    with_skel!(tc, TcSkelBuilder, Hook::Tc, tc__ingress, &f, perf, check);
+    with_skel!(sockfilter, SockfilterSkelBuilder, Hook::Socket, sock__observe, &f, perf, check);
+}
+
+/// --sock: the local TCP socket of a packet's flow, looked up in the caller's netns (a fresh
+/// one here, owned by this thread): a listener, found for a SYN to it (ingress) and for a
+/// packet from it (tc egress: the tuple is swapped); in tc also its cookie and owner uid.
+#[test]
+fn sock_lookup_finds_the_local_socket() {
+    if !common::require_root("sock_lookup_finds_the_local_socket") {
+        return;
+    }
+    std::thread::spawn(|| {
+        // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a new network namespace,
+        // which goes away with the thread.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
+        const UID: u32 = 4321;
+        // SAFETY: setfsuid changes only this thread's filesystem uid; the socket created in
+        // between takes it as its owner (sk_uid), and it is set back at once.
+        unsafe { libc::setfsuid(UID) };
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("listen in the new netns");
+        // SAFETY: as above.
+        unsafe { libc::setfsuid(0) };
+        let port = listener.local_addr().unwrap().port();
+        let cookie = {
+            use std::os::fd::AsRawFd;
+            let mut c = 0u64;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            // SAFETY: SO_COOKIE writes a u64 into c, whose size len gives.
+            let rc = unsafe {
+                libc::getsockopt(listener.as_raw_fd(), libc::SOL_SOCKET, libc::SO_COOKIE, (&raw mut c).cast(), &mut len)
+            };
+            assert_eq!(rc, 0, "SO_COOKIE");
+            c
+        };
+        let f = Filter { sock: true, ..Default::default() };
+        let syn = tcp4(40000, port);
+        let reply = cat(&[&eth(ETH_IP), &ipv4_between(V4_DST, V4_SRC, TCP, &[], 0, &tcp(port, 40000, SYN | 0x10))]);
+        let elsewhere = tcp4(40000, port.wrapping_add(1).max(1));
+        let listen = 10; // TK_SOCK_LISTEN
+        with_skel!(xdp, XdpSkelBuilder, Hook::Xdp, xdp__observe, &f, |p: &Prog<'_>| {
+            let (_, e) = p.decode(&syn);
+            assert_eq!((e.sk_found, e.sk_state), (1, listen), "xdp: the listener");
+            assert_eq!((e.sk_cookie, e.sk_uid), (0, 0), "xdp: no owner lookup");
+            let (_, e) = p.decode(&elsewhere);
+            assert_eq!((e.sk_found, e.sk_state), (0, 0), "xdp: no socket on that port");
+        });
+        with_skel!(tc, TcSkelBuilder, Hook::Tc, tc__ingress, &f, |p: &Prog<'_>| {
+            let (_, e) = p.decode(&syn);
+            assert_eq!((e.sk_found, e.sk_state, e.sk_cookie, e.sk_uid), (1, listen, cookie, UID), "tc ingress");
+            let (_, e) = p.decode(&elsewhere);
+            assert_eq!((e.sk_found, e.sk_state, e.sk_cookie, e.sk_uid), (0, 0, 0, 0), "tc ingress, no socket");
+        });
+        with_skel!(tc, TcSkelBuilder, Hook::Tc, tc__egress, &f, |p: &Prog<'_>| {
+            let (_, e) = p.decode(&reply);
+            assert_eq!(e.hdr.dir, 1, "egress");
+            assert_eq!((e.sk_found, e.sk_state, e.sk_cookie, e.sk_uid), (1, listen, cookie, UID), "tc egress");
+            let (_, e) = p.decode(&syn);
+            assert_eq!(e.sk_found, 0, "tc egress: a SYN to the listener is not one it sends");
+        });
+    })
+    .join()
+    .expect("sock lookup thread");
+}
+
+/// The benchmark's floor programs load and return at once.
+#[test]
+fn floor_programs() {
+    if !common::require_root("floor_programs") {
+        return;
+    }
+    use skels::floor::skel::FloorSkelBuilder;
+    let mut storage = MaybeUninit::<OpenObject>::uninit();
+    let skel = FloorSkelBuilder::default().open(&mut storage).expect("open").load().expect("load");
+    let frame = tcp4(1, 2);
+    assert_eq!(prog_run(&skel.progs.xdp__floor, &frame, 1).expect("run").0, 2, "XDP_PASS");
+    assert_eq!(prog_run(&skel.progs.tc__floor, &frame, 1).expect("run").0, -1, "TC_ACT_UNSPEC");
+    let (_, ns) = prog_run(&skel.progs.xdp__floor, &frame, 1000).expect("repeat");
+    assert!(ns < 1_000_000, "a run of the floor takes {ns} ns");
 }

@@ -542,6 +542,9 @@ fn arp() -> Vec<u8> {
     cat(&[&eth(ETH_ARP), &[0; 28]])
 }
 
+/// A filter's name, the filter, frames it lets through and frames it rejects.
+type FilterCase = (&'static str, Filter, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 #[test]
 fn filters_accept_and_reject() {
     if !common::require_root("filters_accept_and_reject") {
@@ -555,7 +558,7 @@ fn filters_accept_and_reject() {
         ..Default::default()
     };
     // (filter, frames it must let through, frames it must reject)
-    let cases: Vec<(&str, Filter, Vec<Vec<u8>>, Vec<Vec<u8>>)> = vec![
+    let cases: Vec<FilterCase> = vec![
         ("none", Filter::default(), vec![tcp4(1, 2), udp6(1, 2), arp()], vec![]),
         ("-4", Filter { family: 4, ..Default::default() }, vec![tcp4(1, 2)], vec![udp6(1, 2), arp()]),
         ("-6", Filter { family: 6, ..Default::default() }, vec![udp6(1, 2)], vec![tcp4(1, 2), arp()]),

@@ -469,8 +469,8 @@ fn decodes_protocols_alike_in_all_hooks() {
 }
 
 /// Every prefix of a VLAN + IPv4 + TCP frame: the kernel rejects those shorter than an
-/// Ethernet header; every other one decodes the headers it holds whole, sets TRUNCATED when
-/// one is cut, and leaves the fields after the cut zero.
+/// Ethernet header (but 5.10 XDP); every one it takes decodes the headers it holds whole,
+/// sets TRUNCATED when one is cut, and leaves the fields after the cut zero.
 #[test]
 fn truncated_at_every_length() {
     if !common::require_root("truncated_at_every_length") {
@@ -489,8 +489,12 @@ fn truncated_at_every_length() {
         }
     };
     each_prog(&Filter::default(), |p| {
+        // Newer kernels refuse frames shorter than an Ethernet header (5.10 runs XDP on them)
         for n in 0..14 {
-            assert!(p.run(&frame[..n]).is_err(), "{:?}: BPF_PROG_RUN takes no frame of {n} bytes", p.hook);
+            if let Ok((_, evs)) = p.run(&frame[..n]) {
+                assert_eq!(evs.len(), 1, "{:?}: one event for a frame of {n} bytes", p.hook);
+                assert_eq!(Pkt::from(&evs[0]), expect(n), "{:?}: frame cut at {n} bytes", p.hook);
+            }
         }
         for n in 14..=frame.len() {
             let (_, e) = p.decode(&frame[..n]);

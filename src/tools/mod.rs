@@ -3,6 +3,7 @@
 pub mod count;
 pub mod kprobe;
 pub mod list;
+pub mod net;
 pub mod probe;
 pub mod profile;
 pub mod tcpstate;

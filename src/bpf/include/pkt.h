@@ -35,6 +35,16 @@ enum tk_pkt_flag {
 	TK_PKT_LATER_FRAG = 16, /* a fragment other than the first: no L4 header in it */
 };
 
+/* Slots of the per-CPU counter map tk_pkt_counts: every packet the program saw, those the
+ * filter let through, and the verdicts given to them. */
+enum tk_pkt_counter {
+	TK_CNT_SEEN = 0,
+	TK_CNT_MATCHED = 1,
+	TK_CNT_PASS = 2,
+	TK_CNT_DROP = 3,
+	TK_CNT_MAX = 4,
+};
+
 /* Address family of tk_pkt.family (0: not IP; see ethertype). */
 enum tk_pkt_family {
 	TK_FAMILY_NONE = 0,

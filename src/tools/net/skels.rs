@@ -1,0 +1,46 @@
+//! The packet programs' skeletons (src/bpf/net), the one event type every packet tool decodes
+//! into, and BPF_PROG_RUN for tests and the benchmark.
+
+use std::mem::size_of;
+
+use libbpf_rs::ProgramInput;
+
+pub mod xdp {
+    crate::packet_skel!("xdp", OpenXdpSkel, XdpSkel);
+    // SAFETY: generated from BTF by libbpf-cargo: integers and arrays of them only.
+    unsafe impl plain::Plain for skel::types::tk_pkt_event {}
+}
+
+pub mod tc {
+    crate::packet_skel!("tc", OpenTcSkel, TcSkel);
+    // SAFETY: generated from BTF by libbpf-cargo: integers and arrays of them only.
+    unsafe impl plain::Plain for skel::types::tk_pkt_event {}
+}
+
+pub mod sockfilter {
+    crate::packet_skel!("sockfilter", OpenSockfilterSkel, SockfilterSkel);
+    // SAFETY: generated from BTF by libbpf-cargo: integers and arrays of them only.
+    unsafe impl plain::Plain for skel::types::tk_pkt_event {}
+}
+
+/// The benchmark's floor: programs that return at once. No transport, so no packet traits.
+pub mod floor {
+    crate::include_skel!("floor");
+}
+
+/// What every packet tool decodes its events into (the three skeletons' types are one layout).
+pub type PacketEvent = xdp::skel::types::tk_pkt_event;
+
+/// Size of `struct tk_pkt_event` (pkt.h); the three generated copies must agree with it.
+pub const PACKET_EVENT_SIZE: usize = 112;
+const _: () = assert!(size_of::<xdp::skel::types::tk_pkt_event>() == PACKET_EVENT_SIZE);
+const _: () = assert!(size_of::<tc::skel::types::tk_pkt_event>() == PACKET_EVENT_SIZE);
+const _: () = assert!(size_of::<sockfilter::skel::types::tk_pkt_event>() == PACKET_EVENT_SIZE);
+
+/// Runs `prog` on `frame` `repeat` times with BPF_PROG_RUN (nothing attached): the program's
+/// return value and the kernel's average duration of one run in nanoseconds.
+pub fn prog_run(prog: &libbpf_rs::ProgramMut<'_>, frame: &[u8], repeat: u32) -> libbpf_rs::Result<(i32, u32)> {
+    let input = ProgramInput { data_in: Some(frame), repeat, ..Default::default() };
+    let out = prog.test_run(input)?;
+    Ok((out.return_value as i32, u32::try_from(out.duration.as_nanos()).unwrap_or(u32::MAX)))
+}

@@ -20,7 +20,9 @@ use tracekit::{runtime, tools};
         tracekit tcpstate                   # TCP state transitions\n    \
         tracekit tcpstate --json -- curl -s http://127.0.0.1/\n    \
         tracekit uprobe /bin/bash:readline  # every line typed into bash\n    \
-        tracekit list libc 'mem*'           # functions that can be traced\n\n\
+        tracekit list libc 'mem*'           # functions that can be traced\n    \
+        tracekit xdp eth0 --port 443        # packets eth0 receives, seen by XDP\n    \
+        tracekit tc eth0 --sock             # both directions, with their sockets\n\n\
         Every tool takes the common options (--pid, --comm, --json, --duration, ...):\n\
         see `tracekit <tool> --help`."
 )]
@@ -53,6 +55,12 @@ enum Command {
     Uprobe(tools::uprobe::UprobeArgs),
     /// User-space function returns (uprobe --return-only)
     Uretprobe(tools::uprobe::UprobeArgs),
+    /// Every packet an interface receives, seen by XDP (with counters, --drop, --sock)
+    Xdp(tools::net::xdp::XdpArgs),
+    /// Every packet an interface receives and sends, seen by TC (tcx or clsact)
+    Tc(tools::net::tc::TcArgs),
+    /// Every packet of one or all interfaces, seen by a socket filter (occupies no hook)
+    Sockfilter(tools::net::sockfilter::SockfilterArgs),
     /// What can be traced: kernel functions, tracepoints, functions of a binary
     List(tools::list::ListArgs),
     /// Internal: the held start of `-- CMD` (see runtime/child.rs)
@@ -76,6 +84,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Tracepoint(a) => tools::tracepoint::run(a)?,
         Command::Uprobe(a) => tools::uprobe::run(a, false)?,
         Command::Uretprobe(a) => tools::uprobe::run(a, true)?,
+        Command::Xdp(a) => tools::net::xdp::run(a)?,
+        Command::Tc(a) => tools::net::tc::run(a)?,
+        Command::Sockfilter(a) => tools::net::sockfilter::run(a)?,
         Command::List(a) => tools::list::run(&a)?,
         Command::ExecGate { fd, cmd } => runtime::child::exec_gate(fd, &cmd),
     })

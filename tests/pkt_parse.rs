@@ -342,9 +342,9 @@ macro_rules! with_skel {
 fn each_prog(f: &Filter, mut body: impl FnMut(&Prog<'_>)) {
     for hook in HOOKS {
         match hook {
-            Hook::Xdp => with_skel!(xdp, XdpSkelBuilder, hook, xdp__observe, f, &mut body),
-            Hook::Tc => with_skel!(tc, TcSkelBuilder, hook, tc__ingress, f, &mut body),
-            Hook::Socket => with_skel!(sockfilter, SockfilterSkelBuilder, hook, sock__observe, f, &mut body),
+            Hook::Xdp => with_skel!(pkt, PktSkelBuilder, hook, xdp__observe, f, &mut body),
+            Hook::Tc => with_skel!(pkt, PktSkelBuilder, hook, tc__ingress, f, &mut body),
+            Hook::Socket => with_skel!(pkt, PktSkelBuilder, hook, sock__observe, f, &mut body),
         }
     }
 }
@@ -615,7 +615,7 @@ fn xdp_drop_verdicts_and_counters() {
     const XDP_DROP: i32 = 1;
     const XDP_PASS: i32 = 2;
     let f = Filter { drop: true, proto: TCP, ..Default::default() };
-    with_skel!(xdp, XdpSkelBuilder, Hook::Xdp, xdp__observe, &f, |p: &Prog<'_>| {
+    with_skel!(pkt, PktSkelBuilder, Hook::Xdp, xdp__observe, &f, |p: &Prog<'_>| {
         let (ret, e) = p.decode(&tcp4(1, 2));
         assert_eq!(ret, XDP_DROP, "a matched packet is dropped");
         assert_eq!(e.verdict, 1, "the event says so (TK_VERDICT_DROP)");
@@ -682,9 +682,9 @@ fn perf_buffer_transport() {
         assert_eq!(p.counts(), [1, 1, 1, 0], "{:?}: counters", p.hook);
     };
     let f = Filter::default();
-    with_skel!(xdp, XdpSkelBuilder, Hook::Xdp, xdp__observe, &f, perf, check);
-    with_skel!(tc, TcSkelBuilder, Hook::Tc, tc__ingress, &f, perf, check);
-    with_skel!(sockfilter, SockfilterSkelBuilder, Hook::Socket, sock__observe, &f, perf, check);
+    with_skel!(pkt, PktSkelBuilder, Hook::Xdp, xdp__observe, &f, perf, check);
+    with_skel!(pkt, PktSkelBuilder, Hook::Tc, tc__ingress, &f, perf, check);
+    with_skel!(pkt, PktSkelBuilder, Hook::Socket, sock__observe, &f, perf, check);
 }
 
 /// --sock: the local TCP socket of a packet's flow, looked up in the caller's netns (a fresh
@@ -723,20 +723,20 @@ fn sock_lookup_finds_the_local_socket() {
         let reply = cat(&[&eth(ETH_IP), &ipv4_between(V4_DST, V4_SRC, TCP, &[], 0, &tcp(port, 40000, SYN | 0x10))]);
         let elsewhere = tcp4(40000, port.wrapping_add(1).max(1));
         let listen = 10; // TK_SOCK_LISTEN
-        with_skel!(xdp, XdpSkelBuilder, Hook::Xdp, xdp__observe, &f, |p: &Prog<'_>| {
+        with_skel!(pkt, PktSkelBuilder, Hook::Xdp, xdp__observe, &f, |p: &Prog<'_>| {
             let (_, e) = p.decode(&syn);
             assert_eq!((e.sk_found, e.sk_state), (1, listen), "xdp: the listener");
             assert_eq!((e.sk_cookie, e.sk_uid), (0, 0), "xdp: no owner lookup");
             let (_, e) = p.decode(&elsewhere);
             assert_eq!((e.sk_found, e.sk_state), (0, 0), "xdp: no socket on that port");
         });
-        with_skel!(tc, TcSkelBuilder, Hook::Tc, tc__ingress, &f, |p: &Prog<'_>| {
+        with_skel!(pkt, PktSkelBuilder, Hook::Tc, tc__ingress, &f, |p: &Prog<'_>| {
             let (_, e) = p.decode(&syn);
             assert_eq!((e.sk_found, e.sk_state, e.sk_cookie, e.sk_uid), (1, listen, cookie, UID), "tc ingress");
             let (_, e) = p.decode(&elsewhere);
             assert_eq!((e.sk_found, e.sk_state, e.sk_cookie, e.sk_uid), (0, 0, 0, 0), "tc ingress, no socket");
         });
-        with_skel!(tc, TcSkelBuilder, Hook::Tc, tc__egress, &f, |p: &Prog<'_>| {
+        with_skel!(pkt, PktSkelBuilder, Hook::Tc, tc__egress, &f, |p: &Prog<'_>| {
             let (_, e) = p.decode(&reply);
             assert_eq!(e.hdr.dir, 1, "egress");
             assert_eq!((e.sk_found, e.sk_state, e.sk_cookie, e.sk_uid), (1, listen, cookie, UID), "tc egress");

@@ -52,6 +52,10 @@ pub trait Printer {
     const MIN_LEN: usize = size_of::<Self::Event>();
     /// Table column titles (the time column is added by the runtime).
     const COLUMNS: &'static str;
+    /// The titles of this run (tools whose columns depend on their options).
+    fn columns(&self) -> &str {
+        Self::COLUMNS
+    }
     fn header(&self, ev: &Self::Event) -> EventHeader<'_>;
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()>;
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()>;
@@ -248,7 +252,8 @@ impl Runtime {
         {
             let mut st = state.borrow_mut();
             if !st.sink.json {
-                let r = st.sink.table_header(P::COLUMNS).and_then(|()| st.sink.flush());
+                let st = &mut *st;
+                let r = st.sink.table_header(st.printer.columns()).and_then(|()| st.sink.flush());
                 st.note_write(r);
             }
         }

@@ -24,12 +24,13 @@ pub struct TaskHeader {
 pub struct PacketHeader<'a> {
     pub ts_ns: u64,
     pub ifindex: u32,
-    pub iface: &'a str,
+    /// The interface's name, NUL-padded (IFNAMSIZ)
+    pub iface: [u8; 16],
     pub netns: u32,
     pub cpu: u32,
     pub len: u32,
     /// `ingress` or `egress`
-    pub dir: &'static str,
+    pub dir: &'a str,
 }
 
 /// What leads an event: a task (pid, comm, ...) or a packet (interface, namespace, ...).
@@ -156,7 +157,7 @@ impl Sink {
                 self.field_str("comm", &c_str(&h.comm))
             }
             EventHeader::Packet(h) => {
-                self.field_str("iface", h.iface)?;
+                self.field_str("iface", &c_str(&h.iface))?;
                 self.field_u64("ifindex", h.ifindex.into())?;
                 self.field_u64("netns", h.netns.into())?;
                 self.field_u64("cpu", h.cpu.into())?;

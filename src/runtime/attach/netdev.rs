@@ -491,6 +491,13 @@ pub enum TcDir {
 }
 
 impl TcDir {
+    pub fn other(self) -> TcDir {
+        match self {
+            TcDir::Ingress => TcDir::Egress,
+            TcDir::Egress => TcDir::Ingress,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TcDir::Ingress => "ingress",
@@ -701,6 +708,13 @@ impl Drop for TcGuard {
     }
 }
 
+fn stale_note(on: &str, id: u32, name: &str) -> String {
+    format!(
+        "removed a stale tc filter on {on} (program id {id}{name}, handle {TC_HANDLE:#x} pref \
+         {TC_PRIORITY}) left by a killed tracekit"
+    )
+}
+
 fn attach_clsact(
     prog: BorrowedFd<'_>,
     prog_name: &str,
@@ -775,17 +789,25 @@ fn attach_clsact(
                     ),
                 ));
             }
-            notes.push(format!(
-                "removed a stale tc filter on {on} (program id {id}{name}, handle {TC_HANDLE:#x} pref \
-                 {TC_PRIORITY}) left by a killed tracekit"
-            ));
-            // A clsact qdisc whose only filter was the stale one is taken to be the killed
-            // tracekit's: ours to remove at exit.
-            if !ours && clsact_is_empty(iface.index) {
-                our_qdiscs().push(key);
-                ours = true;
-            }
+            notes.push(stale_note(&on, id, &name));
         }
+    }
+    // The other direction's stale filter goes too: a killed tracekit usually held both, and
+    // only with both gone can its clsact qdisc be told apart (and removed at exit). A filter
+    // there that a live process holds is left alone: it is not in this attach's way.
+    let other = dir.other();
+    if let Ok(Some(id)) = tc_query(iface.index, other)
+        && fd_holders("prog_id", id).is_empty()
+        && tc_detach(iface.index, other).is_ok()
+    {
+        let name = prog_name_of(id).map(|n| format!(" `{n}`")).unwrap_or_default();
+        notes.push(stale_note(&format!("`{iface}` {other}{}", netns.suffix()), id, &name));
+    }
+    // A clsact qdisc whose only filters were stale ones is taken to be the killed tracekit's:
+    // ours to remove at exit.
+    if !notes.is_empty() && !ours && clsact_is_empty(iface.index) {
+        our_qdiscs().push(key);
+        ours = true;
     }
 
     let mut hook = tc_hook(prog, iface, dir);

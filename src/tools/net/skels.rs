@@ -5,20 +5,9 @@ use std::mem::size_of;
 
 use libbpf_rs::ProgramInput;
 
-pub mod xdp {
-    crate::packet_skel!("xdp", OpenXdpSkel, XdpSkel);
-    // SAFETY: generated from BTF by libbpf-cargo: integers and arrays of them only.
-    unsafe impl plain::Plain for skel::types::tk_pkt_event {}
-}
-
-pub mod tc {
-    crate::packet_skel!("tc", OpenTcSkel, TcSkel);
-    // SAFETY: generated from BTF by libbpf-cargo: integers and arrays of them only.
-    unsafe impl plain::Plain for skel::types::tk_pkt_event {}
-}
-
-pub mod sockfilter {
-    crate::packet_skel!("sockfilter", OpenSockfilterSkel, SockfilterSkel);
+/// The packet tools' one object: a program per hook (xdp, tc ingress/egress, socket filter).
+pub mod pkt {
+    crate::packet_skel!("pkt", OpenPktSkel, PktSkel);
     // SAFETY: generated from BTF by libbpf-cargo: integers and arrays of them only.
     unsafe impl plain::Plain for skel::types::tk_pkt_event {}
 }
@@ -28,14 +17,12 @@ pub mod floor {
     crate::include_skel!("floor");
 }
 
-/// What every packet tool decodes its events into (the three skeletons' types are one layout).
-pub type PacketEvent = xdp::skel::types::tk_pkt_event;
+/// What every packet tool decodes its events into.
+pub type PacketEvent = pkt::skel::types::tk_pkt_event;
 
-/// Size of `struct tk_pkt_event` (pkt.h); the three generated copies must agree with it.
+/// Size of `struct tk_pkt_event` (pkt.h): a layout drift fails the build.
 pub const PACKET_EVENT_SIZE: usize = 112;
-const _: () = assert!(size_of::<xdp::skel::types::tk_pkt_event>() == PACKET_EVENT_SIZE);
-const _: () = assert!(size_of::<tc::skel::types::tk_pkt_event>() == PACKET_EVENT_SIZE);
-const _: () = assert!(size_of::<sockfilter::skel::types::tk_pkt_event>() == PACKET_EVENT_SIZE);
+const _: () = assert!(size_of::<PacketEvent>() == PACKET_EVENT_SIZE);
 
 /// Runs `prog` on `frame` `repeat` times with BPF_PROG_RUN (nothing attached): the program's
 /// return value and the kernel's average duration of one run in nanoseconds.

@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The packet tools' programs, one per hook, in one object: xdp (every packet an interface
+ * receives; may drop), tc ingress and egress (never decide: TC_ACT_UNSPEC / TCX_NEXT), and a
+ * socket filter (on tracekit's own packet socket, which receives nothing). All of them run the
+ * same parser and filter (pkt.bpf.h), so the same bytes decode the same at every hook; a tool
+ * loads only the programs of its hook. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+#include "transport.bpf.h"
+#include "pkt.bpf.h"
+
+/* loopback's index in every namespace (LOOPBACK_IFINDEX) */
+#define TK_LOOPBACK_IFINDEX 1
+
+/* ---- xdp ---- */
+
+/* The whole frame: with multi-buffer XDP (5.18+, also what BPF_PROG_RUN builds from frames
+ * larger than a page) data_end ends the first buffer only. Older kernels have no such frames
+ * and no helper; the check is a CO-RE constant, so the call is dead code there. */
+static __always_inline __u32 tk_xdp_len(struct xdp_md *ctx, const struct tk_pkt_ctx *c)
+{
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_xdp_get_buff_len))
+		return bpf_xdp_get_buff_len(ctx);
+	return c->data_end - c->data;
+}
+
+SEC("xdp")
+int xdp__observe(struct xdp_md *ctx)
+{
+	struct tk_pkt_ctx c = {
+		.ctx = ctx,
+		.data = (void *)(long)ctx->data,
+		.data_end = (void *)(long)ctx->data_end,
+	};
+	struct tk_pkt_event *e;
+	struct tk_pkt p;
+	__u8 verdict;
+
+	tk_pkt_count(TK_CNT_SEEN);
+	tk_pkt_parse(&c, TK_SRC_XDP, 0, &p);
+	if (!tk_pkt_filter_allows(&p))
+		return XDP_PASS;
+	tk_pkt_count(TK_CNT_MATCHED);
+	verdict = tk_pkt_filter.drop ? TK_VERDICT_DROP : TK_VERDICT_PASS;
+	tk_pkt_count(verdict == TK_VERDICT_DROP ? TK_CNT_DROP : TK_CNT_PASS);
+
+	e = tk_reserve(sizeof(*e));
+	if (e) {
+		tk_pkt_fill(e, &p, ctx->ingress_ifindex, tk_xdp_len(ctx, &c), TK_DIR_INGRESS,
+			    TK_HOOK_XDP, 0, verdict);
+		if (tk_pkt_filter.sock)
+			tk_pkt_sock(ctx, &p, TK_DIR_INGRESS, false, e);
+		tk_submit(ctx, e, sizeof(*e));
+	}
+	return verdict == TK_VERDICT_DROP ? XDP_DROP : XDP_PASS;
+}
+
+/* ---- tc ---- */
+
+#define TK_TC_NEXT -1 /* TC_ACT_UNSPEC for cls_bpf, TCX_NEXT for tcx */
+
+static __always_inline int tk_tc_observe(struct __sk_buff *skb, const __u8 dir)
+{
+	struct tk_pkt_ctx c = { .ctx = skb };
+	struct tk_pkt_event *e;
+	struct tk_pkt p;
+
+	tk_pkt_count(TK_CNT_SEEN);
+	tk_pkt_parse(&c, TK_SRC_SKB, skb->vlan_present ? skb->vlan_tci : 0, &p);
+	if (!tk_pkt_filter_allows(&p))
+		return TK_TC_NEXT;
+	tk_pkt_count(TK_CNT_MATCHED);
+	tk_pkt_count(TK_CNT_PASS);
+
+	e = tk_reserve(sizeof(*e));
+	if (e) {
+		tk_pkt_fill(e, &p, skb->ifindex, skb->len, dir, TK_HOOK_TC, skb->mark, TK_VERDICT_PASS);
+		if (tk_pkt_filter.sock)
+			tk_pkt_sock(skb, &p, dir, true, e);
+		tk_submit(skb, e, sizeof(*e));
+	}
+	return TK_TC_NEXT;
+}
+
+SEC("tc")
+int tc__ingress(struct __sk_buff *skb)
+{
+	return tk_tc_observe(skb, TK_DIR_INGRESS);
+}
+
+SEC("tc")
+int tc__egress(struct __sk_buff *skb)
+{
+	return tk_tc_observe(skb, TK_DIR_EGRESS);
+}
+
+/* ---- socket filter ---- */
+
+SEC("socket")
+int sock__observe(struct __sk_buff *skb)
+{
+	struct tk_pkt_ctx c = { .ctx = skb };
+	struct tk_pkt_event *e;
+	struct tk_pkt p;
+	__u8 dir = skb->pkt_type == TK_PACKET_OUTGOING ? TK_DIR_EGRESS : TK_DIR_INGRESS;
+
+	/* on lo every packet is seen leaving and arriving: keep the arrival (as libpcap does) */
+	if (tk_pkt_filter.skip_lo_outgoing && dir == TK_DIR_EGRESS &&
+	    skb->ifindex == TK_LOOPBACK_IFINDEX)
+		return 0;
+	tk_pkt_count(TK_CNT_SEEN);
+	tk_pkt_parse(&c, TK_SRC_SKB_MAC, skb->vlan_present ? skb->vlan_tci : 0, &p);
+	if (!tk_pkt_filter_allows(&p))
+		return 0;
+	tk_pkt_count(TK_CNT_MATCHED);
+	tk_pkt_count(TK_CNT_PASS);
+
+	e = tk_reserve(sizeof(*e));
+	if (e) {
+		tk_pkt_fill(e, &p, skb->ifindex, skb->len, dir, TK_HOOK_SOCKET, skb->mark,
+			    TK_VERDICT_PASS);
+		tk_submit(skb, e, sizeof(*e));
+	}
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

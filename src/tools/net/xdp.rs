@@ -1,0 +1,107 @@
+//! `tracekit xdp IFACE`: every packet an interface receives, seen by an XDP program at the
+//! driver (native mode) or at the start of the stack (skb mode), before anything else.
+//!
+//! Overhead: the parse and filter run per packet; events go out only for matched packets.
+
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::packet::{Columns, PacketFilter, PacketPrinter, PktSkel, PktSkelBuilder};
+use crate::error::Error;
+use crate::runtime::attach::netdev::{self, Iface, XdpMode};
+use crate::runtime::attach::netns::Netns;
+use crate::runtime::cli::net::NetArgs;
+use crate::runtime::cli::task::parse_duration;
+use crate::runtime::{OutputArgs, Runtime};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Native where the driver supports it, else skb
+    Auto,
+    /// Generic XDP (after the skb is built): works on every interface
+    Skb,
+    /// Driver XDP (veth, most NICs): fastest
+    Native,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "EXAMPLES:\n    \
+    tracekit xdp eth0                          # every packet eth0 receives\n    \
+    tracekit xdp eth0 --proto tcp --port 443   # HTTPS only, filtered in the kernel\n    \
+    tracekit xdp eth0 --sock --port 8080       # which local socket gets each packet\n    \
+    tracekit xdp eth0 --drop --src 10.0.0.9    # drop that host's packets (counted)\n    \
+    tracekit xdp veth0 --netns blue -j         # inside namespace `blue`, as NDJSON")]
+pub struct XdpArgs {
+    /// Interface to attach to
+    #[arg(value_name = "IFACE")]
+    pub iface: String,
+
+    /// XDP mode
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+
+    /// Drop the matched packets (XDP_DROP); everything else passes
+    #[arg(long)]
+    pub drop: bool,
+
+    /// For TCP packets, look up the local socket that owns the flow and print its state
+    #[arg(long)]
+    pub sock: bool,
+
+    /// Also print the packet counters every SECS seconds
+    #[arg(short = 'i', long, value_name = "SECS", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+
+    #[command(flatten)]
+    pub net: NetArgs,
+
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+pub fn run(args: XdpArgs) -> Result<i32, Error> {
+    let filter = PacketFilter::from_args(&args.net, args.drop, args.sock)?;
+    let mut rt = Runtime::for_packets(args.out.clone())?;
+    let netns = rt.step("netns", || Netns::resolve(args.net.netns.as_deref()))?;
+    let iface = rt.step("interface", || Iface::resolve(&args.iface, &netns))?;
+    let mode = match args.mode {
+        Mode::Auto => XdpMode::Auto,
+        Mode::Skb => XdpMode::Skb,
+        Mode::Native => XdpMode::Native,
+    };
+    let transport = rt.step("transport", || rt.transport())?;
+    rt.say(format_args!(
+        "plan: xdp on {} (ifindex {}, netns {}), mode {:?}, {}{}; transport {transport:?}",
+        iface.name,
+        iface.index,
+        netns.label(),
+        args.mode,
+        filter.describe(),
+        if args.drop { ", matched packets dropped" } else { "" },
+    ));
+
+    let mut storage = MaybeUninit::uninit();
+    let mut open = rt.open("xdp", PktSkelBuilder::default(), &mut storage)?;
+    rt.configure_transport(&mut open, transport)?;
+    {
+        let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
+        filter.write(&mut ro.tk_pkt_filter, netns.inode);
+    }
+    super::load_only(&mut open, Columns::Xdp);
+    let skel: PktSkel<'_> = rt.load("xdp", open)?;
+    let label = format!("xdp on {}", iface.name);
+    let printer =
+        PacketPrinter::new(Columns::Xdp, &netns, &skel.maps.tk_pkt_counts, label, args.sock, args.interval);
+    let verbose = rt.out.verbose > 0;
+    rt.stream(&skel, transport, printer, |skel| {
+        let prog = &skel.progs.xdp__observe;
+        let (att, _mode) = netdev::attach_xdp(prog.as_fd(), "xdp__observe", &iface, &netns, mode)?;
+        if verbose {
+            eprintln!("tracekit: {}", att.describe());
+        }
+        Ok(att)
+    })
+}

@@ -302,7 +302,11 @@ impl Printer for PacketPrinter<'_> {
         fastfmt::col(w, src.bytes(), 21)?;
         fastfmt::col(w, dst.bytes(), 21)?;
         fastfmt::col(w, flags_label(p).bytes(), 5)?;
-        fastfmt::int_col(w, ev.hdr.len, 4)?;
+        if self.columns == Columns::Socket {
+            fastfmt::int(w, ev.hdr.len)?;
+        } else {
+            fastfmt::int_col(w, ev.hdr.len, 4)?;
+        }
         match self.columns {
             Columns::Xdp => w.write_all(verdict_name(ev.verdict).as_bytes())?,
             Columns::Tc => {
@@ -450,6 +454,7 @@ fn proto_label(p: &types::tk_pkt) -> Text {
             e => twrite!(t, "{e:#06x}"),
         },
         (_, "") => twrite!(t, "ip/{}", p.proto),
+        (_, "icmpv6") => t.push("ICMP6"),
         (_, name) => t.push(&name.to_ascii_uppercase()),
     };
     t

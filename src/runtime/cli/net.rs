@@ -152,4 +152,46 @@ mod tests {
         assert!(parse_port("65536").unwrap_err().contains("out of range"));
         assert!(parse_port("http").unwrap_err().contains("not a port"));
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// No string makes a parser panic; a rejection always names the input.
+            #[test]
+            fn hostile_strings_never_panic(s in "\\PC*") {
+                if let Err(e) = parse_host(&s) {
+                    prop_assert!(e.contains(&s) || s.contains('/'), "{e}");
+                }
+                let _ = parse_port(&s);
+            }
+
+            #[test]
+            fn any_v4_prefix_round_trips(a in any::<u32>(), len in 0u8..=32) {
+                let addr = std::net::Ipv4Addr::from(a);
+                let h = parse_host(&format!("{addr}/{len}")).unwrap();
+                prop_assert_eq!(h.prefix, len);
+                let m = u32::from_be_bytes(h.masked_bytes()[..4].try_into().unwrap());
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+                prop_assert_eq!(m, a & mask);
+                prop_assert!(h.masked_bytes()[4..].iter().all(|&b| b == 0));
+            }
+
+            #[test]
+            fn any_v6_prefix_keeps_exactly_its_bits(a in any::<u128>(), len in 0u8..=128) {
+                let addr = std::net::Ipv6Addr::from(a);
+                let h = parse_host(&format!("{addr}/{len}")).unwrap();
+                let m = u128::from_be_bytes(h.masked_bytes());
+                let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+                prop_assert_eq!(m, a & mask);
+            }
+
+            #[test]
+            fn ports_in_range_parse_and_others_do_not(n in any::<u32>()) {
+                let r = parse_port(&n.to_string());
+                prop_assert_eq!(r.is_ok(), (1..=65535).contains(&n));
+            }
+        }
+    }
 }

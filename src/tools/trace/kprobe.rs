@@ -69,76 +69,9 @@ pub struct KprobeArgs {
     pub common: CommonArgs,
 }
 
-#[derive(Debug, Clone, Args)]
-#[command(after_help = "EXAMPLES:\n    \
-    tracekit tp_btf inet_sock_set_state -a 'sk->__sk_common.skc_num'\n    \
-    tracekit raw_tp sched_process_exec -a 'p->comm' --json\n    \
-    tracekit tp_btf 'sched_process_*'\n\n\
-Arguments are named and typed from the kernel's BTF (its `__bpf_trace_NAME` wrapper).")]
-pub struct RawTpArgs {
-    /// Raw tracepoints (comma-separated or repeated; globs allowed, at most 16)
-    #[arg(required = true, value_name = "NAME", value_delimiter = ',')]
-    pub names: Vec<String>,
-
-    /// Also print this field path from an argument (repeatable): `sk->__sk_common.skc_num`
-    #[arg(short = 'a', long = "arg", value_name = "EXPR")]
-    pub fields: Vec<String>,
-
-    /// Also record and print each event's kernel and user stack (symbolized)
-    #[arg(long)]
-    pub stack: bool,
-
-    #[command(flatten)]
-    pub common: CommonArgs,
-}
-
-/// `tracekit tp_btf` (BTF-typed, 5.5+) and `tracekit raw_tp` (4.17+): the raw arguments of a
-/// tracepoint, decoded by type, through the same decode plans as kprobe.
-pub fn run_raw_tracepoint(args: RawTpArgs, btf_typed: bool) -> Result<i32, Error> {
-    let mut rt = Runtime::new(args.common.clone())?;
-    rt.stack = args.stack;
-    let (feature, hook) = if btf_typed { (Feature::TpBtf, Hook::TpBtf) } else { (Feature::RawTp, Hook::RawTp) };
-    let status = rt.probes.get(feature);
-    if !status.is_supported() {
-        return Err(Error::Unsupported { feature: feature.name(), reason: status.detail(), hint: Some("see `tracekit probe`".into()) });
-    }
-    let btf = rt.step("btf", || KernelBtf::load(rt.out.btf.as_deref()))?;
-    let all = btf.tracepoint_names();
-    let mut protos = Vec::new();
-    for w in &args.names {
-        let names: Vec<String> = if w.contains(['*', '?', '[']) {
-            let pat = glob::Pattern::new(w).map_err(|e| Error::usage(format!("bad glob `{w}`: {e}"), None))?;
-            all.iter().filter(|n| pat.matches(n)).cloned().collect()
-        } else {
-            vec![w.clone()]
-        };
-        if names.len() > MAX_FUNCS {
-            return Err(too_many(names.len()));
-        }
-        for n in names {
-            let p = btf.tracepoint_prototype(&n).ok_or_else(|| {
-                Error::usage(
-                    format!("raw tracepoint `{n}` not found in kernel BTF"),
-                    Some(did_you_mean(&all, &n).unwrap_or_else(|| "see `tracekit list tracepoint` (the part after `:`)".into())),
-                )
-            })?;
-            protos.push((n, p));
-        }
-    }
-    if protos.is_empty() {
-        return Err(Error::usage("no raw tracepoint matches", Some("see `tracekit list tracepoint`".into())));
-    }
-    if protos.len() > MAX_FUNCS {
-        return Err(too_many(protos.len()));
-    }
-    let traced = plan_values(&btf, protos, &args.fields)?;
-    drop(btf);
-    run_traced(&mut rt, traced, hook, false)
-}
-
 /// One traced function and how its values print.
 #[derive(Debug, Clone)]
-struct Traced {
+pub(super) struct Traced {
     name: String,
     proto: Prototype,
     fetches: Vec<Fetch>,
@@ -146,7 +79,7 @@ struct Traced {
     str_slots: Vec<Option<usize>>,
 }
 
-fn did_you_mean(names: &[String], want: &str) -> Option<String> {
+pub(super) fn did_you_mean(names: &[String], want: &str) -> Option<String> {
     let mut scored: Vec<(f64, &String)> =
         names.iter().map(|n| (strsim::jaro_winkler(want, n), n)).filter(|(s, _)| *s > 0.9).collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -196,14 +129,14 @@ fn expand(btf: &KernelBtf, wanted: &[String]) -> Result<Vec<(String, Prototype)>
     Ok(out)
 }
 
-fn too_many(n: usize) -> Error {
+pub(super) fn too_many(n: usize) -> Error {
     Error::usage(
         format!("{n} functions match, but at most {MAX_FUNCS} can be traced at once"),
         Some("narrow the glob (see `tracekit list kernel GLOB`)".into()),
     )
 }
 
-fn plan_values(btf: &KernelBtf, funcs: Vec<(String, Prototype)>, fields: &[String]) -> Result<Vec<Traced>, Error> {
+pub(super) fn plan_values(btf: &KernelBtf, funcs: Vec<(String, Prototype)>, fields: &[String]) -> Result<Vec<Traced>, Error> {
     let mut used = vec![false; fields.len()];
     let mut traced = Vec::new();
     for (name, proto) in funcs {
@@ -253,7 +186,7 @@ fn plan_values(btf: &KernelBtf, funcs: Vec<(String, Prototype)>, fields: &[Strin
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hook {
+pub(super) enum Hook {
     Fentry,
     Kprobe,
     TpBtf,
@@ -332,7 +265,7 @@ pub fn run(args: KprobeArgs) -> Result<i32, Error> {
 }
 
 /// Loads the generic programs of `hook` for each traced target, attaches them and streams.
-fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: Hook, want_return: bool) -> Result<i32, Error> {
+pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: Hook, want_return: bool) -> Result<i32, Error> {
     for t in &traced {
         rt.say(format_args!("{}: {}", t.name, t.proto.c_decl));
     }

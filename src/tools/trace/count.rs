@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use crate::error::Error;
+use crate::runtime::attach::tracing;
 use crate::runtime::output::Sink;
 use crate::runtime::stackcount::{self, Mappings, Stack, StackKey, Style};
 use crate::runtime::{CommonArgs, Runtime, TaskLoaded, TransportLoaded, Transport, kernel, lost};
@@ -75,10 +76,7 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
     open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_count_by_pid = (args.by != By::Comm) as u32;
     let skel: CountSkel<'_> = rt.load("count", open)?;
     let (mut child, _follow) = rt.start_child(&skel)?;
-    let (cat, name) = format.name.split_once(':').expect("category:name");
-    let link = rt
-        .step("attach", || skel.progs.count__tp.attach_tracepoint(libbpf_rs::TracepointCategory::Custom(cat.to_owned()), name))
-        .map_err(|source| Error::Attach { what: format!("tracepoint {}", format.name), hint: None, source })?;
+    let link = rt.step("attach", || tracing::tracepoint(&skel.progs.count__tp, &format.name, None, None))?;
     rt.attached();
     if let Some(c) = child.as_mut() {
         c.release()?;

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use libbpf_rs::skel::OpenSkel;
 
 use crate::error::Error;
+use crate::runtime::attach::tracing::{self, alternative};
 use crate::runtime::btf::{Fetch, KernelBtf, Prototype, ValueKind};
 use crate::runtime::output::{EventHeader, TaskHeader, Sink};
 use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
@@ -193,19 +194,6 @@ pub(super) enum Hook {
     RawTp,
 }
 
-/// The syscall tracepoints closest to a function, as the hint when it cannot be traced.
-fn alternative(func: &str) -> String {
-    let sys = func.trim_start_matches("__x64_").trim_start_matches("do_").trim_start_matches("sys_");
-    if func.contains("sys_") {
-        format!(
-            "trace the syscall tracepoints instead (syscalls:sys_enter_{sys} / sys_exit_{sys}); \
-             `tracekit probe` shows what this kernel supports"
-        )
-    } else {
-        "run on a kernel with CONFIG_KPROBES or fentry support; `tracekit probe` shows what this kernel supports".into()
-    }
-}
-
 fn plan(rt: &Runtime, backend: Backend, first: &str, want_return: bool) -> Result<Hook, Error> {
     // A backend needs its entry kind, and its return kind too unless --entry-only.
     let needs = |entry: Feature, ret: Feature| match rt.probes.get(entry) {
@@ -308,9 +296,7 @@ pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: Hook, want
             Some((_, slot, _)) => {
                 prog.set_autoload(true);
                 if matches!(hook, Hook::Fentry | Hook::TpBtf) {
-                    prog.set_attach_target(0, Some(traced[*slot].name.clone())).map_err(|e| {
-                        Error::runtime(format!("setting the fentry target `{}`: {e}", traced[*slot].name), None)
-                    })?;
+                    tracing::set_btf_target(&mut prog, &traced[*slot].name)?;
                 }
             }
             None if name.starts_with("tk_follow") => {}
@@ -327,21 +313,12 @@ pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: Hook, want
             let pname = prog.name().to_string_lossy().into_owned();
             let Some((_, slot, ret)) = wanted.iter().find(|(n, _, _)| *n == pname) else { continue };
             let func = &names[*slot];
-            let link = match hook {
-                Hook::Fentry | Hook::TpBtf => prog.attach(),
-                Hook::Kprobe => prog.attach_kprobe(*ret, func),
-                Hook::RawTp => prog.attach_raw_tracepoint(func),
-            };
-            links.push(link.map_err(|source| Error::Attach {
-                what: format!("{} {func}", if *ret { "return probe on" } else { "probe on" }),
-                hint: Some(match source.kind() {
-                    libbpf_rs::ErrorKind::NotFound => format!(
-                        "`{func}` may be inlined or not traceable (notrace); see `tracekit list kernel '{func}'`"
-                    ),
-                    _ => alternative(func),
-                }),
-                source,
-            })?);
+            links.push(match hook {
+                Hook::Fentry => tracing::fentry(&prog, func, *ret)?,
+                Hook::Kprobe => tracing::kprobe(&prog, func, *ret, 0)?,
+                Hook::TpBtf => tracing::tp_btf(&prog, func)?,
+                Hook::RawTp => tracing::raw_tp(&prog, func)?,
+            });
         }
         Ok(links)
     })

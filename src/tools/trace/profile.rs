@@ -6,11 +6,11 @@
 use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use clap::Args;
 
 use crate::error::Error;
+use crate::runtime::attach::tracing;
 use crate::runtime::output::Sink;
 use crate::runtime::stackcount::{self, Mappings, Stack, StackKey, Style};
 use crate::runtime::{CommonArgs, Runtime, TaskLoaded, TransportLoaded, Transport, lost};
@@ -53,30 +53,6 @@ fn online_cpus() -> Result<Vec<i32>, Error> {
     Ok(cpus)
 }
 
-/// From linux/perf_event.h.
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-
-/// A software cpu-clock event on `cpu` sampling `hz` times a second (no hardware PMU needed).
-fn cpu_clock(cpu: i32, hz: u64) -> io::Result<OwnedFd> {
-    let mut attr = libbpf_rs::libbpf_sys::perf_event_attr {
-        type_: libbpf_rs::libbpf_sys::PERF_TYPE_SOFTWARE,
-        size: size_of::<libbpf_rs::libbpf_sys::perf_event_attr>() as u32,
-        config: u64::from(libbpf_rs::libbpf_sys::PERF_COUNT_SW_CPU_CLOCK),
-        ..Default::default()
-    };
-    attr.__bindgen_anon_1.sample_freq = hz;
-    attr.set_freq(1);
-    // SAFETY: perf_event_open with a valid attr for the call; pid -1 + cpu = that CPU, all tasks.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_perf_event_open, &attr as *const _, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd from the kernel, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = true;
@@ -95,18 +71,7 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     let skel: ProfileSkel<'_> = rt.load("profile", open)?;
     let (mut child, _follow) = rt.start_child(&skel)?;
     let links = rt.step("attach", || -> Result<Vec<libbpf_rs::Link>, Error> {
-        cpus.iter()
-            .map(|&cpu| {
-                let fd = cpu_clock(cpu, args.frequency).map_err(|e| {
-                    Error::io_hint(format!("opening the cpu-clock event on CPU {cpu}"), e, "see `tracekit probe` (perf_event)")
-                })?;
-                // The link owns the perf event fd from here on (libbpf closes it on detach).
-                skel.progs.profile__sample.attach_perf_event(fd.into_raw_fd()).map_err(|source| Error::Attach {
-                    what: format!("perf_event on CPU {cpu}"),
-                    hint: None,
-                    source,
-                })
-            })
+        cpus.iter().map(|&cpu| tracing::cpu_clock(&skel.progs.profile__sample, cpu, args.frequency))
             .collect()
     })?;
     rt.attached();

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use clap::{Args, ValueEnum};
 
 use crate::error::Error;
+use crate::runtime::attach::tracing;
 use crate::runtime::fastfmt;
 use crate::runtime::output::{EventHeader, TaskHeader, Sink};
 use crate::runtime::probe::Feature;
@@ -142,15 +143,11 @@ pub fn run(args: TcpstateArgs) -> Result<i32, Error> {
 
     let skel: TcpstateSkel<'_> = rt.load("tcpstate", open)?;
     rt.stream(&skel, transport, TcpstatePrinter { wide: args.wide }, |skel| {
-        let link = match hook {
-            Hook::TpBtf => skel.progs.tp_btf__inet_sock_set_state.attach(),
-            Hook::Tracepoint => skel.progs.tp__inet_sock_set_state.attach(),
+        let prog = match hook {
+            Hook::TpBtf => &skel.progs.tp_btf__inet_sock_set_state,
+            Hook::Tracepoint => &skel.progs.tp__inet_sock_set_state,
         };
-        let link = link.map_err(|source| Error::Attach {
-            what: "inet_sock_set_state".into(),
-            hint: Some("run `tracekit probe`, or try --backend tracepoint".into()),
-            source,
-        })?;
+        let link = tracing::by_section(prog, "inet_sock_set_state", "run `tracekit probe`, or try --backend tracepoint")?;
         Ok(vec![link])
     })
 }

@@ -10,6 +10,7 @@ use std::mem::MaybeUninit;
 use clap::Args;
 
 use crate::error::Error;
+use crate::runtime::attach::tracing;
 use crate::runtime::fastfmt;
 use crate::runtime::output::{EventHeader, TaskHeader, Sink, c_str};
 use crate::runtime::probe::Feature;
@@ -160,24 +161,11 @@ pub fn run(args: TracepointArgs) -> Result<i32, Error> {
     let skel: TracepointSkel<'_> = rt.load("tracepoint", open)?;
     let printer = TracepointPrinter { formats: formats.clone(), slots, only: args.fields.clone() };
     rt.stream(&skel, transport, printer, |skel| {
+        let hint = Some("see `tracekit probe` (tracepoint, tracefs)");
         formats
             .iter()
             .enumerate()
-            .map(|(i, f)| {
-                let (c, e) = f.name.split_once(':').expect("category:name");
-                let category = libbpf_rs::TracepointCategory::Custom(c.to_owned());
-                let opts = libbpf_rs::TracepointOpts { cookie: i as u64, ..Default::default() };
-                let link = if cookies {
-                    skel.progs.tp__generic.attach_tracepoint_with_opts(category, e, opts)
-                } else {
-                    skel.progs.tp__generic.attach_tracepoint(category, e)
-                };
-                link.map_err(|source| Error::Attach {
-                    what: format!("tracepoint {}", f.name),
-                    hint: Some("see `tracekit probe` (tracepoint, tracefs)".into()),
-                    source,
-                })
-            })
+            .map(|(i, f)| tracing::tracepoint(&skel.progs.tp__generic, &f.name, cookies.then_some(i as u64), hint))
             .collect()
     })
 }

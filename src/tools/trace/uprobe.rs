@@ -12,9 +12,9 @@ use std::mem::MaybeUninit;
 use std::path::PathBuf;
 
 use clap::Args;
-use libbpf_rs::UprobeOpts;
 
 use crate::error::Error;
+use crate::runtime::attach::tracing::{self, UprobeTarget};
 use crate::runtime::output::{EventHeader, TaskHeader, Sink};
 use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
 use crate::runtime::target::{self, ElfInfo};
@@ -240,7 +240,6 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
     open.progs.uretprobe__generic.set_autoload(want_return);
     let skel: UprobeSkel<'_> = rt.load("uprobe", open)?;
 
-    let attach_pid = pid.map_or(-1, |p| p as i32);
     let printer = UprobePrinter { probes: probes.clone(), want_entry, want_return };
     rt.stream(&skel, transport, printer, |skel| {
         let mut links = Vec::new();
@@ -250,29 +249,13 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
                 if !wanted {
                     continue;
                 }
-                let opts = UprobeOpts { cookie: id as u64, retprobe, ..Default::default() };
-                let link = prog
-                    .attach_uprobe_with_opts(attach_pid, &p.path, p.file_offset as usize, opts)
-                    .map_err(|source| attach_error(p, source))?;
+                let target = UprobeTarget { label: &p.label, path: &p.path, file_offset: p.file_offset };
+                let link = tracing::uprobe(prog, &target, pid, retprobe, id as u64)?;
                 links.push(link);
             }
         }
         Ok(links)
     })
-}
-
-fn attach_error(p: &Probe, source: libbpf_rs::Error) -> Error {
-    let hint = match source.kind() {
-        libbpf_rs::ErrorKind::InvalidInput => format!(
-            "the kernel refused the uprobe (EINVAL): another tracer may hold a uprobe on `{}` with a \
-             different reference counter (see dmesg: ref_ctr_offset mismatch); trace a copy of the \
-             binary, or stop the other tracer",
-            p.path.display()
-        ),
-        libbpf_rs::ErrorKind::NotFound => "the uprobe PMU is missing: see `tracekit probe` (uprobe)".to_owned(),
-        _ => "see `tracekit probe` for what this kernel supports".to_owned(),
-    };
-    Error::Attach { what: format!("uprobe {}", p.label), hint: Some(hint), source }
 }
 
 struct UprobePrinter {

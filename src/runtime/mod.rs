@@ -12,10 +12,12 @@ pub mod libbpf_log;
 pub mod lost;
 pub mod output;
 pub mod probe;
+pub mod resolve;
 pub mod skel;
 pub mod stackcount;
 pub mod symbolize;
 pub mod target;
+pub mod tracefs;
 pub mod value;
 
 use std::cell::{Cell, RefCell};

@@ -63,7 +63,7 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
     }
     rt.stack = args.by == By::Stack;
     let tracefs = kernel::ensure_tracefs()?;
-    let format = crate::tools::trace::tracepoint::resolve(&tracefs, std::slice::from_ref(&args.target))?
+    let format = crate::runtime::resolve::tracepoints(&tracefs, std::slice::from_ref(&args.target), super::tracepoint::MAX_TPS)?
         .pop()
         .expect("one tracepoint");
     if format.name != args.target {

@@ -15,6 +15,7 @@ use crate::runtime::btf::{Fetch, KernelBtf, Prototype, ValueKind};
 use crate::runtime::output::{EventHeader, TaskHeader, Sink};
 use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
 use crate::runtime::probe::{Feature, Status};
+use crate::runtime::resolve;
 use crate::runtime::{CommonArgs, Printer, Runtime};
 
 crate::tool_skel!("kprobe", OpenKprobeSkel, KprobeSkel, tk_kprobe_event);
@@ -78,63 +79,6 @@ pub(super) struct Traced {
     fetches: Vec<Fetch>,
     /// String slot of each fetch.
     str_slots: Vec<Option<usize>>,
-}
-
-pub(super) fn did_you_mean(names: &[String], want: &str) -> Option<String> {
-    let mut scored: Vec<(f64, &String)> =
-        names.iter().map(|n| (strsim::jaro_winkler(want, n), n)).filter(|(s, _)| *s > 0.9).collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let best: Vec<String> = scored.into_iter().take(3).map(|(_, n)| format!("`{n}`")).collect();
-    (!best.is_empty()).then(|| format!("did you mean {}?", best.join(", ")))
-}
-
-/// FUNC arguments (names and globs) → the functions to trace, each with its prototype.
-fn expand(btf: &KernelBtf, wanted: &[String]) -> Result<Vec<(String, Prototype)>, Error> {
-    // Every function name is needed only for globs and "did you mean": listed once, on demand.
-    let names = std::cell::OnceCell::new();
-    let names = || names.get_or_init(|| btf.func_names());
-    let mut out: Vec<(String, Prototype)> = Vec::new();
-    for w in wanted {
-        let w = w.trim();
-        if w.contains(['*', '?', '[']) {
-            let pat = glob::Pattern::new(w).map_err(|e| Error::usage(format!("bad glob `{w}`: {e}"), None))?;
-            let hits: Vec<&String> = names().iter().filter(|n| pat.matches(n)).collect();
-            if hits.is_empty() {
-                return Err(Error::usage(
-                    format!("no kernel function matches `{w}`"),
-                    Some(format!("see `tracekit list kernel '{w}'`")),
-                ));
-            }
-            if hits.len() > MAX_FUNCS {
-                return Err(too_many(hits.len()));
-            }
-            for n in hits {
-                if let Some(p) = btf.prototype(n) {
-                    out.push((n.clone(), p));
-                }
-            }
-        } else {
-            let p = btf.prototype(w).ok_or_else(|| {
-                Error::usage(
-                    format!("kernel function `{w}` not found"),
-                    Some(did_you_mean(names(), w).unwrap_or_else(|| format!("see `tracekit list kernel '*{w}*'`"))),
-                )
-            })?;
-            out.push((w.to_owned(), p));
-        }
-    }
-    out.dedup_by(|a, b| a.0 == b.0);
-    if out.len() > MAX_FUNCS {
-        return Err(too_many(out.len()));
-    }
-    Ok(out)
-}
-
-pub(super) fn too_many(n: usize) -> Error {
-    Error::usage(
-        format!("{n} functions match, but at most {MAX_FUNCS} can be traced at once"),
-        Some("narrow the glob (see `tracekit list kernel GLOB`)".into()),
-    )
 }
 
 pub(super) fn plan_values(btf: &KernelBtf, funcs: Vec<(String, Prototype)>, fields: &[String]) -> Result<Vec<Traced>, Error> {
@@ -244,7 +188,7 @@ pub fn run(args: KprobeArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = args.stack;
     let btf = rt.step("btf", || KernelBtf::load(rt.out.btf.as_deref()))?;
-    let funcs = expand(&btf, &args.funcs)?;
+    let funcs = resolve::kernel_functions(&btf, &args.funcs, MAX_FUNCS)?;
     let traced = plan_values(&btf, funcs, &args.fields)?;
     drop(btf);
     let want_return = !args.entry_only;
@@ -456,16 +400,13 @@ mod tests {
     #[test]
     fn plans_from_the_running_kernel() {
         let btf = KernelBtf::load(None).unwrap();
-        let funcs = expand(&btf, &["do_sys_openat2".into()]).unwrap();
+        let funcs = resolve::kernel_functions(&btf, &["do_sys_openat2".into()], MAX_FUNCS).unwrap();
         let t = plan_values(&btf, funcs, &["how->flags".into(), "how->mode".into()]).unwrap();
         let labels: Vec<&str> = t[0].fetches.iter().map(|f| f.label.as_str()).collect();
         assert_eq!(labels, ["dfd", "filename", "how", "how->flags", "how->mode"]);
         assert_eq!(t[0].str_slots, [None, Some(0), None, None, None]);
-        let e = expand(&btf, &["do_sys_opnat2".into()]).unwrap_err();
-        assert!(e.hint().unwrap().contains("did you mean `do_sys_openat2`"), "{:?}", e.hint());
-        let e = plan_values(&btf, expand(&btf, &["vfs_read".into()]).unwrap(), &["how->flags".into()]).unwrap_err();
+        let vfs_read = resolve::kernel_functions(&btf, &["vfs_read".into()], MAX_FUNCS).unwrap();
+        let e = plan_values(&btf, vfs_read, &["how->flags".into()]).unwrap_err();
         assert!(e.to_string().contains("names no parameter"));
-        assert_eq!(expand(&btf, &["*".into()]).unwrap_err().exit_code(), 2, "too many");
-        assert!(expand(&btf, &["tcp_v4_conn*".into()]).unwrap().iter().any(|(n, _)| n == "tcp_v4_connect"));
     }
 }

@@ -3,10 +3,11 @@
 
 use clap::Args;
 
-use super::kprobe::{Hook, MAX_FUNCS, did_you_mean, plan_values, run_traced, too_many};
+use super::kprobe::{Hook, MAX_FUNCS, plan_values, run_traced};
 use crate::error::Error;
 use crate::runtime::btf::KernelBtf;
 use crate::runtime::probe::Feature;
+use crate::runtime::resolve;
 use crate::runtime::{CommonArgs, Runtime};
 
 #[derive(Debug, Clone, Args)]
@@ -43,34 +44,7 @@ pub fn run(args: RawTpArgs, btf_typed: bool) -> Result<i32, Error> {
         return Err(Error::Unsupported { feature: feature.name(), reason: status.detail(), hint: Some("see `tracekit probe`".into()) });
     }
     let btf = rt.step("btf", || KernelBtf::load(rt.out.btf.as_deref()))?;
-    let all = btf.tracepoint_names();
-    let mut protos = Vec::new();
-    for w in &args.names {
-        let names: Vec<String> = if w.contains(['*', '?', '[']) {
-            let pat = glob::Pattern::new(w).map_err(|e| Error::usage(format!("bad glob `{w}`: {e}"), None))?;
-            all.iter().filter(|n| pat.matches(n)).cloned().collect()
-        } else {
-            vec![w.clone()]
-        };
-        if names.len() > MAX_FUNCS {
-            return Err(too_many(names.len()));
-        }
-        for n in names {
-            let p = btf.tracepoint_prototype(&n).ok_or_else(|| {
-                Error::usage(
-                    format!("raw tracepoint `{n}` not found in kernel BTF"),
-                    Some(did_you_mean(&all, &n).unwrap_or_else(|| "see `tracekit list tracepoint` (the part after `:`)".into())),
-                )
-            })?;
-            protos.push((n, p));
-        }
-    }
-    if protos.is_empty() {
-        return Err(Error::usage("no raw tracepoint matches", Some("see `tracekit list tracepoint`".into())));
-    }
-    if protos.len() > MAX_FUNCS {
-        return Err(too_many(protos.len()));
-    }
+    let protos = resolve::raw_tracepoints(&btf, &args.names, MAX_FUNCS)?;
     let traced = plan_values(&btf, protos, &args.fields)?;
     drop(btf);
     run_traced(&mut rt, traced, hook, false)

@@ -2,8 +2,6 @@
 //! type from the event's `format` file; one generic program copies the record (and the
 //! strings its fields point to) as rodata says per event id.
 
-pub mod format;
-
 use std::io::{self, Write};
 use std::mem::MaybeUninit;
 
@@ -14,9 +12,10 @@ use crate::runtime::attach::tracing;
 use crate::runtime::fastfmt;
 use crate::runtime::output::{EventHeader, TaskHeader, Sink, c_str};
 use crate::runtime::probe::Feature;
+use crate::runtime::resolve;
 use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
 use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
-use format::{FieldKind, Format};
+use crate::runtime::tracefs::{FieldKind, Format};
 
 crate::tool_skel!("tracepoint", OpenTracepointSkel, TracepointSkel, tk_tp_event);
 use skel::{OpenTracepointSkel, TracepointSkel, TracepointSkelBuilder, types};
@@ -52,61 +51,11 @@ pub struct TracepointArgs {
     pub common: CommonArgs,
 }
 
-fn did_you_mean(all: &[String], want: &str) -> String {
-    let mut scored: Vec<(f64, &String)> = all.iter().map(|n| (strsim::jaro_winkler(want, n), n)).filter(|(s, _)| *s > 0.9).collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    match scored.first() {
-        Some((_, n)) => format!("did you mean `{n}`?"),
-        None => "see `tracekit list tracepoint`".into(),
-    }
-}
-
-/// The events to trace, with their formats.
-pub fn resolve(tracefs: &std::path::Path, wanted: &[String]) -> Result<Vec<Format>, Error> {
-    let all = format::all_events(tracefs);
-    let mut names: Vec<String> = Vec::new();
-    for w in wanted {
-        if !w.contains(':') {
-            return Err(Error::usage(
-                format!("bad tracepoint `{w}`: write CATEGORY:NAME"),
-                Some("e.g. syscalls:sys_enter_openat; `tracekit list tracepoint` shows them".into()),
-            ));
-        }
-        if w.contains(['*', '?', '[']) {
-            let pat = glob::Pattern::new(w).map_err(|e| Error::usage(format!("bad glob `{w}`: {e}"), None))?;
-            let hits: Vec<String> = all.iter().filter(|n| pat.matches(n)).cloned().collect();
-            if hits.is_empty() {
-                return Err(Error::usage(format!("no tracepoint matches `{w}`"), Some(format!("see `tracekit list tracepoint '{w}'`"))));
-            }
-            names.extend(hits);
-        } else if all.iter().any(|n| n == w) {
-            names.push(w.clone());
-        } else {
-            return Err(Error::usage(format!("tracepoint `{w}` not found"), Some(did_you_mean(&all, w))));
-        }
-    }
-    names.sort();
-    names.dedup();
-    if names.len() > MAX_TPS {
-        return Err(Error::usage(
-            format!("{} tracepoints match, but at most {MAX_TPS} can be traced at once", names.len()),
-            Some("narrow the glob".into()),
-        ));
-    }
-    names
-        .iter()
-        .map(|n| {
-            let (c, e) = n.split_once(':').expect("checked above");
-            format::load(tracefs, c, e).map_err(|why| Error::runtime(format!("reading the format of `{n}`: {why}"), None))
-        })
-        .collect()
-}
-
 pub fn run(args: TracepointArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = args.stack;
     let tracefs = kernel::ensure_tracefs()?;
-    let formats = resolve(&tracefs, &args.events)?;
+    let formats = resolve::tracepoints(&tracefs, &args.events, MAX_TPS)?;
     for f in &args.fields {
         if !formats.iter().any(|fmt| fmt.fields.iter().any(|x| &x.name == f)) {
             let names: Vec<&str> = formats.iter().flat_map(|fmt| fmt.fields.iter().map(|x| x.name.as_str())).collect();

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::runtime::attach::tracing::{self, UprobeTarget};
 use crate::runtime::output::{EventHeader, TaskHeader, Sink};
 use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
-use crate::runtime::target::{self, ElfInfo};
+use crate::runtime::resolve::{self, Spec};
 use crate::runtime::{CommonArgs, Printer, Runtime};
 use signature::{Kind, Signature};
 
@@ -65,14 +65,6 @@ pub struct UprobeArgs {
     pub common: CommonArgs,
 }
 
-/// One parsed `BINARY:SYMBOL[+OFFSET]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Spec {
-    pub binary: String,
-    pub symbol: String,
-    pub offset: u64,
-}
-
 pub fn parse_spec(s: &str) -> Result<Spec, Error> {
     let bad = |why: &str| {
         Error::usage(
@@ -104,7 +96,7 @@ pub fn parse_spec(s: &str) -> Result<Spec, Error> {
     Ok(Spec { binary: binary.to_owned(), symbol: symbol.to_owned(), offset })
 }
 
-/// One attach point, resolved.
+/// One attach point, resolved, and how its values decode.
 #[derive(Debug, Clone)]
 struct Probe {
     label: String,
@@ -112,80 +104,6 @@ struct Probe {
     path: PathBuf,
     file_offset: u64,
     sig: Option<Signature>,
-}
-
-fn is_glob(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
-fn resolve(specs: &[Spec], sigs: &[(String, Signature)], pid: Option<u32>, rt: &Runtime) -> Result<Vec<Probe>, Error> {
-    let mut probes = Vec::new();
-    for spec in specs {
-        let path = target::resolve_binary(&spec.binary, pid)?;
-        let elf = ElfInfo::load(&path)?;
-        let sig_for = |func: &str| {
-            sigs.iter().find(|(n, _)| n == func).map(|(_, s)| s.clone()).or_else(|| signature::builtin(func))
-        };
-        if is_glob(&spec.symbol) {
-            let pat = glob::Pattern::new(&spec.symbol)
-                .map_err(|e| Error::usage(format!("bad glob `{}`: {e}", spec.symbol), None))?;
-            let hits: Vec<_> = elf.functions.iter().filter(|f| pat.matches(&f.name)).collect();
-            if hits.is_empty() {
-                return Err(Error::usage(
-                    format!("no function in `{}` matches `{}`", path.display(), spec.symbol),
-                    Some(format!("see `tracekit list {}`", spec.binary)),
-                ));
-            }
-            for f in hits {
-                probes.push(Probe {
-                    label: format!("{}:{}", spec.binary, f.name),
-                    func: f.name.clone(),
-                    path: path.clone(),
-                    file_offset: f.file_offset + spec.offset,
-                    sig: sig_for(&f.name),
-                });
-            }
-            continue;
-        }
-        let (def_path, f) = target::find_definition(&elf, &spec.symbol, pid).ok_or_else(|| {
-            let similar = elf.similar(&spec.symbol);
-            let hint = if !similar.is_empty() {
-                format!("did you mean {}?", similar.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "))
-            } else if elf.stripped {
-                format!(
-                    "`{}` is stripped (no .symtab): only exported symbols can be traced; check `nm -D {}`",
-                    path.display(),
-                    path.display()
-                )
-            } else {
-                format!("see `tracekit list {} '*{}*'`", spec.binary, spec.symbol)
-            };
-            Error::usage(format!("symbol `{}` not found in `{}`", spec.symbol, path.display()), Some(hint))
-        })?;
-        if def_path != path {
-            rt.say(format_args!("{}: imported by `{}`, defined in `{}`", spec.symbol, path.display(), def_path.display()));
-        }
-        if spec.offset != 0 && f.size != 0 && spec.offset >= f.size {
-            return Err(Error::usage(
-                format!("offset {:#x} is past the end of `{}` ({} bytes)", spec.offset, f.name, f.size),
-                None,
-            ));
-        }
-        probes.push(Probe {
-            label: format!("{}:{}", spec.binary, f.name),
-            func: f.name.clone(),
-            path: def_path,
-            file_offset: f.file_offset + spec.offset,
-            sig: sig_for(&f.name),
-        });
-    }
-    if probes.len() > MAX_PROBES {
-        return Err(Error::usage(
-            format!("{} functions match, but at most {MAX_PROBES} can be traced at once", probes.len()),
-            Some("narrow the glob (see `tracekit list BINARY GLOB`)".to_owned()),
-        ));
-    }
-    Ok(probes)
 }
 
 pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
@@ -202,7 +120,11 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
         [one] => Some(*one),
         _ => None,
     };
-    let probes = resolve(&specs, &sigs, pid, &rt)?;
+    let sig_for = |func: &str| sigs.iter().find(|(n, _)| n == func).map(|(_, s)| s.clone()).or_else(|| signature::builtin(func));
+    let probes: Vec<Probe> = resolve::symbols(&rt, &specs, pid, MAX_PROBES)?
+        .into_iter()
+        .map(|s| Probe { sig: sig_for(&s.func), label: s.label, func: s.func, path: s.path, file_offset: s.file_offset })
+        .collect();
     let want_entry = !args.return_only;
     let want_return = !args.entry_only;
     let cookies = rt.probes.get(crate::runtime::probe::Feature::AttachCookie).is_supported();

@@ -1,4 +1,4 @@
-//! Tracepoint `format` files: the fields of an event's record and how each one prints.
+//! Tracepoint `format` files in tracefs: the fields of an event's record and how each one prints.
 
 use std::fs;
 use std::path::Path;

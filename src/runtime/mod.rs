@@ -2,6 +2,7 @@
 //! stream → decode → print → detach. A tool contributes its skeleton, its plan and a [`Printer`].
 
 pub mod btf;
+pub mod callplan;
 pub mod attach;
 pub mod child;
 pub mod cli;
@@ -9,6 +10,7 @@ pub mod fastfmt;
 pub mod filter;
 pub mod kernel;
 pub mod libbpf_log;
+mod lifecycle;
 pub mod lost;
 pub mod output;
 pub mod probe;

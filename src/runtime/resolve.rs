@@ -158,6 +158,38 @@ pub struct Spec {
     pub offset: u64,
 }
 
+/// `BINARY:SYMBOL[+OFFSET]` → its parts, or a usage error that shows the form.
+pub fn parse_spec(s: &str) -> Result<Spec, Error> {
+    let bad = |why: &str| {
+        Error::usage(
+            format!("bad probe `{s}`: {why}"),
+            Some("write BINARY:SYMBOL[+OFFSET], e.g. /bin/bash:readline or libc:malloc".to_owned()),
+        )
+    };
+    let (binary, rest) = s.rsplit_once(':').ok_or_else(|| bad("no `:` between binary and symbol"))?;
+    let (symbol, offset) = match rest.split_once('+') {
+        Some((sym, off)) => {
+            let off = off.trim();
+            let v = match off.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => off.parse(),
+            };
+            (sym, v.map_err(|_| bad("the offset must be a number (decimal or 0x hex)"))?)
+        }
+        None => (rest, 0),
+    };
+    if binary.is_empty() {
+        return Err(bad("empty binary"));
+    }
+    if symbol.is_empty() {
+        return Err(bad("empty symbol"));
+    }
+    if !symbol.chars().all(|c| c.is_alphanumeric() || "_.$*?[]".contains(c)) {
+        return Err(bad("a symbol is letters, digits, `_`, `.`, `$`, or a glob"));
+    }
+    Ok(Spec { binary: binary.to_owned(), symbol: symbol.to_owned(), offset })
+}
+
 /// One function of an ELF file to attach a uprobe to.
 #[derive(Debug, Clone)]
 pub struct Symbol {
@@ -233,6 +265,22 @@ mod tests {
         assert_eq!(did_you_mean(&[]), None);
         assert!(at_most(17, 16, "functions", "narrow").unwrap_err().to_string().contains("at most 16"));
         assert!(is_glob("tcp_*") && !is_glob("tcp_v4_connect"));
+    }
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(
+            parse_spec("/bin/bash:readline").unwrap(),
+            Spec { binary: "/bin/bash".into(), symbol: "readline".into(), offset: 0 }
+        );
+        assert_eq!(parse_spec("libc:malloc+0x10").unwrap().offset, 16);
+        assert_eq!(parse_spec("libc:malloc+8").unwrap().offset, 8);
+        assert_eq!(parse_spec("libc:mem*").unwrap().symbol, "mem*");
+        for bad in ["readline", ":readline", "/bin/bash:", "bash:read line", "libc:malloc+zz"] {
+            let e = parse_spec(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            assert!(e.hint().unwrap().contains("BINARY:SYMBOL"), "{bad}");
+        }
     }
 
     #[test]

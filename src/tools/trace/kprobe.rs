@@ -3,7 +3,7 @@
 //! kprobe/kretprobe; no compiler at run time: user space turns each prototype (and `-a` field
 //! paths) into a decode plan in rodata that one generic program per backend executes.
 
-use std::io::{self, Write};
+use std::io;
 use std::mem::MaybeUninit;
 
 use clap::{Args, ValueEnum};
@@ -11,20 +11,19 @@ use libbpf_rs::skel::OpenSkel;
 
 use crate::error::Error;
 use crate::runtime::attach::tracing::{self, alternative};
-use crate::runtime::btf::{Fetch, KernelBtf, Prototype, ValueKind};
+use crate::runtime::btf::KernelBtf;
+use crate::runtime::callplan::{Traced, plan_values};
 use crate::runtime::output::{EventHeader, TaskHeader, Sink};
-use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
+use crate::runtime::value::{CALL_COLUMNS, call_row_start, json_call_tail, slot_str};
 use crate::runtime::probe::{Feature, Status};
 use crate::runtime::resolve;
 use crate::runtime::{CommonArgs, Printer, Runtime};
 
 crate::tool_skel!("kprobe", OpenKprobeSkel, KprobeSkel, tk_kprobe_event);
-use skel::{KprobeSkel, KprobeSkelBuilder, OpenKprobeSkel, types};
+use skel::{KprobeSkel, KprobeSkelBuilder, types};
 
 /// Must match kprobe.h.
 pub const MAX_FUNCS: usize = 16;
-const MAX_FETCHES: usize = 8;
-const STRS: usize = 2;
 const F_RETURN: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,65 +68,6 @@ pub struct KprobeArgs {
 
     #[command(flatten)]
     pub common: CommonArgs,
-}
-
-/// One traced function and how its values print.
-#[derive(Debug, Clone)]
-pub(super) struct Traced {
-    name: String,
-    proto: Prototype,
-    fetches: Vec<Fetch>,
-    /// String slot of each fetch.
-    str_slots: Vec<Option<usize>>,
-}
-
-pub(super) fn plan_values(btf: &KernelBtf, funcs: Vec<(String, Prototype)>, fields: &[String]) -> Result<Vec<Traced>, Error> {
-    let mut used = vec![false; fields.len()];
-    let mut traced = Vec::new();
-    for (name, proto) in funcs {
-        let mut fetches: Vec<Fetch> = proto
-            .params
-            .iter()
-            .take(6)
-            .enumerate()
-            .map(|(i, (pname, kind, _))| Fetch { label: pname.clone(), arg: i as u8, offsets: vec![], tail: 0, kind: kind.clone() })
-            .collect();
-        for (fi, expr) in fields.iter().enumerate() {
-            let first = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("");
-            if !proto.params.iter().any(|(n, _, _)| n == first) {
-                continue;
-            }
-            used[fi] = true;
-            let f = btf
-                .resolve_path(&proto, expr)
-                .map_err(|why| Error::usage(format!("-a `{expr}` on `{name}`: {why}"), None))?;
-            fetches.push(f);
-        }
-        if fetches.len() > MAX_FETCHES {
-            return Err(Error::usage(
-                format!("`{name}`: {} values (arguments and -a fields), at most {MAX_FETCHES}", fetches.len()),
-                Some("use fewer -a fields".into()),
-            ));
-        }
-        let mut next = 0;
-        let str_slots = fetches
-            .iter()
-            .map(|f| {
-                (f.kind == ValueKind::Str && next < STRS).then(|| {
-                    next += 1;
-                    next - 1
-                })
-            })
-            .collect();
-        traced.push(Traced { name, proto, fetches, str_slots });
-    }
-    if let Some(i) = used.iter().position(|u| !u) {
-        return Err(Error::usage(
-            format!("-a `{}` names no parameter of the traced functions", fields[i]),
-            Some("start the path with a parameter name; `tracekit list kernel FUNC` shows them".into()),
-        ));
-    }
-    Ok(traced)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,12 +127,14 @@ fn prog_name(hook: Hook, ret: bool, slot: usize) -> String {
 pub fn run(args: KprobeArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = args.stack;
-    let btf = rt.step("btf", || KernelBtf::load(rt.out.btf.as_deref()))?;
-    let funcs = resolve::kernel_functions(&btf, &args.funcs, MAX_FUNCS)?;
-    let traced = plan_values(&btf, funcs, &args.fields)?;
-    drop(btf);
     let want_return = !args.entry_only;
-    let hook = plan(&rt, args.backend, &traced[0].name, want_return)?;
+    let (traced, hook) = rt.plan(|| {
+        let btf = rt.step("btf", || KernelBtf::load(rt.out.btf.as_deref()))?;
+        let funcs = resolve::kernel_functions(&btf, &args.funcs, MAX_FUNCS)?;
+        let traced = plan_values(&btf, funcs, &args.fields)?;
+        let hook = plan(&rt, args.backend, &traced[0].name, want_return)?;
+        Ok((traced, hook))
+    })?;
     run_traced(&mut rt, traced, hook, want_return)
 }
 
@@ -201,17 +143,18 @@ pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: Hook, want
     for t in &traced {
         rt.say(format_args!("{}: {}", t.name, t.proto.c_decl));
     }
-    let transport = rt.transport()?;
-
+    let transport = rt.plan_transport()?;
+    // (program name, traced slot, return probe) of every program to load.
+    let wanted: Vec<(String, usize, bool)> = (0..traced.len())
+        .flat_map(|slot| [(prog_name(hook, false, slot), slot, false), (prog_name(hook, true, slot), slot, true)])
+        .filter(|(_, _, ret)| !ret || want_return)
+        .collect();
     let mut storage = MaybeUninit::uninit();
-    let mut open: OpenKprobeSkel<'_> = rt.open("kprobe", KprobeSkelBuilder::default(), &mut storage)?;
-    rt.configure(&mut open, transport)?;
-    {
+    let skel: KprobeSkel<'_> = rt.open_load("kprobe", KprobeSkelBuilder::default(), &mut storage, transport, |open| {
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
         let c = &mut ro.tk_kprobe;
         c.want_return = want_return as u32;
-        for (slot, t) in traced.iter().enumerate() {
-            let f = &mut c.funcs[slot];
+        for (f, t) in c.funcs.iter_mut().zip(&traced) {
             f.nargs = t.proto.params.len() as u32;
             f.nfetch = t.fetches.len() as u32;
             for ((dst, src), s) in f.fetch.iter_mut().zip(&t.fetches).zip(&t.str_slots) {
@@ -222,32 +165,20 @@ pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: Hook, want
                 dst.str_slot = s.map_or(0, |s| s as u8 + 1);
             }
         }
-    }
-    let wanted: Vec<(String, usize, bool)> = traced
-        .iter()
-        .enumerate()
-        .flat_map(|(slot, _)| {
-            let mut v = vec![(prog_name(hook, false, slot), slot, false)];
-            if want_return {
-                v.push((prog_name(hook, true, slot), slot, true));
-            }
-            v
-        })
-        .collect();
-    for mut prog in open.open_object_mut().progs_mut() {
-        let name = prog.name().to_string_lossy().into_owned();
-        match wanted.iter().find(|(n, _, _)| *n == name) {
-            Some((_, slot, _)) => {
-                prog.set_autoload(true);
-                if matches!(hook, Hook::Fentry | Hook::TpBtf) {
+        for mut prog in open.open_object_mut().progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            match wanted.iter().find(|(n, _, _)| *n == name) {
+                Some((_, slot, _)) if matches!(hook, Hook::Fentry | Hook::TpBtf) => {
+                    prog.set_autoload(true);
                     tracing::set_btf_target(&mut prog, &traced[*slot].name)?;
                 }
+                Some(_) => prog.set_autoload(true),
+                None if name.starts_with("tk_follow") => {}
+                None => prog.set_autoload(false),
             }
-            None if name.starts_with("tk_follow") => {}
-            None => prog.set_autoload(false),
         }
-    }
-    let skel: KprobeSkel<'_> = rt.load("kprobe", open)?;
+        Ok(())
+    })?;
     let names: Vec<String> = traced.iter().map(|t| t.name.clone()).collect();
     let printer = KprobePrinter { traced, want_return };
     rt.stream(&skel, transport, printer, |skel| {
@@ -273,140 +204,30 @@ struct KprobePrinter {
     want_return: bool,
 }
 
-fn shown<'a>(label: &str, kind: &'a ValueKind, raw: u64, s: Option<(std::borrow::Cow<'a, str>, bool)>) -> Shown<'a> {
-    let leaf = label.rsplit(['>', '.']).next().unwrap_or(label);
-    match kind {
-        ValueKind::Int { bytes, signed: true } => Shown::Signed(sign_extend(raw, *bytes)),
-        ValueKind::Int { bytes, signed: false } if leaf.ends_with("mode") => Shown::Octal(mask(raw, *bytes)),
-        ValueKind::Int { bytes, signed: false } if leaf.ends_with("flags") => Shown::Hex(mask(raw, *bytes)),
-        ValueKind::Int { bytes, signed: false } => Shown::Unsigned(mask(raw, *bytes)),
-        ValueKind::Bool => Shown::Bool(raw & 0xff != 0),
-        ValueKind::Enum { bytes, signed, variants } => {
-            let v = if *signed { sign_extend(raw, *bytes) } else { mask(raw, *bytes) as i64 };
-            match variants.iter().find(|(val, _)| *val == v) {
-                Some((_, name)) => Shown::Enum(name),
-                None => Shown::Signed(v),
-            }
-        }
-        ValueKind::Str if raw == 0 => Shown::Null,
-        ValueKind::Str => s.map_or(Shown::Hex(raw), |(t, trunc)| Shown::Str(t, trunc)),
-        _ => Shown::Hex(raw),
-    }
-}
-
-/// A negative return in the errno range, by name (-ENOENT).
-fn errno_of(kind: &ValueKind, raw: u64) -> Option<nix::errno::Errno> {
-    let v = match kind {
-        ValueKind::Int { bytes, signed: true } => sign_extend(raw, *bytes),
-        ValueKind::Ptr { .. } | ValueKind::Str => raw as i64, // ERR_PTR
-        _ => return None,
-    };
-    (-4095..0).contains(&v).then(|| nix::errno::Errno::from_raw(-v as i32))
-}
-
-fn slot_str(ev: &types::tk_kprobe_event, slot: Option<usize>) -> Option<(std::borrow::Cow<'_, str>, bool)> {
-    crate::runtime::value::slot_str(&ev.str_len, &ev.str, slot?)
-}
-
 impl Printer for KprobePrinter {
     type Event = types::tk_kprobe_event;
     const MIN_LEN: usize = std::mem::offset_of!(types::tk_kprobe_event, str);
+    const COLUMNS: &'static str = CALL_COLUMNS;
 
     fn stack_ids(ev: &Self::Event) -> Option<(u32, i32, i32)> {
         Some((ev.hdr.pid, ev.kstack, ev.ustack))
     }
-    const COLUMNS: &'static str = CALL_COLUMNS;
 
     fn header(&self, ev: &Self::Event) -> EventHeader<'_> {
         TaskHeader::from(&ev.hdr).into()
     }
 
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
-        let h = TaskHeader::from(&ev.hdr);
         let Some(t) = self.traced.get(ev.slot as usize) else { return Ok(()) };
-        let w = out.w();
-        call_row_start(w, &h, (ev.flags & F_RETURN != 0).then_some(ev.latency_ns))?;
-        write!(w, "{}(", t.name)?;
-        for (i, f) in t.fetches.iter().enumerate() {
-            write!(w, "{}{}=", if i > 0 { ", " } else { "" }, f.label)?;
-            shown(&f.label, &f.kind, ev.vals[i], slot_str(ev, t.str_slots[i])).write(w)?;
-        }
-        w.write_all(b")")?;
-        if ev.flags & F_RETURN != 0 && t.proto.ret != ValueKind::Void {
-            match errno_of(&t.proto.ret, ev.ret) {
-                Some(e) => write!(w, " = -{e:?}")?,
-                None => {
-                    w.write_all(b" = ")?;
-                    shown("", &t.proto.ret, ev.ret, None).write(w)?;
-                }
-            }
-        }
-        Ok(())
+        let ret = (ev.flags & F_RETURN != 0).then_some(ev.ret);
+        call_row_start(out.w(), &TaskHeader::from(&ev.hdr), ret.map(|_| ev.latency_ns))?;
+        t.write_row(out.w(), &ev.vals, &|s| slot_str(&ev.str_len, &ev.str, s), ret)
     }
 
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
         let Some(t) = self.traced.get(ev.slot as usize) else { return Ok(()) };
-        out.field_str("func", &t.name)?;
-        out.object_start("args")?;
-        let mut truncated = false;
-        for (i, f) in t.fetches.iter().enumerate() {
-            let v = shown(&f.label, &f.kind, ev.vals[i], slot_str(ev, t.str_slots[i]));
-            truncated |= v.is_truncated();
-            v.json(out, &f.label)?;
-        }
-        out.object_end()?;
-        if ev.flags & F_RETURN != 0 && t.proto.ret != ValueKind::Void {
-            let ret = shown("", &t.proto.ret, ev.ret, None);
-            ret.json(out, "ret")?;
-            if let Some(e) = errno_of(&t.proto.ret, ev.ret) {
-                out.field_display("errno", format_args!("{e:?}"))?;
-            }
-        }
+        let ret = (ev.flags & F_RETURN != 0).then_some(ev.ret);
+        let truncated = t.write_json(out, &ev.vals, &|s| slot_str(&ev.str_len, &ev.str, s), ret)?;
         json_call_tail(out, self.want_return.then_some(ev.latency_ns), truncated)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_print_by_type() {
-        let int = ValueKind::Int { bytes: 4, signed: true };
-        let text = |v: Shown<'_>| {
-            let mut b = Vec::new();
-            v.write(&mut b).unwrap();
-            String::from_utf8(b).unwrap()
-        };
-        assert_eq!(text(shown("dfd", &int, 0xffff_ff9c, None)), "-100");
-        let u64k = ValueKind::Int { bytes: 8, signed: false };
-        assert_eq!(text(shown("how->flags", &u64k, 0x8241, None)), "0x8241");
-        assert_eq!(text(shown("how->mode", &u64k, 0o644, None)), "0644");
-        let e = ValueKind::Enum { bytes: 4, signed: false, variants: vec![(1, "TCP_ESTABLISHED".into())] };
-        assert!(matches!(shown("s", &e, 1, None), Shown::Enum("TCP_ESTABLISHED")));
-    }
-
-    #[test]
-    fn errors_by_name() {
-        let long = ValueKind::Int { bytes: 8, signed: true };
-        assert_eq!(errno_of(&long, (-2i64) as u64), Some(nix::errno::Errno::ENOENT));
-        assert_eq!(errno_of(&long, 3), None);
-        let int = ValueKind::Int { bytes: 4, signed: true };
-        assert_eq!(errno_of(&int, 0xffff_fff3), Some(nix::errno::Errno::EACCES));
-        assert_eq!(errno_of(&ValueKind::Int { bytes: 8, signed: false }, u64::MAX), None);
-        assert_eq!(format!("{:?}", nix::errno::Errno::ENOENT), "ENOENT");
-    }
-
-    #[test]
-    fn plans_from_the_running_kernel() {
-        let btf = KernelBtf::load(None).unwrap();
-        let funcs = resolve::kernel_functions(&btf, &["do_sys_openat2".into()], MAX_FUNCS).unwrap();
-        let t = plan_values(&btf, funcs, &["how->flags".into(), "how->mode".into()]).unwrap();
-        let labels: Vec<&str> = t[0].fetches.iter().map(|f| f.label.as_str()).collect();
-        assert_eq!(labels, ["dfd", "filename", "how", "how->flags", "how->mode"]);
-        assert_eq!(t[0].str_slots, [None, Some(0), None, None, None]);
-        let vfs_read = resolve::kernel_functions(&btf, &["vfs_read".into()], MAX_FUNCS).unwrap();
-        let e = plan_values(&btf, vfs_read, &["how->flags".into()]).unwrap_err();
-        assert!(e.to_string().contains("names no parameter"));
     }
 }

@@ -17,7 +17,7 @@ use crate::runtime::{CommonArgs, Runtime, TaskLoaded, TransportLoaded, Transport
 
 crate::tool_skel!("profile", OpenProfileSkel, ProfileSkel, tk_stack_key);
 const _: () = assert!(size_of::<skel::types::tk_stack_key>() == size_of::<StackKey>());
-use skel::{OpenProfileSkel, ProfileSkel, ProfileSkelBuilder};
+use skel::{ProfileSkel, ProfileSkelBuilder};
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "EXAMPLES:\n    \
@@ -59,16 +59,19 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     if rt.out.count.is_some() {
         return Err(Error::usage("profile counts samples in the kernel: --count does not apply", Some("use --duration".into())));
     }
-    let cpus = online_cpus()?;
-    rt.say(format_args!("plan: cpu-clock at {} Hz on {} CPUs", args.frequency, cpus.len()));
+    let cpus = rt.plan(|| {
+        let cpus = online_cpus()?;
+        rt.say(format_args!("plan: cpu-clock at {} Hz on {} CPUs", args.frequency, cpus.len()));
+        Ok(cpus)
+    })?;
     // Samples are counted in maps, not streamed: the event channel only needs to exist.
     let transport = Transport::RingBuf { bytes: 4096 };
     let mut storage = MaybeUninit::uninit();
-    let mut open: OpenProfileSkel<'_> = rt.open("profile", ProfileSkelBuilder::default(), &mut storage)?;
-    rt.configure(&mut open, transport)?;
-    open.maps.tk_stacks.set_max_entries(16384).map_err(|e| Error::runtime(format!("sizing the stack map: {e}"), None))?;
-    open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_profile_idle = args.idle as u32;
-    let skel: ProfileSkel<'_> = rt.load("profile", open)?;
+    let skel: ProfileSkel<'_> = rt.open_load("profile", ProfileSkelBuilder::default(), &mut storage, transport, |open| {
+        open.maps.tk_stacks.set_max_entries(16384).map_err(|e| Error::runtime(format!("sizing the stack map: {e}"), None))?;
+        open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_profile_idle = args.idle as u32;
+        Ok(())
+    })?;
     let (mut child, _follow) = rt.start_child(&skel)?;
     let links = rt.step("attach", || -> Result<Vec<libbpf_rs::Link>, Error> {
         cpus.iter().map(|&cpu| tracing::cpu_clock(&skel.progs.profile__sample, cpu, args.frequency))

@@ -3,9 +3,10 @@
 
 use clap::Args;
 
-use super::kprobe::{Hook, MAX_FUNCS, plan_values, run_traced};
+use super::kprobe::{Hook, MAX_FUNCS, run_traced};
 use crate::error::Error;
 use crate::runtime::btf::KernelBtf;
+use crate::runtime::callplan::plan_values;
 use crate::runtime::probe::Feature;
 use crate::runtime::resolve;
 use crate::runtime::{CommonArgs, Runtime};
@@ -39,13 +40,16 @@ pub fn run(args: RawTpArgs, btf_typed: bool) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = args.stack;
     let (feature, hook) = if btf_typed { (Feature::TpBtf, Hook::TpBtf) } else { (Feature::RawTp, Hook::RawTp) };
-    let status = rt.probes.get(feature);
-    if !status.is_supported() {
-        return Err(Error::Unsupported { feature: feature.name(), reason: status.detail(), hint: Some("see `tracekit probe`".into()) });
-    }
-    let btf = rt.step("btf", || KernelBtf::load(rt.out.btf.as_deref()))?;
-    let protos = resolve::raw_tracepoints(&btf, &args.names, MAX_FUNCS)?;
-    let traced = plan_values(&btf, protos, &args.fields)?;
-    drop(btf);
+    let traced = rt.plan(|| {
+        let status = rt.probes.get(feature);
+        if !status.is_supported() {
+            let hint = Some("see `tracekit probe`".into());
+            return Err(Error::Unsupported { feature: feature.name(), reason: status.detail(), hint });
+        }
+        rt.say(format_args!("plan: {}", feature.name()));
+        let btf = rt.step("btf", || KernelBtf::load(rt.out.btf.as_deref()))?;
+        let protos = resolve::raw_tracepoints(&btf, &args.names, MAX_FUNCS)?;
+        plan_values(&btf, protos, &args.fields)
+    })?;
     run_traced(&mut rt, traced, hook, false)
 }

@@ -18,7 +18,7 @@ use crate::runtime::probe::Feature;
 use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
 
 crate::tool_skel!("tcpstate", OpenTcpstateSkel, TcpstateSkel, tk_tcpstate_event);
-use skel::{OpenTcpstateSkel, TcpstateSkel, TcpstateSkelBuilder, types};
+use skel::{TcpstateSkel, TcpstateSkelBuilder, types};
 
 /// The layout is shared with tcpstate.h: a drift must fail the build, not decode garbage.
 const _: () = assert!(size_of::<types::tk_tcpstate_event>() == 104);
@@ -119,17 +119,15 @@ pub fn run(args: TcpstateArgs) -> Result<i32, Error> {
     check_ports("--local-port", &args.local_ports)?;
     check_ports("--remote-port", &args.remote_ports)?;
     let mut rt = Runtime::new(args.common.clone())?;
-    let hook = rt.step("plan", || plan(args.backend, &rt))?;
-    if hook == Hook::Tracepoint {
-        kernel::ensure_tracefs()?;
-    }
-    let transport = rt.step("transport", || rt.transport())?;
-    rt.say(format_args!("transport: {transport:?}"));
-
+    let (hook, transport) = rt.plan(|| {
+        let hook = plan(args.backend, &rt)?;
+        if hook == Hook::Tracepoint {
+            kernel::ensure_tracefs()?;
+        }
+        Ok((hook, rt.plan_transport()?))
+    })?;
     let mut storage = MaybeUninit::uninit();
-    let mut open: OpenTcpstateSkel<'_> = rt.open("tcpstate", TcpstateSkelBuilder::default(), &mut storage)?;
-    rt.configure(&mut open, transport)?;
-    {
+    let skel: TcpstateSkel<'_> = rt.open_load("tcpstate", TcpstateSkelBuilder::default(), &mut storage, transport, |open| {
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
         let c = &mut ro.tk_tcpstate;
         c.lports[..args.local_ports.len()].copy_from_slice(&args.local_ports);
@@ -137,11 +135,10 @@ pub fn run(args: TcpstateArgs) -> Result<i32, Error> {
         c.rports[..args.remote_ports.len()].copy_from_slice(&args.remote_ports);
         c.nrports = args.remote_ports.len() as u32;
         c.family = if args.ipv4 { AF_INET } else if args.ipv6 { AF_INET6 } else { 0 };
-    }
-    open.progs.tp_btf__inet_sock_set_state.set_autoload(hook == Hook::TpBtf);
-    open.progs.tp__inet_sock_set_state.set_autoload(hook == Hook::Tracepoint);
-
-    let skel: TcpstateSkel<'_> = rt.load("tcpstate", open)?;
+        open.progs.tp_btf__inet_sock_set_state.set_autoload(hook == Hook::TpBtf);
+        open.progs.tp__inet_sock_set_state.set_autoload(hook == Hook::Tracepoint);
+        Ok(())
+    })?;
     rt.stream(&skel, transport, TcpstatePrinter { wide: args.wide }, |skel| {
         let prog = match hook {
             Hook::TpBtf => &skel.progs.tp_btf__inet_sock_set_state,

@@ -18,7 +18,7 @@ use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
 use crate::runtime::tracefs::{FieldKind, Format};
 
 crate::tool_skel!("tracepoint", OpenTracepointSkel, TracepointSkel, tk_tp_event);
-use skel::{OpenTracepointSkel, TracepointSkel, TracepointSkelBuilder, types};
+use skel::{TracepointSkel, TracepointSkelBuilder, types};
 
 /// Must match tracepoint.h.
 pub const MAX_TPS: usize = 16;
@@ -54,60 +54,50 @@ pub struct TracepointArgs {
 pub fn run(args: TracepointArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = args.stack;
-    let tracefs = kernel::ensure_tracefs()?;
-    let formats = resolve::tracepoints(&tracefs, &args.events, MAX_TPS)?;
-    for f in &args.fields {
-        if !formats.iter().any(|fmt| fmt.fields.iter().any(|x| &x.name == f)) {
-            let names: Vec<&str> = formats.iter().flat_map(|fmt| fmt.fields.iter().map(|x| x.name.as_str())).collect();
-            return Err(Error::usage(
-                format!("no traced event has a field `{f}`"),
-                Some(format!("fields: {}", names.join(", "))),
-            ));
+    let (formats, cookies, strs, transport) = rt.plan(|| {
+        let tracefs = kernel::ensure_tracefs()?;
+        let formats = resolve::tracepoints(&tracefs, &args.events, MAX_TPS)?;
+        for f in &args.fields {
+            if !formats.iter().any(|fmt| fmt.fields.iter().any(|x| &x.name == f)) {
+                let names: Vec<&str> = formats.iter().flat_map(|fmt| fmt.fields.iter().map(|x| x.name.as_str())).collect();
+                return Err(Error::usage(
+                    format!("no traced event has a field `{f}`"),
+                    Some(format!("fields: {}", names.join(", "))),
+                ));
+            }
         }
-    }
-    for f in &formats {
-        rt.say(format_args!("plan: tracepoint {} (id {}, {} bytes)", f.name, f.id, f.size));
-    }
-    let cookies = rt.probes.get(Feature::AttachCookie).is_supported();
-    if formats.len() > 1 && !cookies {
-        return Err(Error::Unsupported {
-            feature: "attach_cookie",
-            reason: "telling several tracepoints apart needs bpf_get_attach_cookie (Linux 5.15+)".into(),
-            hint: Some("trace one tracepoint per tracekit process".into()),
-        });
-    }
-    let transport = rt.transport()?;
+        for f in &formats {
+            rt.say(format_args!("plan: tracepoint {} (id {}, {} bytes)", f.name, f.id, f.size));
+        }
+        let cookies = rt.probes.get(Feature::AttachCookie).is_supported();
+        if formats.len() > 1 && !cookies {
+            return Err(Error::Unsupported {
+                feature: "attach_cookie",
+                reason: "telling several tracepoints apart needs bpf_get_attach_cookie (Linux 5.15+)".into(),
+                hint: Some("trace one tracepoint per tracekit process".into()),
+            });
+        }
+        let strs: Vec<Vec<(usize, u8)>> = formats.iter().map(string_fields).collect();
+        Ok((formats, cookies, strs, rt.plan_transport()?))
+    })?;
     let mut storage = MaybeUninit::uninit();
-    let mut open: OpenTracepointSkel<'_> = rt.open("tracepoint", TracepointSkelBuilder::default(), &mut storage)?;
-    rt.configure(&mut open, transport)?;
-    let mut slots = Vec::new();
-    {
+    let skel: TracepointSkel<'_> = rt.open_load("tracepoint", TracepointSkelBuilder::default(), &mut storage, transport, |open| {
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
         let c = &mut ro.tk_tp;
         c.ntps = formats.len() as u32;
         c.have_cookie = cookies as u32;
-        for (spec, f) in c.tps.iter_mut().zip(&formats) {
+        for ((spec, f), strs) in c.tps.iter_mut().zip(&formats).zip(&strs) {
             spec.id = f.id;
             spec.size = f.size.min(DATA) as u16;
-            let strs: Vec<(usize, u8)> = f
-                .fields
-                .iter()
-                .filter_map(|x| match x.kind {
-                    FieldKind::StrPtr => Some((x.offset, STR_PTR)),
-                    FieldKind::StrLoc => Some((x.offset, STR_LOC)),
-                    _ => None,
-                })
-                .take(STRS)
-                .collect();
             spec.nstr = strs.len() as u16;
-            for (dst, (off, kind)) in spec.str.iter_mut().zip(&strs) {
+            for (dst, (off, kind)) in spec.str.iter_mut().zip(strs) {
                 dst.offset = *off as u16;
                 dst.kind = *kind;
             }
-            slots.push(strs.iter().map(|(off, _)| *off).collect::<Vec<_>>());
         }
-    }
-    let skel: TracepointSkel<'_> = rt.load("tracepoint", open)?;
+        Ok(())
+    })?;
+    let slots = strs.iter().map(|s| s.iter().map(|(off, _)| *off).collect()).collect();
     let printer = TracepointPrinter { formats: formats.clone(), slots, only: args.fields.clone() };
     rt.stream(&skel, transport, printer, |skel| {
         let hint = Some("see `tracekit probe` (tracepoint, tracefs)");
@@ -117,6 +107,16 @@ pub fn run(args: TracepointArgs) -> Result<i32, Error> {
             .map(|(i, f)| tracing::tracepoint(&skel.progs.tp__generic, &f.name, cookies.then_some(i as u64), hint))
             .collect()
     })
+}
+
+/// The record offset and kind of the (at most STRS) string fields the BPF side copies.
+fn string_fields(f: &Format) -> Vec<(usize, u8)> {
+    let kind = |k: &FieldKind| match k {
+        FieldKind::StrPtr => Some(STR_PTR),
+        FieldKind::StrLoc => Some(STR_LOC),
+        _ => None,
+    };
+    f.fields.iter().filter_map(|x| Some((x.offset, kind(&x.kind)?))).take(STRS).collect()
 }
 
 struct TracepointPrinter {

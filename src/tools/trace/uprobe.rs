@@ -9,7 +9,6 @@ pub mod signature;
 
 use std::io::{self, Write};
 use std::mem::MaybeUninit;
-use std::path::PathBuf;
 
 use clap::Args;
 
@@ -17,12 +16,13 @@ use crate::error::Error;
 use crate::runtime::attach::tracing::{self, UprobeTarget};
 use crate::runtime::output::{EventHeader, TaskHeader, Sink};
 use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
-use crate::runtime::resolve::{self, Spec};
+use crate::runtime::probe::Feature;
+use crate::runtime::resolve::{self, Symbol};
 use crate::runtime::{CommonArgs, Printer, Runtime};
 use signature::{Kind, Signature};
 
 crate::tool_skel!("uprobe", OpenUprobeSkel, UprobeSkel, tk_uprobe_event);
-use skel::{OpenUprobeSkel, UprobeSkel, UprobeSkelBuilder, types};
+use skel::{UprobeSkel, UprobeSkelBuilder, types};
 
 /// Must match uprobe.h.
 pub const MAX_PROBES: usize = 64;
@@ -65,50 +65,16 @@ pub struct UprobeArgs {
     pub common: CommonArgs,
 }
 
-pub fn parse_spec(s: &str) -> Result<Spec, Error> {
-    let bad = |why: &str| {
-        Error::usage(
-            format!("bad probe `{s}`: {why}"),
-            Some("write BINARY:SYMBOL[+OFFSET], e.g. /bin/bash:readline or libc:malloc".to_owned()),
-        )
-    };
-    let (binary, rest) = s.rsplit_once(':').ok_or_else(|| bad("no `:` between binary and symbol"))?;
-    let (symbol, offset) = match rest.split_once('+') {
-        Some((sym, off)) => {
-            let off = off.trim();
-            let v = match off.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => off.parse(),
-            };
-            (sym, v.map_err(|_| bad("the offset must be a number (decimal or 0x hex)"))?)
-        }
-        None => (rest, 0),
-    };
-    if binary.is_empty() {
-        return Err(bad("empty binary"));
-    }
-    if symbol.is_empty() {
-        return Err(bad("empty symbol"));
-    }
-    if !symbol.chars().all(|c| c.is_alphanumeric() || "_.$*?[]".contains(c)) {
-        return Err(bad("a symbol is letters, digits, `_`, `.`, `$`, or a glob"));
-    }
-    Ok(Spec { binary: binary.to_owned(), symbol: symbol.to_owned(), offset })
-}
-
 /// One attach point, resolved, and how its values decode.
 #[derive(Debug, Clone)]
 struct Probe {
-    label: String,
-    func: String,
-    path: PathBuf,
-    file_offset: u64,
+    sym: Symbol,
     sig: Option<Signature>,
 }
 
 pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
     args.return_only |= return_only;
-    let specs = args.specs.iter().map(|s| parse_spec(s)).collect::<Result<Vec<_>, _>>()?;
+    let specs = args.specs.iter().map(|s| resolve::parse_spec(s)).collect::<Result<Vec<_>, _>>()?;
     let sigs = args
         .sigs
         .iter()
@@ -120,48 +86,41 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
         [one] => Some(*one),
         _ => None,
     };
-    let sig_for = |func: &str| sigs.iter().find(|(n, _)| n == func).map(|(_, s)| s.clone()).or_else(|| signature::builtin(func));
-    let probes: Vec<Probe> = resolve::symbols(&rt, &specs, pid, MAX_PROBES)?
-        .into_iter()
-        .map(|s| Probe { sig: sig_for(&s.func), label: s.label, func: s.func, path: s.path, file_offset: s.file_offset })
-        .collect();
-    let want_entry = !args.return_only;
-    let want_return = !args.entry_only;
-    let cookies = rt.probes.get(crate::runtime::probe::Feature::AttachCookie).is_supported();
-    if probes.len() > 1 && !cookies {
-        return Err(Error::Unsupported {
-            feature: "attach_cookie",
-            reason: "telling several probes apart needs bpf_get_attach_cookie (Linux 5.15+)".into(),
-            hint: Some("trace one function per tracekit process".into()),
-        });
-    }
-    for p in &probes {
-        rt.say(format_args!("plan: uprobe {} at {}+{:#x}", p.label, p.path.display(), p.file_offset));
-    }
-    let transport = rt.transport()?;
-
+    let (want_entry, want_return) = (!args.return_only, !args.entry_only);
+    let (probes, cookies, transport) = rt.plan(|| {
+        let sig_for = |f: &str| sigs.iter().find(|(n, _)| n == f).map(|(_, s)| s.clone()).or_else(|| signature::builtin(f));
+        let syms = resolve::symbols(&rt, &specs, pid, MAX_PROBES)?;
+        let probes: Vec<Probe> = syms.into_iter().map(|sym| Probe { sig: sig_for(&sym.func), sym }).collect();
+        let cookies = rt.probes.get(Feature::AttachCookie).is_supported();
+        if probes.len() > 1 && !cookies {
+            return Err(Error::Unsupported {
+                feature: "attach_cookie",
+                reason: "telling several probes apart needs bpf_get_attach_cookie (Linux 5.15+)".into(),
+                hint: Some("trace one function per tracekit process".into()),
+            });
+        }
+        for Probe { sym: s, .. } in &probes {
+            rt.say(format_args!("plan: uprobe {} at {}+{:#x}", s.label, s.path.display(), s.file_offset));
+        }
+        Ok((probes, cookies, rt.plan_transport()?))
+    })?;
     let mut storage = MaybeUninit::uninit();
-    let mut open: OpenUprobeSkel<'_> = rt.open("uprobe", UprobeSkelBuilder::default(), &mut storage)?;
-    rt.configure(&mut open, transport)?;
-    {
+    let skel: UprobeSkel<'_> = rt.open_load("uprobe", UprobeSkelBuilder::default(), &mut storage, transport, |open| {
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
         let c = &mut ro.tk_uprobe;
         c.want_entry = want_entry as u32;
         c.want_return = want_return as u32;
         c.have_cookie = cookies as u32;
-        for (spec, p) in c.probes.iter_mut().zip(&probes) {
-            if let Some(sig) = &p.sig {
-                for (slot, param) in spec.str_arg.iter_mut().zip(&sig.params) {
-                    *slot = (param.kind == Kind::Str) as u8;
-                }
-                spec.str_ret = (sig.ret == Kind::Str) as u8;
+        for (spec, sig) in c.probes.iter_mut().zip(&probes).filter_map(|(c, p)| Some((c, p.sig.as_ref()?))) {
+            for (slot, param) in spec.str_arg.iter_mut().zip(&sig.params) {
+                *slot = (param.kind == Kind::Str) as u8;
             }
+            spec.str_ret = (sig.ret == Kind::Str) as u8;
         }
-    }
-    open.progs.uprobe__generic.set_autoload(want_entry);
-    open.progs.uretprobe__generic.set_autoload(want_return);
-    let skel: UprobeSkel<'_> = rt.load("uprobe", open)?;
-
+        open.progs.uprobe__generic.set_autoload(want_entry);
+        open.progs.uretprobe__generic.set_autoload(want_return);
+        Ok(())
+    })?;
     let printer = UprobePrinter { probes: probes.clone(), want_entry, want_return };
     rt.stream(&skel, transport, printer, |skel| {
         let mut links = Vec::new();
@@ -171,7 +130,7 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
                 if !wanted {
                     continue;
                 }
-                let target = UprobeTarget { label: &p.label, path: &p.path, file_offset: p.file_offset };
+                let target = UprobeTarget { label: &p.sym.label, path: &p.sym.path, file_offset: p.sym.file_offset };
                 let link = tracing::uprobe(prog, &target, pid, retprobe, id as u64)?;
                 links.push(link);
             }
@@ -240,7 +199,7 @@ impl Printer for UprobePrinter {
         let w = out.w();
         let paired = ev.flags & (F_ENTRY | F_RETURN) == F_ENTRY | F_RETURN;
         call_row_start(w, &h, paired.then_some(ev.latency_ns))?;
-        w.write_all(p.func.as_bytes())?;
+        w.write_all(p.sym.func.as_bytes())?;
         let (arg_slots, ret_slot) = p.sig.as_ref().map_or(([None; 6], None), slots);
         if ev.flags & F_ENTRY != 0 {
             w.write_all(b"(")?;
@@ -276,8 +235,8 @@ impl Printer for UprobePrinter {
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
         let p = self.probe(ev);
         let sig = &p.sig;
-        out.field_str("probe", &p.label)?;
-        out.field_str("func", &p.func)?;
+        out.field_str("probe", &p.sym.label)?;
+        out.field_str("func", &p.sym.func)?;
         let (arg_slots, ret_slot) = sig.as_ref().map_or(([None; 6], None), slots);
         let mut truncated = false;
         if ev.flags & F_ENTRY != 0 {
@@ -314,22 +273,6 @@ impl Printer for UprobePrinter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn specs_parse() {
-        assert_eq!(
-            parse_spec("/bin/bash:readline").unwrap(),
-            Spec { binary: "/bin/bash".into(), symbol: "readline".into(), offset: 0 }
-        );
-        assert_eq!(parse_spec("libc:malloc+0x10").unwrap().offset, 16);
-        assert_eq!(parse_spec("libc:malloc+8").unwrap().offset, 8);
-        assert_eq!(parse_spec("libc:mem*").unwrap().symbol, "mem*");
-        for bad in ["readline", ":readline", "/bin/bash:", "bash:read line", "libc:malloc+zz"] {
-            let e = parse_spec(bad).unwrap_err();
-            assert_eq!(e.exit_code(), 2, "{bad}");
-            assert!(e.hint().unwrap().contains("BINARY:SYMBOL"), "{bad}");
-        }
-    }
 
     #[test]
     fn string_slots_follow_the_bpf_order() {

@@ -8,11 +8,13 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::path::Path;
 
 use libbpf_rs::{
-    ErrorKind, KprobeMultiOpts, KprobeOpts, Link, OpenProgramMut, ProgramMut, TracepointCategory, TracepointOpts,
-    UprobeOpts,
+    ErrorKind, KprobeMultiOpts, KprobeOpts, Link, Object, OpenObject, OpenProgramMut, ProgramMut, TracepointCategory,
+    TracepointOpts, UprobeOpts,
 };
 
 use crate::error::Error;
+use crate::runtime::{Runtime, kernel};
+use crate::runtime::probe::{Feature, Status};
 
 /// The syscall tracepoints closest to a kernel function, as the hint when it cannot be traced.
 pub fn alternative(func: &str) -> String {
@@ -79,6 +81,142 @@ pub fn kprobe(prog: &ProgramMut<'_>, func: &str, ret: bool, cookie: u64) -> Resu
 pub fn kprobe_multi(prog: &ProgramMut<'_>, funcs: &[String], cookies: &[u64], ret: bool) -> Result<Link, Error> {
     let opts = KprobeMultiOpts { symbols: funcs.to_vec(), cookies: cookies.to_vec(), retprobe: ret, ..Default::default() };
     prog.attach_kprobe_multi_with_opts(opts).map_err(|e| kernel_error(&funcs.join(","), ret, e))
+}
+
+/// How a program with BTF-typed arguments attaches to its kernel function or tracepoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallHook {
+    /// fentry/fexit: BPF trampolines.
+    Fentry,
+    /// kprobe/kretprobe.
+    Kprobe,
+    TpBtf,
+    RawTp,
+}
+
+impl CallHook {
+    /// BTF-typed programs are verified against their target: it is set before load.
+    pub fn target_before_load(self) -> bool {
+        matches!(self, CallHook::Fentry | CallHook::TpBtf)
+    }
+
+    /// Attaches a loaded program of this kind to `target` (`ret`: the return probe).
+    pub fn attach(self, prog: &ProgramMut<'_>, target: &str, ret: bool) -> Result<Link, Error> {
+        match self {
+            CallHook::Fentry => fentry(prog, target, ret),
+            CallHook::Kprobe => kprobe(prog, target, ret, 0),
+            CallHook::TpBtf => tp_btf(prog, target),
+            CallHook::RawTp => raw_tp(prog, target),
+        }
+    }
+}
+
+/// The hook for kernel functions: `want` (fentry or kprobe) or, without one, fentry/fexit when
+/// the kernel allows trampolines, else kprobe/kretprobe. Each needs its entry kind, and its
+/// return kind too with `want_return`; `first` (a traced function) names the alternative.
+pub fn plan_kernel_function(rt: &Runtime, want: Option<CallHook>, first: &str, want_return: bool) -> Result<CallHook, Error> {
+    let needs = |entry: Feature, ret: Feature| match rt.probes.get(entry) {
+        Status::Supported if want_return => rt.probes.get(ret).clone(),
+        s => s.clone(),
+    };
+    let fentry = needs(Feature::Fentry, Feature::Fexit);
+    let kprobe = needs(Feature::Kprobe, Feature::Kretprobe);
+    let unsupported = |feature: &'static str, s: &Status| Error::Unsupported {
+        feature,
+        reason: s.detail(),
+        hint: Some(alternative(first)),
+    };
+    let hook = match want {
+        Some(CallHook::Fentry) if fentry.is_supported() => CallHook::Fentry,
+        Some(CallHook::Fentry) => return Err(unsupported("fentry", &fentry)),
+        Some(_) if kprobe.is_supported() => CallHook::Kprobe,
+        Some(_) => return Err(unsupported("kprobe", &kprobe)),
+        None if fentry.is_supported() => CallHook::Fentry,
+        None if kprobe.is_supported() => CallHook::Kprobe,
+        None => {
+            return Err(Error::Unsupported {
+                feature: "kprobe",
+                reason: format!("kprobes: {}; fentry: {}", kprobe.detail(), fentry.detail()),
+                hint: Some(alternative(first)),
+            });
+        }
+    };
+    match hook {
+        CallHook::Fentry => rt.say("plan: fentry/fexit (BPF trampolines)"),
+        _ => rt.say(format_args!("plan: kprobe/kretprobe (fentry: {fentry})")),
+    }
+    Ok(hook)
+}
+
+/// Before load: loads only the programs `target_of` names (and the `-- CMD` follow programs
+/// as configured), setting each one's target when `hook` needs it then.
+pub fn select_programs<'t>(
+    obj: &mut OpenObject,
+    hook: CallHook,
+    target_of: impl Fn(&str) -> Option<(&'t str, bool)>,
+) -> Result<(), Error> {
+    for mut prog in obj.progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        match target_of(&name) {
+            Some((target, _)) => {
+                prog.set_autoload(true);
+                if hook.target_before_load() {
+                    set_btf_target(&mut prog, target)?;
+                }
+            }
+            None if name.starts_with("tk_follow") => {}
+            None => prog.set_autoload(false),
+        }
+    }
+    Ok(())
+}
+
+/// After load: every program `target_of` names, attached to its target.
+pub fn attach_programs<'t>(
+    obj: &Object,
+    hook: CallHook,
+    target_of: impl Fn(&str) -> Option<(&'t str, bool)>,
+) -> Result<Vec<Link>, Error> {
+    obj.progs_mut()
+        .filter_map(|prog| {
+            let (target, ret) = target_of(&prog.name().to_string_lossy())?;
+            Some(hook.attach(&prog, target, ret))
+        })
+        .collect()
+}
+
+/// How a program reads a tracepoint: BTF-typed arguments, or the classic record (tracefs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TpHook {
+    TpBtf,
+    Tracepoint,
+}
+
+/// The hook for the tracepoint `CATEGORY:NAME`: `want`, or without one tp_btf when the kernel
+/// has it, else the classic tracepoint (which needs tracefs).
+pub fn plan_tracepoint(rt: &Runtime, want: Option<TpHook>, tracepoint: &str) -> Result<TpHook, Error> {
+    let tp_btf = rt.probes.get(Feature::TpBtf);
+    let hook = match want {
+        Some(TpHook::TpBtf) if !tp_btf.is_supported() => {
+            return Err(Error::Unsupported {
+                feature: "tp_btf",
+                reason: tp_btf.detail(),
+                hint: Some("use --backend tracepoint".into()),
+            });
+        }
+        Some(hook) => hook,
+        None if tp_btf.is_supported() => TpHook::TpBtf,
+        None => TpHook::Tracepoint,
+    };
+    let (category, name) = tracepoint.split_once(':').expect("category:name");
+    match hook {
+        TpHook::TpBtf => rt.say(format_args!("plan: tp_btf/{name}")),
+        TpHook::Tracepoint => {
+            rt.say(format_args!("plan: tracepoint/{category}/{name} (tp_btf: {tp_btf})"));
+            kernel::ensure_tracefs()?;
+        }
+    }
+    Ok(hook)
 }
 
 /// A program whose section names its own target (`SEC("tp_btf/NAME")`, `SEC("tp/CAT/NAME")`).

@@ -10,12 +10,11 @@ use clap::{Args, ValueEnum};
 use libbpf_rs::skel::OpenSkel;
 
 use crate::error::Error;
-use crate::runtime::attach::tracing::{self, alternative};
+use crate::runtime::attach::tracing::{self, CallHook};
 use crate::runtime::btf::KernelBtf;
 use crate::runtime::callplan::{Traced, plan_values};
 use crate::runtime::output::{EventHeader, TaskHeader, Sink};
 use crate::runtime::value::{CALL_COLUMNS, call_row_start, json_call_tail, slot_str};
-use crate::runtime::probe::{Feature, Status};
 use crate::runtime::resolve;
 use crate::runtime::{CommonArgs, Printer, Runtime};
 
@@ -70,57 +69,14 @@ pub struct KprobeArgs {
     pub common: CommonArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Hook {
-    Fentry,
-    Kprobe,
-    TpBtf,
-    RawTp,
-}
-
-fn plan(rt: &Runtime, backend: Backend, first: &str, want_return: bool) -> Result<Hook, Error> {
-    // A backend needs its entry kind, and its return kind too unless --entry-only.
-    let needs = |entry: Feature, ret: Feature| match rt.probes.get(entry) {
-        Status::Supported if want_return => rt.probes.get(ret).clone(),
-        s => s.clone(),
-    };
-    let fentry = needs(Feature::Fentry, Feature::Fexit);
-    let kprobe = needs(Feature::Kprobe, Feature::Kretprobe);
-    let unsupported = |feature: &'static str, s: &Status| Error::Unsupported {
-        feature,
-        reason: s.detail(),
-        hint: Some(alternative(first)),
-    };
-    let hook = match backend {
-        Backend::Fentry if fentry.is_supported() => Hook::Fentry,
-        Backend::Fentry => return Err(unsupported("fentry", &fentry)),
-        Backend::Kprobe if kprobe.is_supported() => Hook::Kprobe,
-        Backend::Kprobe => return Err(unsupported("kprobe", &kprobe)),
-        Backend::Auto if fentry.is_supported() => Hook::Fentry,
-        Backend::Auto if kprobe.is_supported() => Hook::Kprobe,
-        Backend::Auto => {
-            return Err(Error::Unsupported {
-                feature: "kprobe",
-                reason: format!("kprobes: {}; fentry: {}", kprobe.detail(), fentry.detail()),
-                hint: Some(alternative(first)),
-            });
-        }
-    };
-    match hook {
-        Hook::Fentry => rt.say("plan: fentry/fexit (BPF trampolines)"),
-        _ => rt.say(format_args!("plan: kprobe/kretprobe (fentry: {fentry})")),
-    }
-    Ok(hook)
-}
-
-fn prog_name(hook: Hook, ret: bool, slot: usize) -> String {
+fn prog_name(hook: CallHook, ret: bool, slot: usize) -> String {
     match (hook, ret) {
-        (Hook::Fentry, false) => format!("tk_fentry_{slot}"),
-        (Hook::Fentry, true) => format!("tk_fexit_{slot}"),
-        (Hook::Kprobe, false) => format!("tk_kprobe_{slot}"),
-        (Hook::Kprobe, true) => format!("tk_kretprobe_{slot}"),
-        (Hook::TpBtf, _) => format!("tk_tp_btf_{slot}"),
-        (Hook::RawTp, _) => format!("tk_raw_tp_{slot}"),
+        (CallHook::Fentry, false) => format!("tk_fentry_{slot}"),
+        (CallHook::Fentry, true) => format!("tk_fexit_{slot}"),
+        (CallHook::Kprobe, false) => format!("tk_kprobe_{slot}"),
+        (CallHook::Kprobe, true) => format!("tk_kretprobe_{slot}"),
+        (CallHook::TpBtf, _) => format!("tk_tp_btf_{slot}"),
+        (CallHook::RawTp, _) => format!("tk_raw_tp_{slot}"),
     }
 }
 
@@ -132,14 +88,19 @@ pub fn run(args: KprobeArgs) -> Result<i32, Error> {
         let btf = rt.step("btf", || KernelBtf::load(rt.out.btf.as_deref()))?;
         let funcs = resolve::kernel_functions(&btf, &args.funcs, MAX_FUNCS)?;
         let traced = plan_values(&btf, funcs, &args.fields)?;
-        let hook = plan(&rt, args.backend, &traced[0].name, want_return)?;
+        let want = match args.backend {
+            Backend::Auto => None,
+            Backend::Fentry => Some(CallHook::Fentry),
+            Backend::Kprobe => Some(CallHook::Kprobe),
+        };
+        let hook = tracing::plan_kernel_function(&rt, want, &traced[0].name, want_return)?;
         Ok((traced, hook))
     })?;
     run_traced(&mut rt, traced, hook, want_return)
 }
 
 /// Loads the generic programs of `hook` for each traced target, attaches them and streams.
-pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: Hook, want_return: bool) -> Result<i32, Error> {
+pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: CallHook, want_return: bool) -> Result<i32, Error> {
     for t in &traced {
         rt.say(format_args!("{}: {}", t.name, t.proto.c_decl));
     }
@@ -149,6 +110,8 @@ pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: Hook, want
         .flat_map(|slot| [(prog_name(hook, false, slot), slot, false), (prog_name(hook, true, slot), slot, true)])
         .filter(|(_, _, ret)| !ret || want_return)
         .collect();
+    let names: Vec<String> = traced.iter().map(|t| t.name.clone()).collect();
+    let target_of = |prog: &str| wanted.iter().find(|(n, ..)| n == prog).map(|&(_, slot, ret)| (names[slot].as_str(), ret));
     let mut storage = MaybeUninit::uninit();
     let skel: KprobeSkel<'_> = rt.open_load("kprobe", KprobeSkelBuilder::default(), &mut storage, transport, |open| {
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
@@ -165,37 +128,12 @@ pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: Hook, want
                 dst.str_slot = s.map_or(0, |s| s as u8 + 1);
             }
         }
-        for mut prog in open.open_object_mut().progs_mut() {
-            let name = prog.name().to_string_lossy().into_owned();
-            match wanted.iter().find(|(n, _, _)| *n == name) {
-                Some((_, slot, _)) if matches!(hook, Hook::Fentry | Hook::TpBtf) => {
-                    prog.set_autoload(true);
-                    tracing::set_btf_target(&mut prog, &traced[*slot].name)?;
-                }
-                Some(_) => prog.set_autoload(true),
-                None if name.starts_with("tk_follow") => {}
-                None => prog.set_autoload(false),
-            }
-        }
-        Ok(())
+        tracing::select_programs(open.open_object_mut(), hook, target_of)
     })?;
-    let names: Vec<String> = traced.iter().map(|t| t.name.clone()).collect();
     let printer = KprobePrinter { traced, want_return };
     rt.stream(&skel, transport, printer, |skel| {
         use libbpf_rs::skel::Skel;
-        let mut links = Vec::new();
-        for prog in skel.object().progs_mut() {
-            let pname = prog.name().to_string_lossy().into_owned();
-            let Some((_, slot, ret)) = wanted.iter().find(|(n, _, _)| *n == pname) else { continue };
-            let func = &names[*slot];
-            links.push(match hook {
-                Hook::Fentry => tracing::fentry(&prog, func, *ret)?,
-                Hook::Kprobe => tracing::kprobe(&prog, func, *ret, 0)?,
-                Hook::TpBtf => tracing::tp_btf(&prog, func)?,
-                Hook::RawTp => tracing::raw_tp(&prog, func)?,
-            });
-        }
-        Ok(links)
+        tracing::attach_programs(skel.object(), hook, target_of)
     })
 }
 

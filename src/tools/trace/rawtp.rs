@@ -3,7 +3,8 @@
 
 use clap::Args;
 
-use super::kprobe::{Hook, MAX_FUNCS, run_traced};
+use super::kprobe::{MAX_FUNCS, run_traced};
+use crate::runtime::attach::tracing::CallHook;
 use crate::error::Error;
 use crate::runtime::btf::KernelBtf;
 use crate::runtime::callplan::plan_values;
@@ -39,7 +40,7 @@ pub struct RawTpArgs {
 pub fn run(args: RawTpArgs, btf_typed: bool) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = args.stack;
-    let (feature, hook) = if btf_typed { (Feature::TpBtf, Hook::TpBtf) } else { (Feature::RawTp, Hook::RawTp) };
+    let (feature, hook) = if btf_typed { (Feature::TpBtf, CallHook::TpBtf) } else { (Feature::RawTp, CallHook::RawTp) };
     let traced = rt.plan(|| {
         let status = rt.probes.get(feature);
         if !status.is_supported() {

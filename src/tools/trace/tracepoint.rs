@@ -13,7 +13,7 @@ use crate::runtime::fastfmt;
 use crate::runtime::output::{EventHeader, TaskHeader, Sink, c_str};
 use crate::runtime::probe::Feature;
 use crate::runtime::resolve;
-use crate::runtime::value::{Shown, json_call_tail, mask, sign_extend};
+use crate::runtime::value::{Shown, json_call_tail};
 use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
 use crate::runtime::tracefs::{FieldKind, Format};
 
@@ -126,15 +126,6 @@ struct TracepointPrinter {
     only: Vec<String>,
 }
 
-fn read_uint(data: &[u8], off: usize, size: usize) -> u64 {
-    let mut b = [0u8; 8];
-    let n = size.min(8);
-    if let Some(src) = data.get(off..off + n) {
-        b[..n].copy_from_slice(src);
-    }
-    u64::from_le_bytes(b)
-}
-
 /// The event's format, and each shown field passed to `f` as (name, value): no allocation.
 fn for_each_field<'e>(
     p: &'e TracepointPrinter,
@@ -142,35 +133,18 @@ fn for_each_field<'e>(
     mut f: impl FnMut(&'e str, Shown<'e>) -> io::Result<()>,
 ) -> io::Result<Option<&'e Format>> {
     let Some(i) = p.formats.iter().position(|f| f.id == ev.tp_id) else { return Ok(None) };
-    let fmt = &p.formats[i];
     let data = &ev.buf[..usize::from(ev.data_len).min(DATA)];
-    for field in &fmt.fields {
-        if !p.only.is_empty() && !p.only.iter().any(|o| o == &field.name) {
-            continue;
-        }
-        let raw = read_uint(data, field.offset, field.size);
+    for field in p.formats[i].fields.iter().filter(|x| p.only.is_empty() || p.only.contains(&x.name)) {
+        // The string the BPF side copied for this field, if it has a slot.
         let string = || {
             let slot = p.slots[i].iter().position(|&o| o == field.offset)?;
             let (len, off) = (ev.str_len[slot], usize::from(ev.str_off[slot]));
             let bytes = ev.buf.get(off..(off + STR_LEN).min(ev.buf.len()))?;
             (len > 0).then(|| Shown::Str(c_str(bytes), len as usize >= STR_LEN))
         };
-        let v = match field.kind {
-            FieldKind::Int { bytes, .. } if field.name.ends_with("flags") => Shown::Hex(mask(raw, bytes)),
-            FieldKind::Int { bytes, .. } if field.name.ends_with("mode") => Shown::Octal(mask(raw, bytes)),
-            FieldKind::Int { signed: true, bytes } => Shown::Signed(sign_extend(raw, bytes)),
-            FieldKind::Int { signed: false, bytes } => Shown::Unsigned(mask(raw, bytes)),
-            FieldKind::StrPtr if raw == 0 => Shown::Null,
-            FieldKind::StrPtr | FieldKind::StrLoc => string().unwrap_or(Shown::Hex(raw)),
-            FieldKind::CharArray => {
-                let bytes = data.get(field.offset..field.offset + field.size).unwrap_or(&[]);
-                Shown::Str(crate::runtime::output::c_str(bytes), false)
-            }
-            FieldKind::Ptr | FieldKind::Bytes => Shown::Hex(raw),
-        };
-        f(field.name.as_str(), v)?;
+        f(field.name.as_str(), field.shown(data, string))?;
     }
-    Ok(Some(fmt))
+    Ok(Some(&p.formats[i]))
 }
 
 impl Printer for TracepointPrinter {
@@ -191,7 +165,7 @@ impl Printer for TracepointPrinter {
         let Some(i) = self.formats.iter().position(|f| f.id == ev.tp_id) else { return Ok(()) };
         let w = out.w();
         fastfmt::int_col(w, h.pid, 7)?;
-        fastfmt::col(w, crate::runtime::output::c_str(&h.comm).as_bytes(), 15)?;
+        fastfmt::col(w, c_str(&h.comm).as_bytes(), 15)?;
         w.write_all(self.formats[i].name.as_bytes())?;
         for_each_field(self, ev, |name, v| {
             w.write_all(b" ")?;

@@ -15,18 +15,17 @@ use clap::Args;
 use crate::error::Error;
 use crate::runtime::attach::tracing::{self, UprobeTarget};
 use crate::runtime::output::{EventHeader, TaskHeader, Sink};
-use crate::runtime::value::{CALL_COLUMNS, Shown, call_row_start, json_call_tail, mask, sign_extend};
+use crate::runtime::value::{CALL_COLUMNS, call_row_start, json_call_tail};
 use crate::runtime::probe::Feature;
 use crate::runtime::resolve::{self, Symbol};
 use crate::runtime::{CommonArgs, Printer, Runtime};
-use signature::{Kind, Signature};
+use signature::{Call, Kind, Signature};
 
 crate::tool_skel!("uprobe", OpenUprobeSkel, UprobeSkel, tk_uprobe_event);
 use skel::{UprobeSkel, UprobeSkelBuilder, types};
 
 /// Must match uprobe.h.
 pub const MAX_PROBES: usize = 64;
-const STRS: usize = 3;
 const F_ENTRY: u32 = 1;
 const F_RETURN: u32 = 2;
 
@@ -150,30 +149,6 @@ fn slot_str(ev: &types::tk_uprobe_event, slot: usize) -> Option<(std::borrow::Co
     crate::runtime::value::slot_str(&ev.str_len, &ev.str, slot)
 }
 
-/// Which string slot each parameter and the return value got (the BPF side's order).
-fn slots(sig: &Signature) -> ([Option<usize>; 6], Option<usize>) {
-    let mut args = [None; 6];
-    let mut next = 0;
-    for (i, p) in sig.params.iter().enumerate() {
-        if p.kind == Kind::Str && next < STRS {
-            args[i] = Some(next);
-            next += 1;
-        }
-    }
-    let ret = (sig.ret == Kind::Str && next < STRS).then_some(next);
-    (args, ret)
-}
-
-fn value(kind: Kind, raw: u64, s: Option<(std::borrow::Cow<'_, str>, bool)>) -> Shown<'_> {
-    match kind {
-        Kind::Int { bits, signed: true } => Shown::Signed(sign_extend(raw, bits / 8)),
-        Kind::Int { bits, signed: false } => Shown::Unsigned(mask(raw, bits / 8)),
-        Kind::Str if raw == 0 => Shown::Null,
-        Kind::Str => s.map_or(Shown::Hex(raw), |(t, trunc)| Shown::Str(t, trunc)),
-        Kind::Ptr | Kind::Void => Shown::Hex(raw),
-    }
-}
-
 impl UprobePrinter {
     fn probe(&self, ev: &types::tk_uprobe_event) -> &Probe {
         self.probes.get(ev.probe_id as usize).unwrap_or(&self.probes[0])
@@ -194,117 +169,26 @@ impl Printer for UprobePrinter {
     }
 
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
-        let h = TaskHeader::from(&ev.hdr);
         let p = self.probe(ev);
-        let w = out.w();
         let paired = ev.flags & (F_ENTRY | F_RETURN) == F_ENTRY | F_RETURN;
-        call_row_start(w, &h, paired.then_some(ev.latency_ns))?;
-        w.write_all(p.sym.func.as_bytes())?;
-        let (arg_slots, ret_slot) = p.sig.as_ref().map_or(([None; 6], None), slots);
-        if ev.flags & F_ENTRY != 0 {
-            w.write_all(b"(")?;
-            match &p.sig {
-                Some(sig) => {
-                    for (i, param) in sig.params.iter().enumerate() {
-                        if i > 0 {
-                            w.write_all(b", ")?;
-                        }
-                        write!(w, "{}=", param.name)?;
-                        let s = arg_slots[i].and_then(|s| slot_str(ev, s));
-                        value(param.kind, ev.args[i], s).write(w)?;
-                    }
-                }
-                None => {
-                    for (i, a) in ev.args.iter().enumerate() {
-                        write!(w, "{}{a:#x}", if i > 0 { ", " } else { "" })?;
-                    }
-                }
-            }
-            w.write_all(b")")?;
-        }
-        if ev.flags & F_RETURN != 0 {
-            let kind = p.sig.as_ref().map_or(Kind::Ptr, |s| s.ret);
-            if kind != Kind::Void {
-                w.write_all(b" = ")?;
-                value(kind, ev.ret, ret_slot.and_then(|s| slot_str(ev, s))).write(w)?;
-            }
-        }
-        Ok(())
+        call_row_start(out.w(), &TaskHeader::from(&ev.hdr), paired.then_some(ev.latency_ns))?;
+        out.w().write_all(p.sym.func.as_bytes())?;
+        call(ev, &|s| slot_str(ev, s)).write_row(out.w(), p.sig.as_ref())
     }
 
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
         let p = self.probe(ev);
-        let sig = &p.sig;
         out.field_str("probe", &p.sym.label)?;
         out.field_str("func", &p.sym.func)?;
-        let (arg_slots, ret_slot) = sig.as_ref().map_or(([None; 6], None), slots);
-        let mut truncated = false;
-        if ev.flags & F_ENTRY != 0 {
-            out.object_start("args")?;
-            match sig {
-                Some(sig) => {
-                    for (i, param) in sig.params.iter().enumerate() {
-                        let s = arg_slots[i].and_then(|s| slot_str(ev, s));
-                        let v = value(param.kind, ev.args[i], s);
-                        truncated |= v.is_truncated();
-                        v.json(out, &param.name)?;
-                    }
-                }
-                None => {
-                    for (i, a) in ev.args.iter().enumerate() {
-                        out.field_display(["arg0", "arg1", "arg2", "arg3", "arg4", "arg5"][i], format_args!("{a:#x}"))?;
-                    }
-                }
-            }
-            out.object_end()?;
-        }
-        if ev.flags & F_RETURN != 0 {
-            let kind = sig.as_ref().map_or(Kind::Ptr, |s| s.ret);
-            if kind != Kind::Void {
-                let v = value(kind, ev.ret, ret_slot.and_then(|s| slot_str(ev, s)));
-                truncated |= v.is_truncated();
-                v.json(out, "ret")?;
-            }
-        }
+        let truncated = call(ev, &|s| slot_str(ev, s)).write_json(out, p.sig.as_ref())?;
         json_call_tail(out, (self.want_entry && self.want_return).then_some(ev.latency_ns), truncated)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn string_slots_follow_the_bpf_order() {
-        let (_, sig) = signature::parse("char *f(int a, const char *b, long c, char *d)").unwrap();
-        let (args, ret) = slots(&sig);
-        assert_eq!(args, [None, Some(0), None, Some(1), None, None]);
-        assert_eq!(ret, Some(2));
-    }
-
-    #[test]
-    fn decodes_a_readline_event() {
-        let mut ev = types::tk_uprobe_event::default();
-        ev.flags = F_ENTRY | F_RETURN;
-        ev.args[0] = 0x1000;
-        ev.ret = 0x2000;
-        ev.latency_ns = 1_500_000;
-        for (slot, text) in [(0, &b"$ "[..]), (1, b"echo hi")] {
-            for (d, s) in ev.str[slot * 256..].iter_mut().zip(text) {
-                *d = *s as _;
-            }
-            ev.str_len[slot] = text.len() as i16 + 1;
-        }
-        let sig = signature::builtin("readline").unwrap();
-        let (a, r) = slots(&sig);
-        let Shown::Str(prompt, false) = value(Kind::Str, ev.args[0], a[0].and_then(|s| slot_str(&ev, s))) else {
-            panic!("prompt")
-        };
-        assert_eq!(prompt, "$ ");
-        let Shown::Str(line, false) = value(Kind::Str, ev.ret, r.and_then(|s| slot_str(&ev, s))) else {
-            panic!("line")
-        };
-        assert_eq!(line, "echo hi");
-        assert!(matches!(value(Kind::Str, 0, None), Shown::Null));
-    }
+/// The values of an event, as its flags say which end of the call it saw.
+fn call<'e>(ev: &'e types::tk_uprobe_event, strs: signature::StrOf<'e>) -> Call<'e> {
+    Call { args: (ev.flags & F_ENTRY != 0).then_some(&ev.args), ret: (ev.flags & F_RETURN != 0).then_some(ev.ret), strs }
 }
+
+#[cfg(test)]
+mod tests;

@@ -38,7 +38,13 @@ pub fn plan_values(btf: &KernelBtf, funcs: Vec<(String, Prototype)>, fields: &[S
             .iter()
             .take(6)
             .enumerate()
-            .map(|(i, (pname, kind, _))| Fetch { label: pname.clone(), arg: i as u8, offsets: vec![], tail: 0, kind: kind.clone() })
+            .map(|(i, (pname, kind, _))| Fetch {
+                label: pname.clone(),
+                arg: i as u8,
+                offsets: vec![],
+                tail: 0,
+                kind: kind.clone(),
+            })
             .collect();
         for (fi, expr) in fields.iter().enumerate() {
             let first = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("");

@@ -93,14 +93,18 @@ pub fn raw_tracepoints(btf: &KernelBtf, wanted: &[String], limit: usize) -> Resu
     let all = btf.tracepoint_names();
     let mut out = Vec::new();
     for w in wanted {
-        let names: Vec<String> = if is_glob(w) { matching(&all, w)?.into_iter().cloned().collect() } else { vec![w.clone()] };
+        let names: Vec<String> =
+            if is_glob(w) { matching(&all, w)?.into_iter().cloned().collect() } else { vec![w.clone()] };
         too_many_functions(names.len(), limit)?;
         for n in names {
             let p = btf.tracepoint_prototype(&n).ok_or_else(|| {
                 let close = similar(all.iter().map(String::as_str), &n, 0.9, 3);
                 Error::usage(
                     format!("raw tracepoint `{n}` not found in kernel BTF"),
-                    Some(did_you_mean(&close).unwrap_or_else(|| "see `tracekit list tracepoint` (the part after `:`)".into())),
+                    Some(
+                        did_you_mean(&close)
+                            .unwrap_or_else(|| "see `tracekit list tracepoint` (the part after `:`)".into()),
+                    ),
                 )
             })?;
             out.push((n, p));
@@ -127,7 +131,10 @@ pub fn tracepoints(tracefs: &Path, wanted: &[String], limit: usize) -> Result<Ve
         if is_glob(w) {
             let hits = matching(&all, w)?;
             if hits.is_empty() {
-                return Err(Error::usage(format!("no tracepoint matches `{w}`"), Some(format!("see `tracekit list tracepoint '{w}'`"))));
+                return Err(Error::usage(
+                    format!("no tracepoint matches `{w}`"),
+                    Some(format!("see `tracekit list tracepoint '{w}'`")),
+                ));
             }
             names.extend(hits.into_iter().cloned());
         } else if all.iter().any(|n| n == w) {
@@ -145,7 +152,8 @@ pub fn tracepoints(tracefs: &Path, wanted: &[String], limit: usize) -> Result<Ve
         .iter()
         .map(|n| {
             let (c, e) = n.split_once(':').expect("checked above");
-            tracefs::load(tracefs, c, e).map_err(|why| Error::runtime(format!("reading the format of `{n}`: {why}"), None))
+            tracefs::load(tracefs, c, e)
+                .map_err(|why| Error::runtime(format!("reading the format of `{n}`: {why}"), None))
         })
         .collect()
 }
@@ -238,7 +246,12 @@ pub fn symbols(rt: &Runtime, specs: &[Spec], pid: Option<u32>, limit: usize) -> 
             Error::usage(format!("symbol `{}` not found in `{}`", spec.symbol, path.display()), Some(hint))
         })?;
         if def_path != path {
-            rt.say(format_args!("{}: imported by `{}`, defined in `{}`", spec.symbol, path.display(), def_path.display()));
+            rt.say(format_args!(
+                "{}: imported by `{}`, defined in `{}`",
+                spec.symbol,
+                path.display(),
+                def_path.display()
+            ));
         }
         if spec.offset != 0 && f.size != 0 && spec.offset >= f.size {
             return Err(Error::usage(

@@ -13,8 +13,8 @@ use libbpf_rs::{
 };
 
 use crate::error::Error;
-use crate::runtime::{Runtime, kernel};
 use crate::runtime::probe::{Feature, Status};
+use crate::runtime::{Runtime, kernel};
 
 /// The syscall tracepoints closest to a kernel function, as the hint when it cannot be traced.
 pub fn alternative(func: &str) -> String {
@@ -79,7 +79,8 @@ pub fn kprobe(prog: &ProgramMut<'_>, func: &str, ret: bool, cookie: u64) -> Resu
 /// One kprobe.multi link (5.18+) on every function of `funcs`, the i-th with `cookies[i]`
 /// (or none when `cookies` is empty).
 pub fn kprobe_multi(prog: &ProgramMut<'_>, funcs: &[String], cookies: &[u64], ret: bool) -> Result<Link, Error> {
-    let opts = KprobeMultiOpts { symbols: funcs.to_vec(), cookies: cookies.to_vec(), retprobe: ret, ..Default::default() };
+    let opts =
+        KprobeMultiOpts { symbols: funcs.to_vec(), cookies: cookies.to_vec(), retprobe: ret, ..Default::default() };
     prog.attach_kprobe_multi_with_opts(opts).map_err(|e| kernel_error(&funcs.join(","), ret, e))
 }
 
@@ -114,7 +115,12 @@ impl CallHook {
 /// The hook for kernel functions: `want` (fentry or kprobe) or, without one, fentry/fexit when
 /// the kernel allows trampolines, else kprobe/kretprobe. Each needs its entry kind, and its
 /// return kind too with `want_return`; `first` (a traced function) names the alternative.
-pub fn plan_kernel_function(rt: &Runtime, want: Option<CallHook>, first: &str, want_return: bool) -> Result<CallHook, Error> {
+pub fn plan_kernel_function(
+    rt: &Runtime,
+    want: Option<CallHook>,
+    first: &str,
+    want_return: bool,
+) -> Result<CallHook, Error> {
     let needs = |entry: Feature, ret: Feature| match rt.probes.get(entry) {
         Status::Supported if want_return => rt.probes.get(ret).clone(),
         s => s.clone(),
@@ -244,7 +250,13 @@ pub struct UprobeTarget<'a> {
 }
 
 /// uprobe (or uretprobe with `ret`) at `target`, in every process or only in `pid`.
-pub fn uprobe(prog: &ProgramMut<'_>, target: &UprobeTarget<'_>, pid: Option<u32>, ret: bool, cookie: u64) -> Result<Link, Error> {
+pub fn uprobe(
+    prog: &ProgramMut<'_>,
+    target: &UprobeTarget<'_>,
+    pid: Option<u32>,
+    ret: bool,
+    cookie: u64,
+) -> Result<Link, Error> {
     let opts = UprobeOpts { cookie, retprobe: ret, ..Default::default() };
     prog.attach_uprobe_with_opts(pid.map_or(-1, |p| p as i32), target.path, target.file_offset as usize, opts)
         .map_err(|source| uprobe_error(target, source))
@@ -278,9 +290,7 @@ fn cpu_clock_event(cpu: i32, hz: u64) -> io::Result<OwnedFd> {
     attr.__bindgen_anon_1.sample_freq = hz;
     attr.set_freq(1);
     // SAFETY: perf_event_open with a valid attr for the call; pid -1 + cpu = that CPU, all tasks.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_perf_event_open, &attr as *const _, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, &attr as *const _, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -4,8 +4,8 @@
 use clap::Args;
 
 use super::kprobe::{MAX_FUNCS, run_traced};
-use crate::runtime::attach::tracing::CallHook;
 use crate::error::Error;
+use crate::runtime::attach::tracing::CallHook;
 use crate::runtime::btf::KernelBtf;
 use crate::runtime::callplan::plan_values;
 use crate::runtime::probe::Feature;

@@ -23,9 +23,7 @@ fn decodes_a_readline_event() {
         panic!("prompt")
     };
     assert_eq!(prompt, "$ ");
-    let Shown::Str(line, false) = value(Kind::Str, ev.ret, r.and_then(|s| slot_str(&ev, s))) else {
-        panic!("line")
-    };
+    let Shown::Str(line, false) = value(Kind::Str, ev.ret, r.and_then(|s| slot_str(&ev, s))) else { panic!("line") };
     assert_eq!(line, "echo hi");
     assert!(matches!(value(Kind::Str, 0, None), Shown::Null));
 }

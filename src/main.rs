@@ -34,27 +34,27 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Which kernel features tracekit can use here
-    Probe(tools::probe::ProbeArgs),
+    Probe(tools::meta::probe::ProbeArgs),
     /// TCP state transitions (like libbpf-tools tcpstates)
-    Tcpstate(tools::tcpstate::TcpstateArgs),
+    Tcpstate(tools::trace::tcpstate::TcpstateArgs),
     /// Kernel function calls: BTF-decoded arguments, return value, latency
-    Kprobe(tools::kprobe::KprobeArgs),
+    Kprobe(tools::trace::kprobe::KprobeArgs),
     /// Raw tracepoints with BTF-typed arguments (tp_btf), decoded like kprobe's
     #[command(name = "tp_btf")]
-    TpBtf(tools::kprobe::RawTpArgs),
+    TpBtf(tools::trace::rawtp::RawTpArgs),
     /// Raw tracepoints (raw_tp), arguments decoded from BTF
     #[command(name = "raw_tp")]
-    RawTp(tools::kprobe::RawTpArgs),
+    RawTp(tools::trace::rawtp::RawTpArgs),
     /// Count a tracepoint's events per comm or process, in the kernel
-    Count(tools::count::CountArgs),
+    Count(tools::trace::count::CountArgs),
     /// CPU profile: sampled kernel and user stacks, counted, symbolized
-    Profile(tools::profile::ProfileArgs),
+    Profile(tools::trace::profile::ProfileArgs),
     /// Classic tracepoints, every field decoded by name from its format
-    Tracepoint(tools::tracepoint::TracepointArgs),
+    Tracepoint(tools::trace::tracepoint::TracepointArgs),
     /// User-space function calls: arguments, return value, latency
-    Uprobe(tools::uprobe::UprobeArgs),
+    Uprobe(tools::trace::uprobe::UprobeArgs),
     /// User-space function returns (uprobe --return-only)
-    Uretprobe(tools::uprobe::UprobeArgs),
+    Uretprobe(tools::trace::uprobe::UprobeArgs),
     /// Every packet an interface receives, seen by XDP (with counters, --drop, --sock)
     Xdp(tools::net::xdp::XdpArgs),
     /// Every packet an interface receives and sends, seen by TC (tcx or clsact)
@@ -62,7 +62,7 @@ enum Command {
     /// Every packet of one or all interfaces, seen by a socket filter (occupies no hook)
     Sockfilter(tools::net::sockfilter::SockfilterArgs),
     /// What can be traced: kernel functions, tracepoints, functions of a binary
-    List(tools::list::ListArgs),
+    List(tools::meta::list::ListArgs),
     /// Internal: the held start of `-- CMD` (see runtime/child.rs)
     #[command(name = "__exec-gate", hide = true)]
     ExecGate {
@@ -74,20 +74,20 @@ enum Command {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     Ok(match cli.command {
-        Command::Probe(a) => tools::probe::run(&a)?,
-        Command::Tcpstate(a) => tools::tcpstate::run(a)?,
-        Command::Kprobe(a) => tools::kprobe::run(a)?,
-        Command::Profile(a) => tools::profile::run(a)?,
-        Command::Count(a) => tools::count::run(a)?,
-        Command::TpBtf(a) => tools::kprobe::run_raw_tracepoint(a, true)?,
-        Command::RawTp(a) => tools::kprobe::run_raw_tracepoint(a, false)?,
-        Command::Tracepoint(a) => tools::tracepoint::run(a)?,
-        Command::Uprobe(a) => tools::uprobe::run(a, false)?,
-        Command::Uretprobe(a) => tools::uprobe::run(a, true)?,
+        Command::Probe(a) => tools::meta::probe::run(&a)?,
+        Command::Tcpstate(a) => tools::trace::tcpstate::run(a)?,
+        Command::Kprobe(a) => tools::trace::kprobe::run(a)?,
+        Command::Profile(a) => tools::trace::profile::run(a)?,
+        Command::Count(a) => tools::trace::count::run(a)?,
+        Command::TpBtf(a) => tools::trace::rawtp::run(a, true)?,
+        Command::RawTp(a) => tools::trace::rawtp::run(a, false)?,
+        Command::Tracepoint(a) => tools::trace::tracepoint::run(a)?,
+        Command::Uprobe(a) => tools::trace::uprobe::run(a, false)?,
+        Command::Uretprobe(a) => tools::trace::uprobe::run(a, true)?,
         Command::Xdp(a) => tools::net::xdp::run(a)?,
         Command::Tc(a) => tools::net::tc::run(a)?,
         Command::Sockfilter(a) => tools::net::sockfilter::run(a)?,
-        Command::List(a) => tools::list::run(&a)?,
+        Command::List(a) => tools::meta::list::run(&a)?,
         Command::ExecGate { fd, cmd } => runtime::child::exec_gate(fd, &cmd),
     })
 }

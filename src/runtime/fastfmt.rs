@@ -2,7 +2,9 @@
 //! strings copied as they are when they need no escaping. Profiles of a million events showed
 //! the formatting machinery as the tracer's largest cost.
 
+use std::fmt::Write as _;
 use std::io::{self, Write};
+use std::net::IpAddr;
 
 pub fn int(w: &mut impl Write, v: impl itoa::Integer) -> io::Result<()> {
     let mut buf = itoa::Buffer::new();
@@ -65,6 +67,36 @@ pub fn quoted(w: &mut impl Write, s: &str) -> io::Result<()> {
         w.write_all(b"\"")
     } else {
         write!(w, "{s:?}")
+    }
+}
+
+/// `addr:port` into a stack buffer, so it can be padded without allocating.
+pub struct Endpoint {
+    buf: [u8; 56],
+    len: usize,
+}
+
+impl Endpoint {
+    pub fn new(ip: IpAddr, port: u16) -> Self {
+        let mut e = Endpoint { buf: [0; 56], len: 0 };
+        let _ = match ip {
+            IpAddr::V4(a) => write!(e, "{a}:{port}"),
+            IpAddr::V6(a) => write!(e, "[{a}]:{port}"),
+        };
+        e
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("formatted as UTF-8")
+    }
+}
+
+impl std::fmt::Write for Endpoint {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

@@ -2,6 +2,7 @@
 //! stream → decode → print → detach. A tool contributes its skeleton, its plan and a [`Printer`].
 
 pub mod btf;
+pub mod callplan;
 pub mod attach;
 pub mod child;
 pub mod cli;
@@ -9,13 +10,16 @@ pub mod fastfmt;
 pub mod filter;
 pub mod kernel;
 pub mod libbpf_log;
+mod lifecycle;
 pub mod lost;
 pub mod output;
 pub mod probe;
+pub mod resolve;
 pub mod skel;
 pub mod stackcount;
 pub mod symbolize;
 pub mod target;
+pub mod tracefs;
 pub mod value;
 
 use std::cell::{Cell, RefCell};

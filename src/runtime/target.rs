@@ -96,15 +96,7 @@ impl ElfInfo {
 
     /// Up to three defined names close to `name`, for "did you mean".
     pub fn similar(&self, name: &str) -> Vec<&str> {
-        let mut scored: Vec<(f64, &str)> = self
-            .functions
-            .iter()
-            .map(|f| (strsim::jaro_winkler(name, &f.name), f.name.as_str()))
-            .filter(|(s, _)| *s > 0.85)
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored.dedup_by(|a, b| a.1 == b.1);
-        scored.into_iter().take(3).map(|(_, n)| n).collect()
+        super::resolve::similar(self.functions.iter().map(|f| f.name.as_str()), name, 0.85, 3)
     }
 }
 

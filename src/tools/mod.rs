@@ -1,11 +1,5 @@
-//! One module per subcommand.
+//! One module per subcommand, by family: `trace/` (tasks), `meta/` (what the kernel offers).
 
-pub mod count;
-pub mod kprobe;
-pub mod list;
+pub mod meta;
 pub mod net;
-pub mod probe;
-pub mod profile;
-pub mod tcpstate;
-pub mod tracepoint;
-pub mod uprobe;
+pub mod trace;

@@ -6,10 +6,12 @@
 //! - [`netns`]: `--netns NAME|PATH|PID` and entering a namespace for one thread.
 //! - [`netdev`]: interfaces, XDP links, tcx links and the legacy clsact/cls_bpf form.
 //! - [`socket`]: socket filters on an `AF_PACKET` socket.
+//! - [`tracing`]: the tracing kinds (fentry, kprobe, tracepoints, uprobes, perf events).
 
 pub mod netdev;
 pub mod netns;
 pub mod socket;
+pub mod tracing;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 

@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use crate::error::Error;
+use crate::runtime::attach::tracing;
 use crate::runtime::output::Sink;
+use crate::runtime::resolve;
 use crate::runtime::stackcount::{self, Mappings, Stack, StackKey, Style};
 use crate::runtime::{CommonArgs, Runtime, TaskLoaded, TransportLoaded, Transport, kernel, lost};
 
 crate::tool_skel!("count", OpenCountSkel, CountSkel, tk_stack_key);
 const _: () = assert!(size_of::<skel::types::tk_stack_key>() == size_of::<StackKey>());
-use skel::{CountSkel, CountSkelBuilder, OpenCountSkel};
+use skel::{CountSkel, CountSkelBuilder};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum By {
@@ -61,24 +63,25 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
         return Err(Error::usage("--folded prints stacks", Some("add --by stack".into())));
     }
     rt.stack = args.by == By::Stack;
-    let tracefs = kernel::ensure_tracefs()?;
-    let format = crate::tools::tracepoint::resolve(&tracefs, std::slice::from_ref(&args.target))?
-        .pop()
-        .expect("one tracepoint");
-    if format.name != args.target {
-        return Err(Error::usage("count takes one tracepoint, not a glob", None));
-    }
+    let format = rt.plan(|| {
+        let tracefs = kernel::ensure_tracefs()?;
+        let mut found = resolve::tracepoints(&tracefs, std::slice::from_ref(&args.target), super::tracepoint::MAX_TPS)?;
+        let format = found.pop().expect("one tracepoint");
+        if format.name != args.target {
+            return Err(Error::usage("count takes one tracepoint, not a glob", None));
+        }
+        rt.say(format_args!("plan: tracepoint {} (id {}), counted by {:?}", format.name, format.id, args.by));
+        Ok(format)
+    })?;
+    // Counted in maps, not streamed: the event channel only needs to exist.
     let transport = Transport::RingBuf { bytes: 4096 };
     let mut storage = MaybeUninit::uninit();
-    let mut open: OpenCountSkel<'_> = rt.open("count", CountSkelBuilder::default(), &mut storage)?;
-    rt.configure(&mut open, transport)?;
-    open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_count_by_pid = (args.by != By::Comm) as u32;
-    let skel: CountSkel<'_> = rt.load("count", open)?;
+    let skel: CountSkel<'_> = rt.open_load("count", CountSkelBuilder::default(), &mut storage, transport, |open| {
+        open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_count_by_pid = (args.by != By::Comm) as u32;
+        Ok(())
+    })?;
     let (mut child, _follow) = rt.start_child(&skel)?;
-    let (cat, name) = format.name.split_once(':').expect("category:name");
-    let link = rt
-        .step("attach", || skel.progs.count__tp.attach_tracepoint(libbpf_rs::TracepointCategory::Custom(cat.to_owned()), name))
-        .map_err(|source| Error::Attach { what: format!("tracepoint {}", format.name), hint: None, source })?;
+    let link = rt.step("attach", || tracing::tracepoint(&skel.progs.count__tp, &format.name, None, None))?;
     rt.attached();
     if let Some(c) = child.as_mut() {
         c.release()?;

@@ -75,7 +75,7 @@ fn kernel(args: &ListArgs) -> Result<i32, Error> {
 fn tracepoints(args: &ListArgs) -> Result<i32, Error> {
     let tracefs = crate::runtime::kernel::ensure_tracefs()?;
     let pat = pattern(args.glob.as_deref())?;
-    let names: Vec<String> = crate::tools::tracepoint::format::all_events(&tracefs)
+    let names: Vec<String> = crate::runtime::tracefs::all_events(&tracefs)
         .into_iter()
         .filter(|n| pat.as_ref().is_none_or(|p| p.matches(n)))
         .collect();

@@ -1,6 +1,12 @@
 //! How a user-space function's arguments and return value print: from a built-in table of
 //! well-known functions or a C prototype given with `--sig`.
 
+use std::borrow::Cow;
+use std::io::{self, Write};
+
+use crate::runtime::output::Sink;
+use crate::runtime::value::{Shown, mask, sign_extend};
+
 /// How one value is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -140,6 +146,108 @@ fn kind_of(ty: &str) -> Result<Kind, String> {
     }
 }
 
+/// Must match uprobe.h: string slots per event.
+const STRS: usize = 3;
+
+/// Which string slot each parameter and the return value got (the BPF side's order).
+pub fn slots(sig: &Signature) -> ([Option<usize>; 6], Option<usize>) {
+    let mut args = [None; 6];
+    let mut next = 0;
+    for (i, p) in sig.params.iter().enumerate() {
+        if p.kind == Kind::Str && next < STRS {
+            args[i] = Some(next);
+            next += 1;
+        }
+    }
+    let ret = (sig.ret == Kind::Str && next < STRS).then_some(next);
+    (args, ret)
+}
+
+pub fn value(kind: Kind, raw: u64, s: Option<(Cow<'_, str>, bool)>) -> Shown<'_> {
+    match kind {
+        Kind::Int { bits, signed: true } => Shown::Signed(sign_extend(raw, bits / 8)),
+        Kind::Int { bits, signed: false } => Shown::Unsigned(mask(raw, bits / 8)),
+        Kind::Str if raw == 0 => Shown::Null,
+        Kind::Str => s.map_or(Shown::Hex(raw), |(t, trunc)| Shown::Str(t, trunc)),
+        Kind::Ptr | Kind::Void => Shown::Hex(raw),
+    }
+}
+
+/// A string slot's text and whether it was truncated, by slot number.
+pub type StrOf<'e> = &'e dyn Fn(usize) -> Option<(Cow<'e, str>, bool)>;
+
+/// One call as an event carries it: the arguments if the entry was seen, the return value if
+/// the return was, and the strings read.
+pub struct Call<'e> {
+    pub args: Option<&'e [u64; 6]>,
+    pub ret: Option<u64>,
+    pub strs: StrOf<'e>,
+}
+
+impl Call<'_> {
+    /// `(a=1, s="x") = ret` after the function's name: by the signature, or in hex without one.
+    pub fn write_row(&self, w: &mut impl Write, sig: Option<&Signature>) -> io::Result<()> {
+        let (arg_slots, ret_slot) = sig.map_or(([None; 6], None), slots);
+        if let Some(args) = self.args {
+            w.write_all(b"(")?;
+            match sig {
+                Some(sig) => {
+                    for (i, param) in sig.params.iter().enumerate() {
+                        write!(w, "{}{}=", if i > 0 { ", " } else { "" }, param.name)?;
+                        value(param.kind, args[i], arg_slots[i].and_then(self.strs)).write(w)?;
+                    }
+                }
+                None => {
+                    for (i, a) in args.iter().enumerate() {
+                        write!(w, "{}{a:#x}", if i > 0 { ", " } else { "" })?;
+                    }
+                }
+            }
+            w.write_all(b")")?;
+        }
+        match (self.ret, sig.map_or(Kind::Ptr, |s| s.ret)) {
+            (Some(ret), kind) if kind != Kind::Void => {
+                w.write_all(b" = ")?;
+                value(kind, ret, ret_slot.and_then(self.strs)).write(w)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `"args"` (`arg0`… in hex without a signature) and `"ret"`; true if a string was cut.
+    pub fn write_json(&self, out: &mut Sink, sig: Option<&Signature>) -> io::Result<bool> {
+        let (arg_slots, ret_slot) = sig.map_or(([None; 6], None), slots);
+        let mut truncated = false;
+        if let Some(args) = self.args {
+            out.object_start("args")?;
+            match sig {
+                Some(sig) => {
+                    for (i, param) in sig.params.iter().enumerate() {
+                        let v = value(param.kind, args[i], arg_slots[i].and_then(self.strs));
+                        truncated |= v.is_truncated();
+                        v.json(out, &param.name)?;
+                    }
+                }
+                None => {
+                    for (i, a) in args.iter().enumerate() {
+                        out.field_display(["arg0", "arg1", "arg2", "arg3", "arg4", "arg5"][i], format_args!("{a:#x}"))?;
+                    }
+                }
+            }
+            out.object_end()?;
+        }
+        match (self.ret, sig.map_or(Kind::Ptr, |s| s.ret)) {
+            (Some(ret), kind) if kind != Kind::Void => {
+                let v = value(kind, ret, ret_slot.and_then(self.strs));
+                truncated |= v.is_truncated();
+                v.json(out, "ret")?;
+            }
+            _ => {}
+        }
+        Ok(truncated)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +307,13 @@ mod tests {
         }
         assert_eq!(builtin("malloc").unwrap().ret, Kind::Ptr);
         assert!(builtin("no_such_function").is_none());
+    }
+
+    #[test]
+    fn string_slots_follow_the_bpf_order() {
+        let (_, sig) = parse("char *f(int a, const char *b, long c, char *d)").unwrap();
+        let (args, ret) = slots(&sig);
+        assert_eq!(args, [None, Some(0), None, Some(1), None, None]);
+        assert_eq!(ret, Some(2));
     }
 }

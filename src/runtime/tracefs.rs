@@ -1,7 +1,10 @@
-//! Tracepoint `format` files: the fields of an event's record and how each one prints.
+//! Tracepoint `format` files in tracefs: the fields of an event's record and how each one prints.
 
 use std::fs;
 use std::path::Path;
+
+use super::output::c_str;
+use super::value::{Shown, mask, sign_extend};
 
 /// How one field of the record is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +41,36 @@ pub struct Format {
     pub fields: Vec<Field>,
     /// Bytes of the fixed part of the record.
     pub size: usize,
+}
+
+impl Field {
+    /// This field of a record (`data`), as it prints; `string` gives the text the BPF side
+    /// copied for a string field.
+    pub fn shown<'d>(&self, data: &'d [u8], string: impl FnOnce() -> Option<Shown<'d>>) -> Shown<'d> {
+        let raw = read_uint(data, self.offset, self.size);
+        match self.kind {
+            FieldKind::Int { bytes, .. } if self.name.ends_with("flags") => Shown::Hex(mask(raw, bytes)),
+            FieldKind::Int { bytes, .. } if self.name.ends_with("mode") => Shown::Octal(mask(raw, bytes)),
+            FieldKind::Int { signed: true, bytes } => Shown::Signed(sign_extend(raw, bytes)),
+            FieldKind::Int { signed: false, bytes } => Shown::Unsigned(mask(raw, bytes)),
+            FieldKind::StrPtr if raw == 0 => Shown::Null,
+            FieldKind::StrPtr | FieldKind::StrLoc => string().unwrap_or(Shown::Hex(raw)),
+            FieldKind::CharArray => {
+                let bytes = data.get(self.offset..self.offset + self.size).unwrap_or(&[]);
+                Shown::Str(c_str(bytes), false)
+            }
+            FieldKind::Ptr | FieldKind::Bytes => Shown::Hex(raw),
+        }
+    }
+}
+
+fn read_uint(data: &[u8], off: usize, size: usize) -> u64 {
+    let mut b = [0u8; 8];
+    let n = size.min(8);
+    if let Some(src) = data.get(off..off + n) {
+        b[..n].copy_from_slice(src);
+    }
+    u64::from_le_bytes(b)
 }
 
 const SIGNED_TYPES: &[&str] = &[

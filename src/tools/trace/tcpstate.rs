@@ -3,7 +3,6 @@
 //! One event per `inet_sock_set_state` of a TCP socket, filtered in the kernel (family, ports,
 //! the common filters). Overhead: one map update and one ring-buffer record per transition.
 
-use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -11,13 +10,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use clap::{Args, ValueEnum};
 
 use crate::error::Error;
+use crate::runtime::attach::tracing::{self, TpHook};
+use crate::runtime::fastfmt::Endpoint;
 use crate::runtime::fastfmt;
 use crate::runtime::output::{EventHeader, TaskHeader, Sink};
-use crate::runtime::probe::Feature;
-use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
+use crate::runtime::{CommonArgs, Printer, Runtime};
 
 crate::tool_skel!("tcpstate", OpenTcpstateSkel, TcpstateSkel, tk_tcpstate_event);
-use skel::{OpenTcpstateSkel, TcpstateSkel, TcpstateSkelBuilder, types};
+use skel::{TcpstateSkel, TcpstateSkelBuilder, types};
 
 /// The layout is shared with tcpstate.h: a drift must fail the build, not decode garbage.
 const _: () = assert!(size_of::<types::tk_tcpstate_event>() == 104);
@@ -73,37 +73,6 @@ pub struct TcpstateArgs {
     pub common: CommonArgs,
 }
 
-/// Decided before load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hook {
-    TpBtf,
-    Tracepoint,
-}
-
-fn plan(backend: Backend, rt: &Runtime) -> Result<Hook, Error> {
-    let tp_btf = rt.probes.get(Feature::TpBtf);
-    let hook = match backend {
-        Backend::TpBtf if !tp_btf.is_supported() => {
-            return Err(Error::Unsupported {
-                feature: "tp_btf",
-                reason: tp_btf.detail(),
-                hint: Some("use --backend tracepoint".into()),
-            });
-        }
-        Backend::TpBtf => Hook::TpBtf,
-        Backend::Tracepoint => Hook::Tracepoint,
-        Backend::Auto if tp_btf.is_supported() => Hook::TpBtf,
-        Backend::Auto => Hook::Tracepoint,
-    };
-    match hook {
-        Hook::TpBtf => rt.say("plan: tp_btf/inet_sock_set_state"),
-        Hook::Tracepoint => rt.say(format_args!(
-            "plan: tracepoint/sock/inet_sock_set_state (tp_btf: {tp_btf})"
-        )),
-    }
-    Ok(hook)
-}
-
 fn check_ports(flag: &str, ports: &[u16]) -> Result<(), Error> {
     if ports.len() > MAX_PORTS {
         return Err(Error::usage(
@@ -118,17 +87,15 @@ pub fn run(args: TcpstateArgs) -> Result<i32, Error> {
     check_ports("--local-port", &args.local_ports)?;
     check_ports("--remote-port", &args.remote_ports)?;
     let mut rt = Runtime::new(args.common.clone())?;
-    let hook = rt.step("plan", || plan(args.backend, &rt))?;
-    if hook == Hook::Tracepoint {
-        kernel::ensure_tracefs()?;
-    }
-    let transport = rt.step("transport", || rt.transport())?;
-    rt.say(format_args!("transport: {transport:?}"));
-
+    let want = match args.backend {
+        Backend::Auto => None,
+        Backend::TpBtf => Some(TpHook::TpBtf),
+        Backend::Tracepoint => Some(TpHook::Tracepoint),
+    };
+    let (hook, transport) =
+        rt.plan(|| Ok((tracing::plan_tracepoint(&rt, want, "sock:inet_sock_set_state")?, rt.plan_transport()?)))?;
     let mut storage = MaybeUninit::uninit();
-    let mut open: OpenTcpstateSkel<'_> = rt.open("tcpstate", TcpstateSkelBuilder::default(), &mut storage)?;
-    rt.configure(&mut open, transport)?;
-    {
+    let skel: TcpstateSkel<'_> = rt.open_load("tcpstate", TcpstateSkelBuilder::default(), &mut storage, transport, |open| {
         let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
         let c = &mut ro.tk_tcpstate;
         c.lports[..args.local_ports.len()].copy_from_slice(&args.local_ports);
@@ -136,21 +103,16 @@ pub fn run(args: TcpstateArgs) -> Result<i32, Error> {
         c.rports[..args.remote_ports.len()].copy_from_slice(&args.remote_ports);
         c.nrports = args.remote_ports.len() as u32;
         c.family = if args.ipv4 { AF_INET } else if args.ipv6 { AF_INET6 } else { 0 };
-    }
-    open.progs.tp_btf__inet_sock_set_state.set_autoload(hook == Hook::TpBtf);
-    open.progs.tp__inet_sock_set_state.set_autoload(hook == Hook::Tracepoint);
-
-    let skel: TcpstateSkel<'_> = rt.load("tcpstate", open)?;
+        open.progs.tp_btf__inet_sock_set_state.set_autoload(hook == TpHook::TpBtf);
+        open.progs.tp__inet_sock_set_state.set_autoload(hook == TpHook::Tracepoint);
+        Ok(())
+    })?;
     rt.stream(&skel, transport, TcpstatePrinter { wide: args.wide }, |skel| {
-        let link = match hook {
-            Hook::TpBtf => skel.progs.tp_btf__inet_sock_set_state.attach(),
-            Hook::Tracepoint => skel.progs.tp__inet_sock_set_state.attach(),
+        let prog = match hook {
+            TpHook::TpBtf => &skel.progs.tp_btf__inet_sock_set_state,
+            TpHook::Tracepoint => &skel.progs.tp__inet_sock_set_state,
         };
-        let link = link.map_err(|source| Error::Attach {
-            what: "inet_sock_set_state".into(),
-            hint: Some("run `tracekit probe`, or try --backend tracepoint".into()),
-            source,
-        })?;
+        let link = tracing::by_section(prog, "inet_sock_set_state", "run `tracekit probe`, or try --backend tracepoint")?;
         Ok(vec![link])
     })
 }
@@ -169,36 +131,6 @@ fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
     } else {
         IpAddr::V6(Ipv6Addr::from(*raw))
-    }
-}
-
-/// `addr:port` into a stack buffer, so it can be padded without allocating.
-struct Endpoint {
-    buf: [u8; 56],
-    len: usize,
-}
-
-impl Endpoint {
-    fn new(ip: IpAddr, port: u16) -> Self {
-        let mut e = Endpoint { buf: [0; 56], len: 0 };
-        let _ = match ip {
-            IpAddr::V4(a) => write!(e, "{a}:{port}"),
-            IpAddr::V6(a) => write!(e, "[{a}]:{port}"),
-        };
-        e
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).expect("formatted as UTF-8")
-    }
-}
-
-impl std::fmt::Write for Endpoint {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
     }
 }
 
@@ -250,54 +182,4 @@ impl Printer for TcpstatePrinter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(family: u16) -> types::tk_tcpstate_event {
-        let mut ev = types::tk_tcpstate_event::default();
-        ev.family = family;
-        ev.sport = 8080;
-        ev.dport = 443;
-        ev.oldstate = 2;
-        ev.newstate = 1;
-        ev.delta_ns = 1_500_000;
-        ev
-    }
-
-    #[test]
-    fn state_names_match_the_kernel() {
-        assert_eq!(state_name(1), "ESTABLISHED");
-        assert_eq!(state_name(7), "CLOSE");
-        assert_eq!(state_name(10), "LISTEN");
-        assert_eq!(state_name(12), "NEW_SYN_RECV");
-        assert_eq!(state_name(13), "UNKNOWN");
-        assert_eq!(state_name(-1), "UNKNOWN");
-    }
-
-    #[test]
-    fn endpoints_format_both_families() {
-        let mut ev = event(AF_INET);
-        ev.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        assert_eq!(Endpoint::new(addr(ev.family, &ev.saddr), ev.sport).as_str(), "127.0.0.1:8080");
-        let mut ev6 = event(AF_INET6);
-        ev6.saddr[15] = 1;
-        assert_eq!(Endpoint::new(addr(ev6.family, &ev6.saddr), 443).as_str(), "[::1]:443");
-        let full = Ipv6Addr::new(0xfe80, 1, 2, 3, 4, 5, 6, 7);
-        assert_eq!(Endpoint::new(IpAddr::V6(full), 65535).as_str(), "[fe80:1:2:3:4:5:6:7]:65535");
-    }
-
-    #[test]
-    fn decodes_a_sample_and_rejects_a_short_one() {
-        let ev = event(AF_INET);
-        // SAFETY: reading the bytes of a plain-old-data value.
-        let bytes = unsafe { plain::as_bytes(&ev) };
-        let mut back = types::tk_tcpstate_event::default();
-        plain::copy_from_bytes(&mut back, bytes).expect("full sample decodes");
-        assert_eq!((back.sport, back.dport, back.oldstate), (8080, 443, 2));
-        // A perf sample may carry trailing padding: longer is fine, shorter is refused.
-        let mut padded = bytes.to_vec();
-        padded.extend_from_slice(&[0; 4]);
-        assert!(plain::copy_from_bytes(&mut back, &padded).is_ok());
-        assert!(plain::copy_from_bytes(&mut back, &bytes[..50]).is_err());
-    }
-}
+mod tests;

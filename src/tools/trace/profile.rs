@@ -6,18 +6,18 @@
 use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use clap::Args;
 
 use crate::error::Error;
+use crate::runtime::attach::tracing;
 use crate::runtime::output::Sink;
 use crate::runtime::stackcount::{self, Mappings, Stack, StackKey, Style};
 use crate::runtime::{CommonArgs, Runtime, TaskLoaded, TransportLoaded, Transport, lost};
 
 crate::tool_skel!("profile", OpenProfileSkel, ProfileSkel, tk_stack_key);
 const _: () = assert!(size_of::<skel::types::tk_stack_key>() == size_of::<StackKey>());
-use skel::{OpenProfileSkel, ProfileSkel, ProfileSkelBuilder};
+use skel::{ProfileSkel, ProfileSkelBuilder};
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "EXAMPLES:\n    \
@@ -53,60 +53,28 @@ fn online_cpus() -> Result<Vec<i32>, Error> {
     Ok(cpus)
 }
 
-/// From linux/perf_event.h.
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-
-/// A software cpu-clock event on `cpu` sampling `hz` times a second (no hardware PMU needed).
-fn cpu_clock(cpu: i32, hz: u64) -> io::Result<OwnedFd> {
-    let mut attr = libbpf_rs::libbpf_sys::perf_event_attr {
-        type_: libbpf_rs::libbpf_sys::PERF_TYPE_SOFTWARE,
-        size: size_of::<libbpf_rs::libbpf_sys::perf_event_attr>() as u32,
-        config: u64::from(libbpf_rs::libbpf_sys::PERF_COUNT_SW_CPU_CLOCK),
-        ..Default::default()
-    };
-    attr.__bindgen_anon_1.sample_freq = hz;
-    attr.set_freq(1);
-    // SAFETY: perf_event_open with a valid attr for the call; pid -1 + cpu = that CPU, all tasks.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_perf_event_open, &attr as *const _, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC)
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd from the kernel, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = true;
     if rt.out.count.is_some() {
         return Err(Error::usage("profile counts samples in the kernel: --count does not apply", Some("use --duration".into())));
     }
-    let cpus = online_cpus()?;
-    rt.say(format_args!("plan: cpu-clock at {} Hz on {} CPUs", args.frequency, cpus.len()));
+    let cpus = rt.plan(|| {
+        let cpus = online_cpus()?;
+        rt.say(format_args!("plan: cpu-clock at {} Hz on {} CPUs", args.frequency, cpus.len()));
+        Ok(cpus)
+    })?;
     // Samples are counted in maps, not streamed: the event channel only needs to exist.
     let transport = Transport::RingBuf { bytes: 4096 };
     let mut storage = MaybeUninit::uninit();
-    let mut open: OpenProfileSkel<'_> = rt.open("profile", ProfileSkelBuilder::default(), &mut storage)?;
-    rt.configure(&mut open, transport)?;
-    open.maps.tk_stacks.set_max_entries(16384).map_err(|e| Error::runtime(format!("sizing the stack map: {e}"), None))?;
-    open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_profile_idle = args.idle as u32;
-    let skel: ProfileSkel<'_> = rt.load("profile", open)?;
+    let skel: ProfileSkel<'_> = rt.open_load("profile", ProfileSkelBuilder::default(), &mut storage, transport, |open| {
+        open.maps.tk_stacks.set_max_entries(16384).map_err(|e| Error::runtime(format!("sizing the stack map: {e}"), None))?;
+        open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_profile_idle = args.idle as u32;
+        Ok(())
+    })?;
     let (mut child, _follow) = rt.start_child(&skel)?;
     let links = rt.step("attach", || -> Result<Vec<libbpf_rs::Link>, Error> {
-        cpus.iter()
-            .map(|&cpu| {
-                let fd = cpu_clock(cpu, args.frequency).map_err(|e| {
-                    Error::io_hint(format!("opening the cpu-clock event on CPU {cpu}"), e, "see `tracekit probe` (perf_event)")
-                })?;
-                // The link owns the perf event fd from here on (libbpf closes it on detach).
-                skel.progs.profile__sample.attach_perf_event(fd.into_raw_fd()).map_err(|source| Error::Attach {
-                    what: format!("perf_event on CPU {cpu}"),
-                    hint: None,
-                    source,
-                })
-            })
+        cpus.iter().map(|&cpu| tracing::cpu_clock(&skel.progs.profile__sample, cpu, args.frequency))
             .collect()
     })?;
     rt.attached();

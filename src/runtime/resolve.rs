@@ -1,0 +1,308 @@
+//! Names a user typed → what to trace: exact names and globs, "did you mean" for a typo, and
+//! "at most N" for a glob that matches too much. One resolver per kind of target (kernel
+//! functions, raw tracepoints, tracepoints, symbols of an ELF file), on shared parts.
+
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::runtime::Runtime;
+use crate::runtime::btf::{KernelBtf, Prototype};
+use crate::runtime::target::{self, ElfInfo};
+use crate::runtime::tracefs::{self, Format};
+
+pub fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// A glob, or a usage error that quotes it.
+pub fn pattern(glob: &str) -> Result<glob::Pattern, Error> {
+    glob::Pattern::new(glob).map_err(|e| Error::usage(format!("bad glob `{glob}`: {e}"), None))
+}
+
+/// The names matching `glob`, in order.
+pub fn matching<'n>(names: &'n [String], glob: &str) -> Result<Vec<&'n String>, Error> {
+    let pat = pattern(glob)?;
+    Ok(names.iter().filter(|n| pat.matches(n)).collect())
+}
+
+/// Up to `n` names closest to `want` (Jaro-Winkler above `min`), closest first.
+pub fn similar<'n>(names: impl IntoIterator<Item = &'n str>, want: &str, min: f64, n: usize) -> Vec<&'n str> {
+    let mut scored: Vec<(f64, &str)> =
+        names.into_iter().map(|s| (strsim::jaro_winkler(want, s), s)).filter(|(s, _)| *s > min).collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored.into_iter().take(n).map(|(_, s)| s).collect()
+}
+
+/// "did you mean `a`, `b`?", or None when nothing is close.
+pub fn did_you_mean(close: &[&str]) -> Option<String> {
+    let quoted: Vec<String> = close.iter().map(|n| format!("`{n}`")).collect();
+    (!quoted.is_empty()).then(|| format!("did you mean {}?", quoted.join(", ")))
+}
+
+/// A usage error once more than `limit` targets match.
+pub fn at_most(found: usize, limit: usize, plural: &str, hint: &str) -> Result<(), Error> {
+    if found <= limit {
+        return Ok(());
+    }
+    Err(Error::usage(format!("{found} {plural} match, but at most {limit} can be traced at once"), Some(hint.into())))
+}
+
+fn too_many_functions(found: usize, limit: usize) -> Result<(), Error> {
+    at_most(found, limit, "functions", "narrow the glob (see `tracekit list kernel GLOB`)")
+}
+
+/// FUNC arguments (names and globs) → the kernel functions to trace, each with its prototype.
+pub fn kernel_functions(btf: &KernelBtf, wanted: &[String], limit: usize) -> Result<Vec<(String, Prototype)>, Error> {
+    // Every function name is needed only for globs and "did you mean": listed once, on demand.
+    let names = OnceCell::new();
+    let names = || names.get_or_init(|| btf.func_names());
+    let mut out: Vec<(String, Prototype)> = Vec::new();
+    for w in wanted {
+        let w = w.trim();
+        if is_glob(w) {
+            let hits = matching(names(), w)?;
+            if hits.is_empty() {
+                return Err(Error::usage(
+                    format!("no kernel function matches `{w}`"),
+                    Some(format!("see `tracekit list kernel '{w}'`")),
+                ));
+            }
+            too_many_functions(hits.len(), limit)?;
+            out.extend(hits.into_iter().filter_map(|n| Some((n.clone(), btf.prototype(n)?))));
+        } else {
+            let p = btf.prototype(w).ok_or_else(|| {
+                let close = similar(names().iter().map(String::as_str), w, 0.9, 3);
+                Error::usage(
+                    format!("kernel function `{w}` not found"),
+                    Some(did_you_mean(&close).unwrap_or_else(|| format!("see `tracekit list kernel '*{w}*'`"))),
+                )
+            })?;
+            out.push((w.to_owned(), p));
+        }
+    }
+    out.dedup_by(|a, b| a.0 == b.0);
+    too_many_functions(out.len(), limit)?;
+    Ok(out)
+}
+
+/// NAME arguments (names and globs) → the raw tracepoints to trace, each with the prototype of
+/// its `__bpf_trace_NAME` wrapper.
+pub fn raw_tracepoints(btf: &KernelBtf, wanted: &[String], limit: usize) -> Result<Vec<(String, Prototype)>, Error> {
+    let all = btf.tracepoint_names();
+    let mut out = Vec::new();
+    for w in wanted {
+        let names: Vec<String> =
+            if is_glob(w) { matching(&all, w)?.into_iter().cloned().collect() } else { vec![w.clone()] };
+        too_many_functions(names.len(), limit)?;
+        for n in names {
+            let p = btf.tracepoint_prototype(&n).ok_or_else(|| {
+                let close = similar(all.iter().map(String::as_str), &n, 0.9, 3);
+                Error::usage(
+                    format!("raw tracepoint `{n}` not found in kernel BTF"),
+                    Some(
+                        did_you_mean(&close)
+                            .unwrap_or_else(|| "see `tracekit list tracepoint` (the part after `:`)".into()),
+                    ),
+                )
+            })?;
+            out.push((n, p));
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::usage("no raw tracepoint matches", Some("see `tracekit list tracepoint`".into())));
+    }
+    too_many_functions(out.len(), limit)?;
+    Ok(out)
+}
+
+/// CATEGORY:NAME arguments (names and globs) → the tracepoints to trace, with their formats.
+pub fn tracepoints(tracefs: &Path, wanted: &[String], limit: usize) -> Result<Vec<Format>, Error> {
+    let all = tracefs::all_events(tracefs);
+    let mut names: Vec<String> = Vec::new();
+    for w in wanted {
+        if !w.contains(':') {
+            return Err(Error::usage(
+                format!("bad tracepoint `{w}`: write CATEGORY:NAME"),
+                Some("e.g. syscalls:sys_enter_openat; `tracekit list tracepoint` shows them".into()),
+            ));
+        }
+        if is_glob(w) {
+            let hits = matching(&all, w)?;
+            if hits.is_empty() {
+                return Err(Error::usage(
+                    format!("no tracepoint matches `{w}`"),
+                    Some(format!("see `tracekit list tracepoint '{w}'`")),
+                ));
+            }
+            names.extend(hits.into_iter().cloned());
+        } else if all.iter().any(|n| n == w) {
+            names.push(w.clone());
+        } else {
+            let close = similar(all.iter().map(String::as_str), w, 0.9, 1);
+            let hint = did_you_mean(&close).unwrap_or_else(|| "see `tracekit list tracepoint`".into());
+            return Err(Error::usage(format!("tracepoint `{w}` not found"), Some(hint)));
+        }
+    }
+    names.sort();
+    names.dedup();
+    at_most(names.len(), limit, "tracepoints", "narrow the glob")?;
+    names
+        .iter()
+        .map(|n| {
+            let (c, e) = n.split_once(':').expect("checked above");
+            tracefs::load(tracefs, c, e)
+                .map_err(|why| Error::runtime(format!("reading the format of `{n}`: {why}"), None))
+        })
+        .collect()
+}
+
+/// One parsed `BINARY:SYMBOL[+OFFSET]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub binary: String,
+    pub symbol: String,
+    pub offset: u64,
+}
+
+/// `BINARY:SYMBOL[+OFFSET]` → its parts, or a usage error that shows the form.
+pub fn parse_spec(s: &str) -> Result<Spec, Error> {
+    let bad = |why: &str| {
+        Error::usage(
+            format!("bad probe `{s}`: {why}"),
+            Some("write BINARY:SYMBOL[+OFFSET], e.g. /bin/bash:readline or libc:malloc".to_owned()),
+        )
+    };
+    let (binary, rest) = s.rsplit_once(':').ok_or_else(|| bad("no `:` between binary and symbol"))?;
+    let (symbol, offset) = match rest.split_once('+') {
+        Some((sym, off)) => {
+            let off = off.trim();
+            let v = match off.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => off.parse(),
+            };
+            (sym, v.map_err(|_| bad("the offset must be a number (decimal or 0x hex)"))?)
+        }
+        None => (rest, 0),
+    };
+    if binary.is_empty() {
+        return Err(bad("empty binary"));
+    }
+    if symbol.is_empty() {
+        return Err(bad("empty symbol"));
+    }
+    if !symbol.chars().all(|c| c.is_alphanumeric() || "_.$*?[]".contains(c)) {
+        return Err(bad("a symbol is letters, digits, `_`, `.`, `$`, or a glob"));
+    }
+    Ok(Spec { binary: binary.to_owned(), symbol: symbol.to_owned(), offset })
+}
+
+/// One function of an ELF file to attach a uprobe to.
+#[derive(Debug, Clone)]
+pub struct Symbol {
+    /// `BINARY:FUNC`, as the user wrote the binary.
+    pub label: String,
+    pub func: String,
+    /// The file that defines the function (a library, for an imported symbol).
+    pub path: PathBuf,
+    pub file_offset: u64,
+}
+
+/// `BINARY:SYMBOL[+OFFSET]` specs (symbols may be globs) → the functions to attach to, looked up
+/// in `pid`'s mount namespace when given.
+pub fn symbols(rt: &Runtime, specs: &[Spec], pid: Option<u32>, limit: usize) -> Result<Vec<Symbol>, Error> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let path = target::resolve_binary(&spec.binary, pid)?;
+        let elf = ElfInfo::load(&path)?;
+        if is_glob(&spec.symbol) {
+            let pat = pattern(&spec.symbol)?;
+            let hits: Vec<_> = elf.functions.iter().filter(|f| pat.matches(&f.name)).collect();
+            if hits.is_empty() {
+                return Err(Error::usage(
+                    format!("no function in `{}` matches `{}`", path.display(), spec.symbol),
+                    Some(format!("see `tracekit list {}`", spec.binary)),
+                ));
+            }
+            for f in hits {
+                let (label, func) = (format!("{}:{}", spec.binary, f.name), f.name.clone());
+                out.push(Symbol { label, func, path: path.clone(), file_offset: f.file_offset + spec.offset });
+            }
+            continue;
+        }
+        let (def_path, f) = target::find_definition(&elf, &spec.symbol, pid).ok_or_else(|| {
+            let hint = if let Some(close) = did_you_mean(&elf.similar(&spec.symbol)) {
+                close
+            } else if elf.stripped {
+                format!(
+                    "`{}` is stripped (no .symtab): only exported symbols can be traced; check `nm -D {}`",
+                    path.display(),
+                    path.display()
+                )
+            } else {
+                format!("see `tracekit list {} '*{}*'`", spec.binary, spec.symbol)
+            };
+            Error::usage(format!("symbol `{}` not found in `{}`", spec.symbol, path.display()), Some(hint))
+        })?;
+        if def_path != path {
+            rt.say(format_args!(
+                "{}: imported by `{}`, defined in `{}`",
+                spec.symbol,
+                path.display(),
+                def_path.display()
+            ));
+        }
+        if spec.offset != 0 && f.size != 0 && spec.offset >= f.size {
+            return Err(Error::usage(
+                format!("offset {:#x} is past the end of `{}` ({} bytes)", spec.offset, f.name, f.size),
+                None,
+            ));
+        }
+        let label = format!("{}:{}", spec.binary, f.name);
+        out.push(Symbol { label, func: f.name, path: def_path, file_offset: f.file_offset + spec.offset });
+    }
+    at_most(out.len(), limit, "functions", "narrow the glob (see `tracekit list BINARY GLOB`)")?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_names_first() {
+        let names = ["do_sys_openat2", "do_sys_open", "vfs_read"];
+        assert_eq!(similar(names, "do_sys_opnat2", 0.9, 3)[0], "do_sys_openat2");
+        assert_eq!(did_you_mean(&["a", "b"]).unwrap(), "did you mean `a`, `b`?");
+        assert_eq!(did_you_mean(&[]), None);
+        assert!(at_most(17, 16, "functions", "narrow").unwrap_err().to_string().contains("at most 16"));
+        assert!(is_glob("tcp_*") && !is_glob("tcp_v4_connect"));
+    }
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(
+            parse_spec("/bin/bash:readline").unwrap(),
+            Spec { binary: "/bin/bash".into(), symbol: "readline".into(), offset: 0 }
+        );
+        assert_eq!(parse_spec("libc:malloc+0x10").unwrap().offset, 16);
+        assert_eq!(parse_spec("libc:malloc+8").unwrap().offset, 8);
+        assert_eq!(parse_spec("libc:mem*").unwrap().symbol, "mem*");
+        for bad in ["readline", ":readline", "/bin/bash:", "bash:read line", "libc:malloc+zz"] {
+            let e = parse_spec(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            assert!(e.hint().unwrap().contains("BINARY:SYMBOL"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kernel_functions_from_the_running_kernel() {
+        let btf = KernelBtf::load(None).unwrap();
+        let e = kernel_functions(&btf, &["do_sys_opnat2".into()], 16).unwrap_err();
+        assert!(e.hint().unwrap().contains("did you mean `do_sys_openat2`"), "{:?}", e.hint());
+        assert_eq!(kernel_functions(&btf, &["*".into()], 16).unwrap_err().exit_code(), 2, "too many");
+        let hits = kernel_functions(&btf, &["tcp_v4_conn*".into()], 16).unwrap();
+        assert!(hits.iter().any(|(n, _)| n == "tcp_v4_connect"));
+    }
+}

@@ -258,26 +258,31 @@ fn cgroup_error(
                 } else {
                     "an exclusive"
                 };
-                let place = if at == dir {
-                    "this cgroup has".to_owned()
+                let (place, forbids, below) = if at == dir {
+                    (
+                        "this cgroup has".to_owned(),
+                        "allows no other program there",
+                        "; or attach to a child cgroup",
+                    )
                 } else {
-                    format!("its ancestor `{}` has", at.display())
-                };
-                let below = if at == dir {
-                    "; or attach to a child cgroup"
-                } else {
-                    ""
+                    (
+                        format!("its ancestor `{}` has", at.display()),
+                        "allows no program in the cgroups below it",
+                        "",
+                    )
                 };
                 Error::runtime(
                     format!(
                         "cannot attach `{prog_name}` to cgroup `{}` at `{ty}`: {place} {how} legacy \
-                         program id {id}{name} there, which allows no other program",
+                         program id {id}{name}, which {forbids}",
                         dir.display()
                     ),
                     Some(format!(
-                        "if nothing needs it, detach it with `bpftool cgroup detach {} {} id {id}`{below}; see {show}",
+                        "if nothing needs it, detach it with `bpftool cgroup detach {} {} id {id}`{below}; \
+                         see `bpftool cgroup show {}`",
                         at.display(),
-                        bpftool_type(attach_type)
+                        bpftool_type(attach_type),
+                        at.display()
                     )),
                 )
             }
@@ -393,7 +398,9 @@ impl TransientCgroup {
         let procs = self.path.join("cgroup.procs");
         fs::write(&procs, pid.to_string()).map_err(|e| {
             let hint = match e.raw_os_error() {
-                Some(libc::ESRCH) => format!("no process with pid {pid}"),
+                Some(libc::ESRCH) => {
+                    format!("no process with pid {pid}: check the pid (it may have exited)")
+                }
                 _ => format!(
                     "moving a process needs root; check `cat {}`",
                     procs.display()

@@ -103,6 +103,9 @@ features! {
     SkLookup => "sk_lookup", Some("5.9"), probe_prog_type;
     XdpLink => "xdp_link", Some("5.9"), probe_xdp_link;
     Tcx => "tcx", Some("6.6"), probe_tcx;
+    CgroupLink => "cgroup_link", Some("5.7"), probe_cgroup_link;
+    NetnsLink => "netns_link", Some("5.9"), probe_netns_link;
+    SockmapLink => "sockmap_link", Some("6.10"), probe_sockmap_link;
     Lsm => "lsm", Some("5.7"), probe_lsm;
     Tracefs => "tracefs", None, probe_tracefs;
     Cgroup2 => "cgroup_v2", Some("4.5"), probe_cgroup2;
@@ -110,9 +113,15 @@ features! {
 }
 
 /// Per-run cache of probe results.
-#[derive(Default)]
 pub struct Probes {
     cache: [OnceLock<Status>; Feature::ALL.len()],
+}
+
+// By hand: `Default` is derived for arrays of at most 32 elements.
+impl Default for Probes {
+    fn default() -> Self {
+        Probes { cache: std::array::from_fn(|_| OnceLock::new()) }
+    }
 }
 
 impl Probes {
@@ -330,6 +339,62 @@ fn probe_tcx(f: Feature) -> Status {
     match -rc {
         libc::ENODEV => Status::Supported,
         libc::EINVAL => unsupported(f, "the kernel does not know the tcx attach types"),
+        e => Status::Unknown(io::Error::from_raw_os_error(e).to_string()),
+    }
+}
+
+/// A feature decided from the kernel version alone.
+fn since_version(f: Feature, v: (u32, u32)) -> Status {
+    match kernel_version() {
+        Some(k) if k >= v => Status::Supported,
+        Some(_) => unsupported(f, "kernel too old"),
+        None => Status::Unknown("cannot read the kernel version".into()),
+    }
+}
+
+/// cgroup links (commit af6eea57437a, Linux 5.7): decided from the version, since a probe link
+/// needs a cgroup to attach to.
+fn probe_cgroup_link(f: Feature) -> Status {
+    since_version(f, (5, 7))
+}
+
+/// netns links for flow dissector (5.8) and sk_lookup (commit e9ddbb7707ff, Linux 5.9): from
+/// the version, as the sk_lookup program type came with them.
+fn probe_netns_link(f: Feature) -> Status {
+    since_version(f, (5, 9))
+}
+
+/// sockmap links (commit 699c23f02c65, Linux 6.10): a test link of a trivial sk_skb verdict
+/// program on a throwaway SOCKMAP. Kernels without them reject the link with EINVAL.
+fn probe_sockmap_link(f: Feature) -> Status {
+    // SAFETY: NULL name and opts are allowed; the result is checked and owned below.
+    let map = unsafe {
+        libbpf_sys::bpf_map_create(libbpf_sys::BPF_MAP_TYPE_SOCKMAP, std::ptr::null(), 4, 4, 1, std::ptr::null())
+    };
+    if map < 0 {
+        let e = io::Error::from_raw_os_error(-map);
+        return match -map {
+            libc::EINVAL => unsupported(f, format!("no SOCKMAP maps ({e})")),
+            _ => Status::Unknown(format!("creating a probe sockmap: {e}")),
+        };
+    }
+    // SAFETY: map is a new map fd nothing else owns.
+    let map = unsafe { OwnedFd::from_raw_fd(map) };
+    let prog = match load_trivial_prog(libbpf_sys::BPF_PROG_TYPE_SK_SKB, libbpf_sys::BPF_SK_SKB_STREAM_VERDICT, 0) {
+        Ok(fd) => fd,
+        Err(e) => return Status::Unknown(format!("loading a probe program: {e}")),
+    };
+    // SAFETY: prog and map are open fds; NULL opts are allowed.
+    let rc = unsafe {
+        libbpf_sys::bpf_link_create(prog.as_raw_fd(), map.as_raw_fd(), libbpf_sys::BPF_SK_SKB_STREAM_VERDICT, std::ptr::null())
+    };
+    if rc >= 0 {
+        // SAFETY: rc is a new link fd nothing else owns; dropping it detaches.
+        drop(unsafe { OwnedFd::from_raw_fd(rc) });
+        return Status::Supported;
+    }
+    match -rc {
+        libc::EINVAL => unsupported(f, "the kernel has no sockmap links"),
         e => Status::Unknown(io::Error::from_raw_os_error(e).to_string()),
     }
 }

@@ -6,11 +6,17 @@
 //! - [`netns`]: `--netns NAME|PATH|PID` and entering a namespace for one thread.
 //! - [`netdev`]: interfaces, XDP links, tcx links and the legacy clsact/cls_bpf form.
 //! - [`socket`]: socket filters on an `AF_PACKET` socket.
+//! - [`cgroup`]: cgroup links, and the transient cgroup of `-- CMD`.
+//! - [`sk_lookup`]: sk_lookup programs through netns links.
+//! - [`sockmap`]: sk_msg/sk_skb programs on a sockmap (link, or legacy behind a guard).
 //! - [`tracing`]: the tracing kinds (fentry, kprobe, tracepoints, uprobes, perf events).
 
+pub mod cgroup;
 pub mod netdev;
 pub mod netns;
+pub mod sk_lookup;
 pub mod socket;
+pub mod sockmap;
 pub mod tracing;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -22,6 +28,9 @@ use crate::error::Error;
 pub use netdev::{Iface, TcBackend, TcDir, XdpMode, attach_tc, attach_xdp, iface_name};
 pub use netns::{Netns, NetnsGuard};
 pub use socket::attach_packet_socket;
+pub use cgroup::{TransientCgroup, attach_cgroup};
+pub use sk_lookup::attach_sk_lookup;
+pub use sockmap::{attach_sockmap, attach_sockmap_legacy};
 
 /// Something attached. Dropping it detaches: closing a link or socket fd, or running the
 /// guard of a legacy attachment.
@@ -43,6 +52,8 @@ enum Kind {
     Tc(netdev::TcGuard),
     /// A socket with a filter: the filter goes with the socket (held, never read).
     Socket(#[allow(dead_code)] OwnedFd),
+    /// A legacy sockmap program (`bpf_prog_attach` on the map), detached by the guard's Drop.
+    Sockmap(sockmap::SockmapGuard),
 }
 
 impl Attachment {
@@ -71,6 +82,14 @@ impl Attachment {
         }
     }
 
+    pub(crate) fn sockmap(guard: sockmap::SockmapGuard, describe: String) -> Attachment {
+        Attachment {
+            kind: Kind::Sockmap(guard),
+            describe,
+            notes: Vec::new(),
+        }
+    }
+
     /// For `-v` and errors: `xdp link on tk0 (native mode), link id 12`.
     pub fn describe(&self) -> &str {
         &self.describe
@@ -94,6 +113,7 @@ impl Attachment {
     pub fn detach(self) -> Result<(), Error> {
         match self.kind {
             Kind::Tc(guard) => guard.remove(),
+            Kind::Sockmap(guard) => guard.remove(),
             Kind::Link { .. } | Kind::Socket(_) => Ok(()),
         }
     }

@@ -607,7 +607,7 @@ fn main() {
         table.push_str(&net::cost(smoke, &mut results));
     }
     if only.is_empty() || only.contains(&"net-capacity") {
-        table.push_str(&net::capacity(smoke, dir.path(), &mut results));
+        table.push_str(&net::capacity(smoke, args.iter().any(|a| a == "--live-frames"), dir.path(), &mut results));
     }
     println!("{table}");
     if let Some(p) = out_json {

@@ -4,7 +4,8 @@
 //! tracer and measures startup (spawn → first event of a repeated trigger printed), peak RSS,
 //! workload speed traced ÷ untraced, events delivered vs generated, the losses the tracer
 //! reports, and tracer CPU per million events. Compare ratios from one run: these machines
-//! are noisy. `--smoke` is one small repetition, for CI.
+//! are noisy. `--smoke` is one small repetition, for CI. The packet tools' rows (per-packet cost
+//! with BPF_PROG_RUN, live capacity on a veth pair next to tcpdump) are in net.rs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod net;
 
 const WORK_COMM: &str = "tkb-work";
 const MARK: &str = "tkbmark";
@@ -511,12 +514,16 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (port, _server) = tcp_server();
     let mut results: Vec<serde_json::Value> = Vec::new();
-    let mut table = String::from(
+    let mut table = String::new();
+    let header = String::from(
         "| scenario | tracer | startup | peak RSS | speed traced/untraced | delivered / generated | lost reported | CPU per 1 M events |\n|---|---|---|---|---|---|---|---|\n",
     );
     for s in [Scenario::Open, Scenario::Tcp, Scenario::Readline] {
         if !only.is_empty() && !only.contains(&s.name()) {
             continue;
+        }
+        if table.is_empty() {
+            table.push_str(&header);
         }
         let n = n_of(s);
         eprintln!("bench: {} (N = {n}, {reps} repetitions)", s.name());
@@ -595,6 +602,12 @@ fn main() {
                 )),
             }
         }
+    }
+    if only.is_empty() || only.contains(&"net-cost") {
+        table.push_str(&net::cost(smoke, &mut results));
+    }
+    if only.is_empty() || only.contains(&"net-capacity") {
+        table.push_str(&net::capacity(smoke, args.iter().any(|a| a == "--live-frames"), dir.path(), &mut results));
     }
     println!("{table}");
     if let Some(p) = out_json {

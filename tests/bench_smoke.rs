@@ -34,6 +34,24 @@ fn benchmark_smoke_run() {
         .find(|l| l.starts_with("| tracekit tracepoint |"))
         .unwrap_or_else(|| panic!("no capacity row for tracekit in\n{table}\n{err}"));
     assert!(!cap.contains("wrong") && !cap.contains("| none"), "{cap}");
+    // packet tools: BPF_PROG_RUN cost rows (every event consumed, none lost) and one live step each
+    for hook in ["XDP", "TC"] {
+        for frame in ["TCP SYN / IPv4", "TCP SYN / IPv6"] {
+            let row = table
+                .lines()
+                .find(|l| l.starts_with(&format!("| {hook} | {frame} |")))
+                .unwrap_or_else(|| panic!("no net-cost row {hook}/{frame} in\n{table}\n{err}"));
+            assert!(row.ends_with("| 10000 / 0 |"), "{row}");
+        }
+    }
+    for tool in ["tracekit xdp", "tracekit tc", "tracekit sockfilter"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {tool} |")))
+            .unwrap_or_else(|| panic!("no net-capacity row for {tool} in\n{table}\n{err}"));
+        assert!(row.ends_with("| 0 (0, exact) |"), "{row}");
+    }
+    assert!(table.contains("| tcpdump -w |"), "a row for tcpdump, measured or 'not installed':\n{table}");
     let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(raw.as_array().unwrap().len() >= 10);
 }

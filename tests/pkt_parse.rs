@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, MapMut, OpenObject, PerfBufferBuilder, ProgramMut, RingBufferBuilder};
+use libbpf_rs::{MapMut, OpenObject, PerfBufferBuilder, ProgramMut, RingBufferBuilder};
 use tracekit::runtime::skel::{Transport, TransportOpen};
 use tracekit::tools::net::skels::{self, PacketEvent, prog_run};
 
@@ -288,15 +288,9 @@ impl Prog<'_> {
         (ret, evs[0])
     }
 
-    /// tk_pkt_counts summed over CPUs: seen, matched, pass, drop.
+    /// tk_pkt_counts summed over CPUs: seen, matched, pass, drop (read as the tools read it).
     fn counts(&self) -> [u64; 4] {
-        let mut out = [0; 4];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let key = (i as u32).to_ne_bytes();
-            let per_cpu = self.counts.lookup_percpu(&key, MapFlags::ANY).expect("lookup").expect("slot");
-            *slot = per_cpu.iter().map(|v| u64::from_ne_bytes(v[..8].try_into().unwrap())).sum();
-        }
-        out
+        tracekit::tools::net::packet::Counters::new(self.counts).read()
     }
 }
 

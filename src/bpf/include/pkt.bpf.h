@@ -27,12 +27,16 @@ enum tk_sock_state _tk_sock_state = 0;
 enum tk_host_side _tk_host_side = 0;
 enum tk_pkt_counter _tk_pkt_counter = 0;
 
-/* Packets seen, matched and given each verdict, per CPU (enum tk_pkt_counter). */
+/* Packets seen, matched and given each verdict, per CPU (indexed by enum tk_pkt_counter): one
+ * map value for all of them, so a packet costs one lookup however many counters it bumps. */
+struct tk_pkt_counters {
+	__u64 n[TK_CNT_MAX];
+};
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, TK_CNT_MAX);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct tk_pkt_counters);
 } tk_pkt_counts SEC(".maps");
 
 #define TK_ETH_P_IP 0x0800
@@ -62,17 +66,27 @@ enum tk_pkt_src {
 
 struct tk_pkt_ctx {
 	void *ctx;
-	void *data;     /* XDP only */
-	void *data_end; /* XDP only */
+	void *data;     /* XDP, tc: the linear part (socket filters have no direct access) */
+	void *data_end;
 };
 
-static __always_inline void tk_pkt_count(__u32 which)
+/* This CPU's counters (NULL only if the map lookup fails, which a 1-entry array never does). */
+static __always_inline struct tk_pkt_counters *tk_pkt_counters(void)
 {
-	__u64 *n = bpf_map_lookup_elem(&tk_pkt_counts, &which);
+	__u32 zero = 0;
 
-	if (n)
-		*n += 1;
+	return bpf_map_lookup_elem(&tk_pkt_counts, &zero);
 }
+
+static __always_inline void tk_pkt_count(struct tk_pkt_counters *cnt, const __u32 which)
+{
+	if (cnt)
+		cnt->n[which] += 1;
+}
+
+/* Headers are copied into 8-aligned stack slots (sizeof unchanged), so that the copies below
+ * are word loads and stores rather than byte by byte. */
+#define TK_ALIGNED __attribute__((aligned(8)))
 
 /* Copies len (a constant) bytes at off into dst; 0 on success, <0 when they are not there. */
 static __always_inline int tk_pkt_load(const struct tk_pkt_ctx *c, const enum tk_pkt_src src,
@@ -88,11 +102,25 @@ static __always_inline int tk_pkt_load(const struct tk_pkt_ctx *c, const enum tk
 		p = c->data + off;
 		if (p + len > c->data_end)
 			return -1;
-		__builtin_memcpy(dst, p, len);
+		/* word loads, not byte loads: packet data may be unaligned, which the JITs of the
+		 * architectures tracekit builds for (x86-64, arm64) load as they are (the verifier
+		 * checks packet alignment only on architectures without efficient unaligned access) */
+		__builtin_memcpy(dst, __builtin_assume_aligned(p, 8), len);
 		return 0;
 	}
-	if (src == TK_SRC_SKB)
+	if (src == TK_SRC_SKB) {
+		void *p;
+
+		/* the linear part directly (no helper call); what lies beyond it (a non-linear
+		 * skb) through bpf_skb_load_bytes, so every header still decodes */
+		asm volatile("%0 &= %1" : "+r"(off) : "i"(TK_PKT_MAX_OFF));
+		p = c->data + off;
+		if (p + len <= c->data_end) {
+			__builtin_memcpy(dst, __builtin_assume_aligned(p, 8), len);
+			return 0;
+		}
 		return bpf_skb_load_bytes(c->ctx, off, dst, len);
+	}
 	return bpf_skb_load_bytes_relative(c->ctx, off, dst, len, BPF_HDR_START_MAC);
 }
 
@@ -175,7 +203,7 @@ static __always_inline void tk_pkt_parse_l4(const struct tk_pkt_ctx *c, const en
 {
 	switch (p->proto) {
 	case TK_IPPROTO_TCP: {
-		struct tk_tcp t;
+		struct tk_tcp t TK_ALIGNED;
 
 		if (tk_pkt_load(c, src, off, &t, sizeof(t)) < 0)
 			goto truncated;
@@ -185,7 +213,7 @@ static __always_inline void tk_pkt_parse_l4(const struct tk_pkt_ctx *c, const en
 		return;
 	}
 	case TK_IPPROTO_UDP: {
-		struct tk_ports_hdr u;
+		struct tk_ports_hdr u TK_ALIGNED;
 
 		if (tk_pkt_load(c, src, off, &u, sizeof(u)) < 0)
 			goto truncated;
@@ -194,7 +222,7 @@ static __always_inline void tk_pkt_parse_l4(const struct tk_pkt_ctx *c, const en
 		return;
 	}
 	case TK_IPPROTO_SCTP: {
-		struct tk_sctp s;
+		struct tk_sctp s TK_ALIGNED;
 
 		if (tk_pkt_load(c, src, off, &s, sizeof(s)) < 0)
 			goto truncated;
@@ -203,7 +231,7 @@ static __always_inline void tk_pkt_parse_l4(const struct tk_pkt_ctx *c, const en
 		return;
 	}
 	case TK_IPPROTO_ICMP: {
-		struct tk_icmp i;
+		struct tk_icmp i TK_ALIGNED;
 
 		if (tk_pkt_load(c, src, off, &i, sizeof(i)) < 0)
 			goto truncated;
@@ -212,7 +240,7 @@ static __always_inline void tk_pkt_parse_l4(const struct tk_pkt_ctx *c, const en
 		return;
 	}
 	case TK_IPPROTO_ICMPV6: {
-		struct tk_icmp i;
+		struct tk_icmp i TK_ALIGNED;
 
 		if (tk_pkt_load(c, src, off, &i, 4) < 0)
 			goto truncated;
@@ -231,7 +259,7 @@ truncated:
 static __always_inline void tk_pkt_parse_ip4(const struct tk_pkt_ctx *c, const enum tk_pkt_src src,
 					     __u32 off, struct tk_pkt *p)
 {
-	struct tk_ip4 ip;
+	struct tk_ip4 ip TK_ALIGNED;
 	__u32 ihl;
 	__u16 frag;
 
@@ -266,7 +294,7 @@ static __always_inline void tk_pkt_parse_ip4(const struct tk_pkt_ctx *c, const e
 static __always_inline void tk_pkt_parse_ip6(const struct tk_pkt_ctx *c, const enum tk_pkt_src src,
 					     __u32 off, struct tk_pkt *p)
 {
-	struct tk_ip6 ip;
+	struct tk_ip6 ip TK_ALIGNED;
 	__u8 next;
 
 	if (tk_pkt_load(c, src, off, &ip, sizeof(ip)) < 0) {
@@ -284,7 +312,7 @@ static __always_inline void tk_pkt_parse_ip6(const struct tk_pkt_ctx *c, const e
 
 #pragma unroll
 	for (int i = 0; i < TK_IPV6_EXT_MAX; i++) {
-		struct tk_ip6_ext x;
+		struct tk_ip6_ext x TK_ALIGNED;
 
 		if (next != TK_IPPROTO_HOPOPTS && next != TK_IPPROTO_ROUTING &&
 		    next != TK_IPPROTO_DSTOPTS && next != TK_IPPROTO_FRAGMENT && next != TK_IPPROTO_AH)
@@ -326,7 +354,7 @@ static __always_inline void tk_pkt_parse_ip6(const struct tk_pkt_ctx *c, const e
 static __always_inline void tk_pkt_parse(const struct tk_pkt_ctx *c, const enum tk_pkt_src src,
 					 __u16 skb_vlan, struct tk_pkt *p)
 {
-	struct tk_eth eth;
+	struct tk_eth eth TK_ALIGNED;
 	__u32 off = sizeof(eth);
 	__u16 proto;
 	int tags = 0;
@@ -345,7 +373,7 @@ static __always_inline void tk_pkt_parse(const struct tk_pkt_ctx *c, const enum 
 	/* 802.1Q, or 802.1ad outer + 802.1Q inner (QinQ) */
 #pragma unroll
 	for (int i = 0; i < 2; i++) {
-		struct tk_vlan v;
+		struct tk_vlan v TK_ALIGNED;
 
 		if (proto != TK_ETH_P_8021Q && proto != TK_ETH_P_8021AD)
 			break;

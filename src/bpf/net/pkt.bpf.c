@@ -34,17 +34,18 @@ int xdp__observe(struct xdp_md *ctx)
 		.data = (void *)(long)ctx->data,
 		.data_end = (void *)(long)ctx->data_end,
 	};
+	struct tk_pkt_counters *cnt = tk_pkt_counters();
 	struct tk_pkt_event *e;
 	struct tk_pkt p;
 	__u8 verdict;
 
-	tk_pkt_count(TK_CNT_SEEN);
+	tk_pkt_count(cnt, TK_CNT_SEEN);
 	tk_pkt_parse(&c, TK_SRC_XDP, 0, &p);
 	if (!tk_pkt_filter_allows(&p))
 		return XDP_PASS;
-	tk_pkt_count(TK_CNT_MATCHED);
+	tk_pkt_count(cnt, TK_CNT_MATCHED);
 	verdict = tk_pkt_filter.drop ? TK_VERDICT_DROP : TK_VERDICT_PASS;
-	tk_pkt_count(verdict == TK_VERDICT_DROP ? TK_CNT_DROP : TK_CNT_PASS);
+	tk_pkt_count(cnt, verdict == TK_VERDICT_DROP ? TK_CNT_DROP : TK_CNT_PASS);
 
 	e = tk_reserve(sizeof(*e));
 	if (e) {
@@ -63,16 +64,21 @@ int xdp__observe(struct xdp_md *ctx)
 
 static __always_inline int tk_tc_observe(struct __sk_buff *skb, const __u8 dir)
 {
-	struct tk_pkt_ctx c = { .ctx = skb };
+	struct tk_pkt_ctx c = {
+		.ctx = skb,
+		.data = (void *)(long)skb->data,
+		.data_end = (void *)(long)skb->data_end,
+	};
+	struct tk_pkt_counters *cnt = tk_pkt_counters();
 	struct tk_pkt_event *e;
 	struct tk_pkt p;
 
-	tk_pkt_count(TK_CNT_SEEN);
+	tk_pkt_count(cnt, TK_CNT_SEEN);
 	tk_pkt_parse(&c, TK_SRC_SKB, skb->vlan_present ? skb->vlan_tci : 0, &p);
 	if (!tk_pkt_filter_allows(&p))
 		return TK_TC_NEXT;
-	tk_pkt_count(TK_CNT_MATCHED);
-	tk_pkt_count(TK_CNT_PASS);
+	tk_pkt_count(cnt, TK_CNT_MATCHED);
+	tk_pkt_count(cnt, TK_CNT_PASS);
 
 	e = tk_reserve(sizeof(*e));
 	if (e) {
@@ -102,6 +108,7 @@ SEC("socket")
 int sock__observe(struct __sk_buff *skb)
 {
 	struct tk_pkt_ctx c = { .ctx = skb };
+	struct tk_pkt_counters *cnt;
 	struct tk_pkt_event *e;
 	struct tk_pkt p;
 	__u8 dir = skb->pkt_type == TK_PACKET_OUTGOING ? TK_DIR_EGRESS : TK_DIR_INGRESS;
@@ -110,12 +117,13 @@ int sock__observe(struct __sk_buff *skb)
 	if (tk_pkt_filter.skip_lo_outgoing && dir == TK_DIR_EGRESS &&
 	    skb->ifindex == TK_LOOPBACK_IFINDEX)
 		return 0;
-	tk_pkt_count(TK_CNT_SEEN);
+	cnt = tk_pkt_counters();
+	tk_pkt_count(cnt, TK_CNT_SEEN);
 	tk_pkt_parse(&c, TK_SRC_SKB_MAC, skb->vlan_present ? skb->vlan_tci : 0, &p);
 	if (!tk_pkt_filter_allows(&p))
 		return 0;
-	tk_pkt_count(TK_CNT_MATCHED);
-	tk_pkt_count(TK_CNT_PASS);
+	tk_pkt_count(cnt, TK_CNT_MATCHED);
+	tk_pkt_count(cnt, TK_CNT_PASS);
 
 	e = tk_reserve(sizeof(*e));
 	if (e) {

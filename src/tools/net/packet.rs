@@ -155,16 +155,13 @@ impl<'a> Counters<'a> {
         Counters { map }
     }
 
-    /// seen, matched, passed, dropped: summed over CPUs.
+    /// seen, matched, passed, dropped: summed over CPUs (one `struct tk_pkt_counters` each).
     pub fn read(&self) -> [u64; 4] {
         let mut out = [0u64; 4];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let key = (i as u32).to_ne_bytes();
-            if let Ok(Some(per_cpu)) = self.map.lookup_percpu(&key, MapFlags::ANY) {
-                *slot = per_cpu
-                    .iter()
-                    .filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))))
-                    .sum();
+        let Ok(Some(per_cpu)) = self.map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY) else { return out };
+        for value in &per_cpu {
+            for (slot, bytes) in out.iter_mut().zip(value.chunks_exact(8)) {
+                *slot += u64::from_ne_bytes(bytes.try_into().expect("8 bytes"));
             }
         }
         out
@@ -543,7 +540,7 @@ mod tests {
         assert_eq!(flags_label(&p).as_str(), "P.");
         p.tcp_flags = 0x04;
         assert_eq!(flags_label(&p).as_str(), "R");
-        p.flags = (types::tk_pkt_flag::TK_PKT_TRUNCATED.0 as u8);
+        p.flags = types::tk_pkt_flag::TK_PKT_TRUNCATED.0 as u8;
         assert_eq!(flags_label(&p).as_str(), "R,trunc");
     }
 

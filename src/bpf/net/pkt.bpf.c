@@ -36,7 +36,7 @@ int xdp__observe(struct xdp_md *ctx)
 	};
 	struct tk_pkt_counters *cnt = tk_pkt_counters();
 	struct tk_pkt_event *e;
-	struct tk_pkt p;
+	struct tk_pkt p TK_ALIGNED;
 	__u8 verdict;
 
 	tk_pkt_count(cnt, TK_CNT_SEEN);
@@ -71,7 +71,7 @@ static __always_inline int tk_tc_observe(struct __sk_buff *skb, const __u8 dir)
 	};
 	struct tk_pkt_counters *cnt = tk_pkt_counters();
 	struct tk_pkt_event *e;
-	struct tk_pkt p;
+	struct tk_pkt p TK_ALIGNED;
 
 	tk_pkt_count(cnt, TK_CNT_SEEN);
 	tk_pkt_parse(&c, TK_SRC_SKB, skb->vlan_present ? skb->vlan_tci : 0, &p);
@@ -110,7 +110,7 @@ int sock__observe(struct __sk_buff *skb)
 	struct tk_pkt_ctx c = { .ctx = skb };
 	struct tk_pkt_counters *cnt;
 	struct tk_pkt_event *e;
-	struct tk_pkt p;
+	struct tk_pkt p TK_ALIGNED;
 	__u8 dir = skb->pkt_type == TK_PACKET_OUTGOING ? TK_DIR_EGRESS : TK_DIR_INGRESS;
 
 	/* on lo every packet is seen leaving and arriving: keep the arrival (as libpcap does) */

@@ -493,7 +493,7 @@ static __always_inline void tk_pkt_sock(void *ctx, const struct tk_pkt *p, __u8 
 static __always_inline void tk_pkt_fill(struct tk_pkt_event *e, const struct tk_pkt *p, __u32 ifindex,
 					__u32 len, __u8 dir, __u8 hook, __u32 mark, __u8 verdict)
 {
-	__builtin_memset(e, 0, sizeof(*e));
+	/* every field and pad written: no memset of the record first */
 	e->hdr.ts_ns = bpf_ktime_get_ns();
 	e->hdr.ifindex = ifindex;
 	e->hdr.netns = tk_pkt_filter.netns;
@@ -501,9 +501,15 @@ static __always_inline void tk_pkt_fill(struct tk_pkt_event *e, const struct tk_
 	e->hdr.len = len;
 	e->hdr.dir = dir;
 	e->hdr.hook = hook;
+	__builtin_memset(e->hdr._pad, 0, sizeof(e->hdr._pad));
 	e->pkt = *p;
 	e->mark = mark;
+	e->sk_cookie = 0;
+	e->sk_uid = 0;
 	e->verdict = verdict;
+	e->sk_state = TK_SOCK_NONE;
+	e->sk_found = 0;
+	e->_pad = 0;
 }
 
 #endif

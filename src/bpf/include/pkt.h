@@ -105,16 +105,18 @@ struct tk_pkt {
 };
 
 /* What a packet tool sends per packet. */
+/* What a packet tool sends per packet: 104 bytes, no implicit padding (every byte is written,
+ * so the programs need not clear the record first). */
 struct tk_pkt_event {
-	struct tk_pkt_hdr hdr;
-	struct tk_pkt pkt;
-	__u64 sk_cookie;        /* --sock (tc): socket cookie, 0 when unknown */
+	struct tk_pkt_hdr hdr;  /* 32 */
+	struct tk_pkt pkt;      /* 52 */
 	__u32 mark;             /* skb->mark (tc, sockfilter); 0 in XDP */
+	__u64 sk_cookie;        /* --sock (tc): socket cookie, 0 when unknown */
 	__u32 sk_uid;           /* --sock (tc): owner uid of the socket, when found */
 	__u8 verdict;           /* enum tk_verdict */
 	__u8 sk_state;          /* --sock: enum tk_sock_state */
 	__u8 sk_found;          /* --sock: 1 when a socket owns the flow */
-	__u8 _pad[5];
+	__u8 _pad;
 };
 
 /* Where --host applies. */

@@ -21,7 +21,7 @@ pub mod floor {
 pub type PacketEvent = pkt::skel::types::tk_pkt_event;
 
 /// Size of `struct tk_pkt_event` (pkt.h): a layout drift fails the build.
-pub const PACKET_EVENT_SIZE: usize = 112;
+pub const PACKET_EVENT_SIZE: usize = 104;
 const _: () = assert!(size_of::<PacketEvent>() == PACKET_EVENT_SIZE);
 
 /// Runs `prog` on `frame` `repeat` times with BPF_PROG_RUN (nothing attached): the program's

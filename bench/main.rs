@@ -83,7 +83,9 @@ fn tracers(s: Scenario) -> Vec<(Tracer, Option<String>)> {
         Scenario::Open => {
             add("tracekit tracepoint", &tk, &["tracepoint", "syscalls:sys_enter_openat", "-c", WORK_COMM], false);
             add("libbpf-tools opensnoop", "opensnoop", &["-n", WORK_COMM], false);
-            let prog = format!("tracepoint:syscalls:sys_enter_openat {comm_filter} {{ printf(\"%d %s\\n\", pid, str(args->filename)); }}");
+            let prog = format!(
+                "tracepoint:syscalls:sys_enter_openat {comm_filter} {{ printf(\"%d %s\\n\", pid, str(args->filename)); }}"
+            );
             add("bpftrace", "bpftrace", &["-e", &prog], false);
             let floor = "tracepoint:syscalls:sys_enter_openat /comm == \"no-such-comm\"/ { @ = count(); }";
             add("empty BPF program (floor)", "bpftrace", &["-e", floor], true);
@@ -455,7 +457,8 @@ fn capacity(t: &Tracer, dir: &Path, smoke: bool) -> Vec<Step> {
         thread::sleep(Duration::from_millis(1500));
         let stderr = stop(&mut child);
         let text = fs::read_to_string(&file).unwrap_or_default();
-        let words: Vec<f64> = String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        let words: Vec<f64> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|w| w.parse().ok()).collect();
         let (ops, took) = (words.first().copied().unwrap_or(0.0), words.get(1).copied().unwrap_or(f64::NAN));
         let step = Step {
             rate,
@@ -596,10 +599,8 @@ fn main() {
                     st.reported_lost.map_or("none".into(), |n| n.to_string()),
                     if st.exact() { "exact" } else { "wrong" },
                 )),
-                None => table.push_str(&format!(
-                    "| {} | {best} (no loss up to the machine's limit) | – | – | – |\n",
-                    t.name
-                )),
+                None => table
+                    .push_str(&format!("| {} | {best} (no loss up to the machine's limit) | – | – | – |\n", t.name)),
             }
         }
     }

@@ -44,9 +44,7 @@ fn eth(ethertype: u16) -> Vec<u8> {
 fn syn4() -> Vec<u8> {
     let l4 = tcp_syn(40000, 443);
     let mut f = eth(0x0800);
-    f.extend_from_slice(&[
-        0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-    ]);
+    f.extend_from_slice(&[0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
     f.extend_from_slice(&l4);
     f
 }
@@ -97,13 +95,8 @@ struct Observed {
 fn run_pkt(hook: Hook, frame: &[u8], repeat: u32, reject: bool) -> Observed {
     use skels::pkt::skel::{PktSkelBuilder, types};
     let mut storage = MaybeUninit::<OpenObject>::uninit();
-    let mut open = PktSkelBuilder::default()
-        .open(&mut storage)
-        .expect("open the packet skeleton");
-    open.configure_transport(Transport::RingBuf {
-        bytes: RINGBUF_BYTES,
-    })
-    .expect("configure transport");
+    let mut open = PktSkelBuilder::default().open(&mut storage).expect("open the packet skeleton");
+    open.configure_transport(Transport::RingBuf { bytes: RINGBUF_BYTES }).expect("configure transport");
     let ro = open.maps.rodata_data.as_deref_mut().expect("rodata");
     let mut f = types::tk_pkt_filter::default();
     if reject {
@@ -149,26 +142,14 @@ fn run_pkt(hook: Hook, frame: &[u8], repeat: u32, reject: bool) -> Observed {
         .lookup_percpu(&key, MapFlags::ANY)
         .ok()
         .flatten()
-        .map_or(0, |v| {
-            v.iter()
-                .map(|b| u64::from_ne_bytes(b[..8].try_into().unwrap()))
-                .sum()
-        });
-    Observed {
-        ns,
-        consumed: consumed.load(Ordering::Relaxed),
-        lost,
-    }
+        .map_or(0, |v| v.iter().map(|b| u64::from_ne_bytes(b[..8].try_into().unwrap())).sum());
+    Observed { ns, consumed: consumed.load(Ordering::Relaxed), lost }
 }
 
 fn run_floor(hook: Hook, frame: &[u8], repeat: u32) -> u32 {
     use skels::floor::skel::FloorSkelBuilder;
     let mut storage = MaybeUninit::<OpenObject>::uninit();
-    let skel = FloorSkelBuilder::default()
-        .open(&mut storage)
-        .expect("open floor")
-        .load()
-        .expect("load floor");
+    let skel = FloorSkelBuilder::default().open(&mut storage).expect("open floor").load().expect("load floor");
     let prog = match hook {
         Hook::Xdp => &skel.progs.xdp__floor,
         Hook::Tc => &skel.progs.tc__floor,
@@ -226,16 +207,8 @@ const IP_B: &str = "10.201.0.2";
 const PORT: u16 = 9401;
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run `ip` (iproute2)");
-    assert!(
-        out.status.success(),
-        "`ip {}`: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    let out = Command::new("ip").args(args).output().expect("run `ip` (iproute2)");
+    assert!(out.status.success(), "`ip {}`: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
 }
 
 /// Two namespaces `tkb-{a,b}-PID` joined by `tkb0` ↔ `tkb1`; deleted on drop.
@@ -256,55 +229,28 @@ impl Pair {
         ip(&["netns", "add", &pair.b]);
         let (ma, mb) = ("02:00:0a:c9:00:01", "02:00:0a:c9:00:02");
         ip(&[
-            "-n", &pair.a, "link", "add", IF_A, "address", ma, "type", "veth", "peer", "name",
-            IF_B, "address", mb, "netns", &pair.b,
+            "-n", &pair.a, "link", "add", IF_A, "address", ma, "type", "veth", "peer", "name", IF_B, "address", mb,
+            "netns", &pair.b,
         ]);
-        for (ns, dev, me, peer, peer_mac) in [
-            (&pair.a, IF_A, IP_A, IP_B, mb),
-            (&pair.b, IF_B, IP_B, IP_A, ma),
-        ] {
+        for (ns, dev, me, peer, peer_mac) in [(&pair.a, IF_A, IP_A, IP_B, mb), (&pair.b, IF_B, IP_B, IP_A, ma)] {
             for key in ["all", "default", dev] {
                 let _ = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        ns,
-                        "sysctl",
-                        "-qw",
-                        &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
-                    ])
+                    .args(["netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{key}.disable_ipv6=1")])
                     .output();
             }
             ip(&["-n", ns, "link", "set", "lo", "up"]);
             ip(&["-n", ns, "addr", "add", &format!("{me}/24"), "dev", dev]);
-            ip(&[
-                "-n",
-                ns,
-                "neigh",
-                "add",
-                peer,
-                "lladdr",
-                peer_mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
+            ip(&["-n", ns, "neigh", "add", peer, "lladdr", peer_mac, "dev", dev, "nud", "permanent"]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
         // frames sent with XDP_TX into a veth need NAPI on the receiving end (NET.md)
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &pair.b, "ethtool", "-K", IF_B, "gro", "on"])
-            .output();
+        let _ = Command::new("ip").args(["netns", "exec", &pair.b, "ethtool", "-K", IF_B, "gro", "on"]).output();
         thread::sleep(Duration::from_millis(200));
         pair
     }
 
     /// Runs `f` on a thread inside namespace `ns`.
-    fn in_ns<T: Send + 'static>(
-        ns: &str,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> thread::JoinHandle<T> {
+    fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
         let file = File::open(format!("/run/netns/{ns}")).expect("open netns");
         thread::spawn(move || {
             // SAFETY: setns reads the fd only; CLONE_NEWNET moves this thread alone.
@@ -317,10 +263,7 @@ impl Pair {
 
     /// rx packets of `tkb1` (namespace b).
     fn rx_b(&self) -> u64 {
-        let out = Command::new("ip")
-            .args(["-n", &self.b, "-s", "-j", "link", "show", IF_B])
-            .output()
-            .unwrap();
+        let out = Command::new("ip").args(["-n", &self.b, "-s", "-j", "link", "show", IF_B]).output().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         v[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or(0)
     }
@@ -342,10 +285,7 @@ fn send_udp(ns: &str, rate: f64, secs: f64) -> (u64, f64) {
         sock.connect((IP_B, PORT)).expect("connect");
         const BATCH: usize = 32;
         let payload = [0x5au8; 18];
-        let mut iov = [libc::iovec {
-            iov_base: payload.as_ptr() as *mut _,
-            iov_len: payload.len(),
-        }];
+        let mut iov = [libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() }];
         // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for m in &mut msgs {
@@ -373,10 +313,7 @@ fn send_udp(ns: &str, rate: f64, secs: f64) -> (u64, f64) {
 
 /// IPv4 header checksum (RFC 1071).
 fn ip_checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -386,12 +323,8 @@ fn ip_checksum(h: &[u8]) -> u16 {
 /// The datagram the live-frames sender transmits: a → b, UDP to PORT, 18 bytes of payload,
 /// a valid IPv4 header checksum (the stack checks it) and no UDP checksum.
 fn udp_frame() -> Vec<u8> {
-    let mut f = vec![
-        0x02, 0x00, 0x0a, 0xc9, 0x00, 0x02, 0x02, 0x00, 0x0a, 0xc9, 0x00, 0x01, 0x08, 0x00,
-    ];
-    let mut ip = vec![
-        0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 201, 0, 1, 10, 201, 0, 2,
-    ];
+    let mut f = vec![0x02, 0x00, 0x0a, 0xc9, 0x00, 0x02, 0x02, 0x00, 0x0a, 0xc9, 0x00, 0x01, 0x08, 0x00];
+    let mut ip = vec![0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 201, 0, 1, 10, 201, 0, 2];
     let c = ip_checksum(&ip).to_be_bytes();
     ip[10..12].copy_from_slice(&c);
     f.extend_from_slice(&ip);
@@ -439,9 +372,7 @@ fn load_xdp_tx() -> std::io::Result<std::os::fd::OwnedFd> {
 fn send_live(ns: &str, rate: f64, secs: f64) -> std::io::Result<(u64, f64)> {
     const THREADS: usize = 2;
     let start = Instant::now();
-    let hs: Vec<_> = (0..THREADS)
-        .map(|_| send_live_thread(ns, rate / THREADS as f64, secs))
-        .collect();
+    let hs: Vec<_> = (0..THREADS).map(|_| send_live_thread(ns, rate / THREADS as f64, secs)).collect();
     let mut sent = 0;
     for h in hs {
         sent += h.join().unwrap()?.0;
@@ -449,11 +380,7 @@ fn send_live(ns: &str, rate: f64, secs: f64) -> std::io::Result<(u64, f64)> {
     Ok((sent, start.elapsed().as_secs_f64()))
 }
 
-fn send_live_thread(
-    ns: &str,
-    rate: f64,
-    secs: f64,
-) -> thread::JoinHandle<std::io::Result<(u64, f64)>> {
+fn send_live_thread(ns: &str, rate: f64, secs: f64) -> thread::JoinHandle<std::io::Result<(u64, f64)>> {
     use libbpf_rs::libbpf_sys as sys;
     Pair::in_ns(ns, move || {
         let prog = load_xdp_tx()?;
@@ -461,12 +388,7 @@ fn send_live_thread(
         // SAFETY: a NUL-terminated name that outlives the call.
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
         let frame = udp_frame();
-        let ctx = sys::xdp_md {
-            data: 0,
-            data_end: frame.len() as u32,
-            ingress_ifindex: ifindex,
-            ..Default::default()
-        };
+        let ctx = sys::xdp_md { data: 0, data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
         let chunk = ((rate / 10.0) as u64).clamp(256, 1 << 20);
         let start = Instant::now();
         let mut sent = 0u64;
@@ -555,9 +477,7 @@ fn start(tool: Tool, ns_b: &str, file: &Path) -> Option<Running> {
     let mut c = match tool {
         Tool::Tcpdump => {
             let mut c = Command::new("ip");
-            c.args([
-                "netns", "exec", ns_b, "tcpdump", "-n", "-i", IF_B, "-Z", "root", "-w", &f,
-            ]);
+            c.args(["netns", "exec", ns_b, "tcpdump", "-n", "-i", IF_B, "-Z", "root", "-w", &f]);
             c.stdout(Stdio::null());
             c
         }
@@ -585,11 +505,7 @@ fn start(tool: Tool, ns_b: &str, file: &Path) -> Option<Running> {
             }
         }
     });
-    let ready = if tool == Tool::Tcpdump {
-        "listening on"
-    } else {
-        "attached after"
-    };
+    let ready = if tool == Tool::Tcpdump { "listening on" } else { "attached after" };
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -615,11 +531,7 @@ fn start(tool: Tool, ns_b: &str, file: &Path) -> Option<Running> {
             Err(_) => break,
         }
     }
-    eprintln!(
-        "bench: {} did not attach: {}",
-        tool.name(),
-        seen.join(" / ")
-    );
+    eprintln!("bench: {} did not attach: {}", tool.name(), seen.join(" / "));
     let _ = child.kill();
     let _ = child.wait();
     None
@@ -653,9 +565,7 @@ fn pcap_delivered(file: &Path) -> u64 {
         // Ethernet, IPv4 (IHL), UDP destination port
         if rec.len() >= 14 + 20 + 4 && rec[12..14] == [0x08, 0x00] && rec[23] == 17 {
             let ihl = usize::from(rec[14] & 0xf) * 4;
-            if rec.len() >= 14 + ihl + 4
-                && u16::from_be_bytes([rec[14 + ihl + 2], rec[14 + ihl + 3]]) == PORT
-            {
+            if rec.len() >= 14 + ihl + 4 && u16::from_be_bytes([rec[14 + ihl + 2], rec[14 + ihl + 3]]) == PORT {
                 n += 1;
             }
         }
@@ -682,10 +592,7 @@ fn tracekit_delivered(file: &Path) -> (u64, Option<u64>) {
 }
 
 fn tcpdump_dropped(stderr: &[String]) -> Option<u64> {
-    stderr.iter().find_map(|l| {
-        l.strip_suffix(" packets dropped by kernel")
-            .and_then(|n| n.trim().parse().ok())
-    })
+    stderr.iter().find_map(|l| l.strip_suffix(" packets dropped by kernel").and_then(|n| n.trim().parse().ok()))
 }
 
 struct Step {
@@ -721,14 +628,7 @@ fn ladder(tool: Tool, pair: &Pair, sender: Sender, dir: &Path, smoke: bool) -> O
             Tool::Tcpdump => (pcap_delivered(&file), tcpdump_dropped(&stderr)),
             _ => tracekit_delivered(&file),
         };
-        let st = Step {
-            rate,
-            achieved: sent as f64 / took,
-            generated: sent,
-            arrived,
-            delivered,
-            reported_lost,
-        };
+        let st = Step { rate, achieved: sent as f64 / took, generated: sent, arrived, delivered, reported_lost };
         eprintln!(
             "bench: net-capacity / {}: offered {rate:.0}/s, sent {:.0}/s, {delivered} delivered of {sent} sent ({arrived} reached {IF_B}), lost reported {reported_lost:?}",
             tool.name(),
@@ -746,12 +646,7 @@ fn ladder(tool: Tool, pair: &Pair, sender: Sender, dir: &Path, smoke: bool) -> O
 }
 
 /// The live capacity table (markdown) and raw rows.
-pub fn capacity(
-    smoke: bool,
-    live_frames: bool,
-    dir: &Path,
-    results: &mut Vec<serde_json::Value>,
-) -> String {
+pub fn capacity(smoke: bool, live_frames: bool, dir: &Path, results: &mut Vec<serde_json::Value>) -> String {
     let pair = Pair::new();
     let sender = if !live_frames {
         Sender::Sendmmsg
@@ -764,17 +659,10 @@ pub fn capacity(
             }
         }
     };
-    eprintln!(
-        "bench: net-capacity (UDP a → b over a veth pair, {}, doubling rates)",
-        sender.describe()
-    );
+    eprintln!("bench: net-capacity (UDP a → b over a veth pair, {}, doubling rates)", sender.describe());
     // A bound socket in b that nobody reads: no ICMP port unreachable comes back, and the
     // kernel drops the datagrams at the socket, after every hook the tools use.
-    let _sink = Pair::in_ns(&pair.b, || {
-        UdpSocket::bind((IP_B, PORT)).expect("bind in netns b")
-    })
-    .join()
-    .unwrap();
+    let _sink = Pair::in_ns(&pair.b, || UdpSocket::bind((IP_B, PORT)).expect("bind in netns b")).join().unwrap();
     let mut t = String::from(
         "\n| capacity (UDP over veth, sender: SENDER) | highest rate with zero loss | above it: sent | delivered / sent (reached the interface) | lost reported (real loss) |\n|---|---|---|---|---|\n",
     );
@@ -794,16 +682,8 @@ pub fn capacity(
                 "generated": st.generated, "arrived": st.arrived, "delivered": st.delivered, "reported_lost": st.reported_lost,
             }));
         }
-        let best = steps
-            .iter()
-            .filter(|s| s.lossless())
-            .map(|s| s.achieved)
-            .fold(f64::NAN, f64::max);
-        let best_s = if best.is_finite() {
-            format!("{:.0} k/s", best / 1e3)
-        } else {
-            "none".into()
-        };
+        let best = steps.iter().filter(|s| s.lossless()).map(|s| s.achieved).fold(f64::NAN, f64::max);
+        let best_s = if best.is_finite() { format!("{:.0} k/s", best / 1e3) } else { "none".into() };
         match steps.iter().find(|s| !s.lossless()) {
             Some(st) => {
                 let real = st.generated - st.delivered.min(st.generated);
@@ -821,11 +701,7 @@ pub fn capacity(
             }
             None => {
                 let last = steps.last().unwrap();
-                let limit = if smoke {
-                    "smoke: one step"
-                } else {
-                    "no loss up to the sender's limit"
-                };
+                let limit = if smoke { "smoke: one step" } else { "no loss up to the sender's limit" };
                 t.push_str(&format!(
                     "| {} | {best_s} ({limit}) | – | {} / {} ({}) | {} (0, exact) |\n",
                     tool.name(),

@@ -14,11 +14,7 @@ pub enum Error {
     NotPrivileged,
 
     #[error("kernel feature `{feature}` is unavailable: {reason}")]
-    Unsupported {
-        feature: &'static str,
-        reason: String,
-        hint: Option<String>,
-    },
+    Unsupported { feature: &'static str, reason: String, hint: Option<String> },
 
     #[error("loading BPF program `{tool}` failed: {source}")]
     Load {
@@ -85,10 +81,9 @@ impl Error {
             Error::Load { verbose: false, log_tail, .. } if !log_tail.is_empty() => {
                 Some("rerun with -v for the full verifier log".into())
             }
-            Error::Load { source, .. } if permission_denied(source) => Some(
-                "the kernel refused the program: check `tracekit probe` for what this kernel supports"
-                    .into(),
-            ),
+            Error::Load { source, .. } if permission_denied(source) => {
+                Some("the kernel refused the program: check `tracekit probe` for what this kernel supports".into())
+            }
             Error::Load { .. } => Some("run `tracekit probe` to see what this kernel supports".into()),
         }
     }

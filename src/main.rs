@@ -1,7 +1,6 @@
 //! tracekit: one small binary for eBPF tracing. This file parses the command line and
 //! dispatches; every tool lives in `tools/`, the shared machinery in `runtime/`.
 
-
 use std::ffi::OsString;
 use std::process::ExitCode;
 

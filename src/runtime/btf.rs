@@ -15,13 +15,22 @@ pub struct KernelBtf {
 /// How one value prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValueKind {
-    Int { bytes: u8, signed: bool },
+    Int {
+        bytes: u8,
+        signed: bool,
+    },
     Bool,
-    Enum { bytes: u8, signed: bool, variants: Vec<(i64, String)> },
+    Enum {
+        bytes: u8,
+        signed: bool,
+        variants: Vec<(i64, String)>,
+    },
     /// `char *`: read as a string (user or kernel memory, decided by the address).
     Str,
     /// Other pointers, printed as hex; `pointee` names what it points to.
-    Ptr { pointee: String },
+    Ptr {
+        pointee: String,
+    },
     /// A struct or union passed by value: only its fields can be printed (`-a`).
     Composite(String),
     Void,
@@ -110,7 +119,8 @@ impl KernelBtf {
         if !p.params.is_empty() {
             p.params.remove(0);
         }
-        let args: Vec<String> = p.c_decl.split_once('(')?.1.trim_end_matches(')').split(", ").skip(1).map(str::to_owned).collect();
+        let args: Vec<String> =
+            p.c_decl.split_once('(')?.1.trim_end_matches(')').split(", ").skip(1).map(str::to_owned).collect();
         p.c_decl = format!("{name}({})", args.join(", "));
         p.name = name.to_owned();
         p.ret = ValueKind::Void;
@@ -130,7 +140,12 @@ impl KernelBtf {
             c_params.push(c_decl(&c_type(&ty), &pname));
             params.push((pname, self.kind(&ty), p.ty));
         }
-        Some(Prototype { name: name.to_owned(), params, ret: ValueKind::Void, c_decl: format!("{name}({})", c_params.join(", ")) })
+        Some(Prototype {
+            name: name.to_owned(),
+            params,
+            ret: ValueKind::Void,
+            c_decl: format!("{name}({})", c_params.join(", ")),
+        })
     }
 
     /// Every raw tracepoint that BTF names (for globs and "did you mean").
@@ -138,7 +153,9 @@ impl KernelBtf {
         let mut names: Vec<String> = self
             .btf
             .type_by_kind::<libbpf_rs::btf::types::Typedef<'_>>()
-            .filter_map(|t| t.name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("btf_trace_")).map(str::to_owned))
+            .filter_map(|t| {
+                t.name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("btf_trace_")).map(str::to_owned)
+            })
             .collect();
         names.sort();
         names.dedup();
@@ -161,18 +178,26 @@ impl KernelBtf {
             }
             BtfKind::Enum => {
                 let e = Enum::try_from(t).expect("kind is Enum");
-                let variants = e.iter().map(|m| (m.value, m.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())).collect();
+                let variants = e
+                    .iter()
+                    .map(|m| (m.value, m.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+                    .collect();
                 ValueKind::Enum { bytes: e.size() as u8, signed: e.is_signed(), variants }
             }
             BtfKind::Enum64 => {
                 let e = Enum64::try_from(t).expect("kind is Enum64");
-                let variants = e.iter().map(|m| (m.value as i64, m.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())).collect();
+                let variants = e
+                    .iter()
+                    .map(|m| (m.value as i64, m.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+                    .collect();
                 ValueKind::Enum { bytes: e.size() as u8, signed: e.is_signed(), variants }
             }
             BtfKind::Ptr => {
                 let target = t.next_type().map(|n| n.skip_mods_and_typedefs());
                 match target {
-                    Some(p) if p.kind() == BtfKind::Int && Int::try_from(p).is_ok_and(|i| i.bits == 8) => ValueKind::Str,
+                    Some(p) if p.kind() == BtfKind::Int && Int::try_from(p).is_ok_and(|i| i.bits == 8) => {
+                        ValueKind::Str
+                    }
                     Some(p) => ValueKind::Ptr { pointee: c_type(&p) },
                     None => ValueKind::Ptr { pointee: "void".into() },
                 }
@@ -187,12 +212,8 @@ impl KernelBtf {
     pub fn resolve_path(&self, proto: &Prototype, expr: &str) -> Result<Fetch, String> {
         let expr = expr.trim();
         let (first, mut rest) = split_ident(expr);
-        let (arg, (_, _, ty_id)) = proto
-            .params
-            .iter()
-            .enumerate()
-            .find(|(_, (n, _, _))| n == first)
-            .ok_or_else(|| {
+        let (arg, (_, _, ty_id)) =
+            proto.params.iter().enumerate().find(|(_, (n, _, _))| n == first).ok_or_else(|| {
                 let names: Vec<&str> = proto.params.iter().map(|(n, _, _)| n.as_str()).collect();
                 format!("`{first}` is not a parameter of `{}` (parameters: {})", proto.name, names.join(", "))
             })?;
@@ -220,7 +241,10 @@ impl KernelBtf {
             let mut t = ty.skip_mods_and_typedefs();
             if deref {
                 if t.kind() != BtfKind::Ptr {
-                    return Err(format!("`{walked}` is not a pointer ({}): use `.` for an embedded struct", c_type(&t)));
+                    return Err(format!(
+                        "`{walked}` is not a pointer ({}): use `.` for an embedded struct",
+                        c_type(&t)
+                    ));
                 }
                 if let Some(off) = pending.take() {
                     offsets.push(off); // read the pointer itself first
@@ -230,14 +254,24 @@ impl KernelBtf {
             } else if pending.is_none() {
                 return Err(format!("`{walked}` is a pointer or a value in a register: use `->`"));
             }
-            let comp = Composite::try_from(t).map_err(|t| format!("`{walked}` is a `{}`, not a struct or union", c_type(&t)))?;
+            let comp = Composite::try_from(t)
+                .map_err(|t| format!("`{walked}` is a `{}`, not a struct or union", c_type(&t)))?;
             let (off, fty) = find_member(&self.btf, &comp, field).ok_or_else(|| {
-                let names: Vec<String> = comp.iter().filter_map(|m| m.name.map(|n| n.to_string_lossy().into_owned())).collect();
-                let close: Vec<&String> = names.iter().filter(|n| strsim::jaro_winkler(n, field) > 0.8).take(3).collect();
+                let names: Vec<String> =
+                    comp.iter().filter_map(|m| m.name.map(|n| n.to_string_lossy().into_owned())).collect();
+                let close: Vec<&String> =
+                    names.iter().filter(|n| strsim::jaro_winkler(n, field) > 0.8).take(3).collect();
                 format!(
                     "`{}` has no field `{field}`{}",
                     c_type(&t),
-                    if close.is_empty() { String::new() } else { format!(" (did you mean {}?)", close.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")) }
+                    if close.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (did you mean {}?)",
+                            close.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+                        )
+                    }
                 )
             })?;
             pending = Some(pending.unwrap_or(0) + off);
@@ -248,9 +282,8 @@ impl KernelBtf {
         }
         // An embedded char array (`p->comm`): the string is at its address, nothing to read.
         let char_array = ty.skip_mods_and_typedefs().kind() == BtfKind::Array
-            && libbpf_rs::btf::types::Array::try_from(ty.skip_mods_and_typedefs()).is_ok_and(|a| {
-                Int::try_from(a.contained_type().skip_mods_and_typedefs()).is_ok_and(|i| i.bits == 8)
-            });
+            && libbpf_rs::btf::types::Array::try_from(ty.skip_mods_and_typedefs())
+                .is_ok_and(|a| Int::try_from(a.contained_type().skip_mods_and_typedefs()).is_ok_and(|i| i.bits == 8));
         let mut tail = 0;
         match pending {
             Some(off) if char_array => tail = off,
@@ -345,7 +378,11 @@ mod tests {
         assert_eq!(p.params[2].1, ValueKind::Ptr { pointee: "struct open_how".into() });
         // `long` up to 6.x, `int` in newer kernels: signed either way
         assert!(matches!(p.ret, ValueKind::Int { signed: true, .. }), "{:?}", p.ret);
-        assert!(p.c_decl.ends_with(" do_sys_openat2(int dfd, const char *filename, struct open_how *how)"), "{}", p.c_decl);
+        assert!(
+            p.c_decl.ends_with(" do_sys_openat2(int dfd, const char *filename, struct open_how *how)"),
+            "{}",
+            p.c_decl
+        );
         let flags = b.resolve_path(&p, "how->flags").unwrap();
         assert_eq!((flags.arg, flags.offsets.as_slice()), (2, &[0u32][..]));
         assert_eq!(flags.kind, ValueKind::Int { bytes: 8, signed: false });

@@ -26,19 +26,12 @@ fn effective_caps() -> Option<u64> {
 pub fn check_privileges() -> Result<(), Error> {
     let caps = effective_caps().unwrap_or(0);
     let has = |cap: u32| caps & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        Ok(())
-    } else {
-        Err(Error::NotPrivileged)
-    }
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) { Ok(()) } else { Err(Error::NotPrivileged) }
 }
 
 /// Where tracefs is mounted, if it is.
 pub fn tracefs_dir() -> Option<PathBuf> {
-    [TRACEFS, DEBUGFS_TRACING]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.join("events").is_dir())
+    [TRACEFS, DEBUGFS_TRACING].into_iter().map(PathBuf::from).find(|p| p.join("events").is_dir())
 }
 
 /// Classic tracepoints need tracefs (libbpf reads event ids from it). A fresh machine may not
@@ -67,9 +60,7 @@ fn mount_tracefs() -> io::Result<()> {
     let fstype = c"tracefs";
     let source = c"nodev";
     // SAFETY: every pointer is a valid NUL-terminated string that outlives the call; data is NULL.
-    let rc = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
@@ -121,7 +112,8 @@ pub fn resolve_cgroup(path: &Path) -> Result<CgroupTarget, Error> {
             Some("mount it: mount -t cgroup2 none /sys/fs/cgroup/unified".to_owned()),
         )
     })?;
-    let full = if path.starts_with(&root) { path.to_path_buf() } else { root.join(path.strip_prefix("/").unwrap_or(path)) };
+    let full =
+        if path.starts_with(&root) { path.to_path_buf() } else { root.join(path.strip_prefix("/").unwrap_or(path)) };
     let meta = fs::metadata(&full).map_err(|e| {
         Error::usage(
             format!("cgroup `{}` not found: {e}", full.display()),
@@ -143,7 +135,6 @@ pub fn monotonic_to_realtime_ns() -> i128 {
     }
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
-
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use the memory cgroup.
 /// Raise it when allowed; a refusal is not fatal (it is refused on these machines and not needed).

@@ -8,10 +8,9 @@ use libbpf_rs::{MapCore, MapFlags, MapMut};
 pub fn read_drops(map: &MapMut<'_>) -> u64 {
     let key = 0u32.to_ne_bytes();
     match map.lookup_percpu(&key, MapFlags::ANY) {
-        Ok(Some(per_cpu)) => per_cpu
-            .iter()
-            .filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))))
-            .sum(),
+        Ok(Some(per_cpu)) => {
+            per_cpu.iter().filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))).sum()
+        }
         _ => 0,
     }
 }

@@ -1,9 +1,9 @@
 //! The shared runtime every tool runs on: parse → plan → open → configure → load → attach →
 //! stream → decode → print → detach. A tool contributes its skeleton, its plan and a [`Printer`].
 
+pub mod attach;
 pub mod btf;
 pub mod callplan;
-pub mod attach;
 pub mod child;
 pub mod cli;
 pub mod fastfmt;
@@ -35,8 +35,8 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, PerfBufferBuilder, RingBufferBuilder};
 
 use crate::error::Error;
-pub use cli::{CommonArgs, OutputArgs, TaskArgs, TransportChoice};
 use child::GatedChild;
+pub use cli::{CommonArgs, OutputArgs, TaskArgs, TransportChoice};
 use filter::Filter;
 use output::{EventHeader, Sink};
 use probe::{Feature, Probes};
@@ -196,8 +196,7 @@ impl Runtime {
 
     /// Writes a packet tool's transport configuration into an opened skeleton.
     pub fn configure_transport<O: TransportOpen>(&self, open: &mut O, transport: Transport) -> Result<(), Error> {
-        open.configure_transport(transport)
-            .map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))
+        open.configure_transport(transport).map_err(|e| Error::runtime(format!("configuring the BPF maps: {e}"), None))
     }
 
     /// Writes the common configuration (filter, transport) into an opened skeleton.
@@ -287,10 +286,7 @@ impl Runtime {
                 if !announced_first {
                     if let Some(t) = st.first_event {
                         announced_first = true;
-                        self.say(format_args!(
-                            "first event after {:.2} ms",
-                            (t - self.started).as_secs_f64() * 1e3
-                        ));
+                        self.say(format_args!("first event after {:.2} ms", (t - self.started).as_secs_f64() * 1e3));
                     }
                 }
             }

@@ -14,7 +14,10 @@ use libbpf_rs::{MapType, ProgramType};
 pub enum Status {
     Supported,
     /// Absent, with the reason and, where known, the kernel that brought it.
-    Unsupported { reason: String, since: Option<&'static str> },
+    Unsupported {
+        reason: String,
+        since: Option<&'static str>,
+    },
     /// The probe could not decide.
     Unknown(String),
 }
@@ -263,17 +266,15 @@ fn probe_tracing(f: Feature, attach_type: u32, targets: &[&std::ffi::CStr]) -> S
     };
     match load_tracing_prog(attach_type, btf_id) {
         Ok(_fd) => Status::Supported,
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => unsupported(
-            f,
-            "the kernel refuses tracing programs (EPERM): no ftrace direct calls, or lockdown",
-        ),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            unsupported(f, "the kernel refuses tracing programs (EPERM): no ftrace direct calls, or lockdown")
+        }
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(ENOTSUPP) => {
             unsupported(f, format!("the kernel rejects this program kind ({e})"))
         }
         Err(e) => Status::Unknown(e.to_string()),
     }
 }
-
 
 fn load_tracing_prog(attach_type: u32, btf_id: u32) -> io::Result<OwnedFd> {
     load_trivial_prog(libbpf_sys::BPF_PROG_TYPE_TRACING, attach_type, btf_id)
@@ -386,7 +387,12 @@ fn probe_sockmap_link(f: Feature) -> Status {
     };
     // SAFETY: prog and map are open fds; NULL opts are allowed.
     let rc = unsafe {
-        libbpf_sys::bpf_link_create(prog.as_raw_fd(), map.as_raw_fd(), libbpf_sys::BPF_SK_SKB_STREAM_VERDICT, std::ptr::null())
+        libbpf_sys::bpf_link_create(
+            prog.as_raw_fd(),
+            map.as_raw_fd(),
+            libbpf_sys::BPF_SK_SKB_STREAM_VERDICT,
+            std::ptr::null(),
+        )
     };
     if rc >= 0 {
         // SAFETY: rc is a new link fd nothing else owns; dropping it detaches.

@@ -34,7 +34,6 @@ pub struct CommonConfig<'a> {
     pub stack: bool,
 }
 
-
 /// Switches the shared `tk_events` map to the chosen transport (the libbpf-tools compat trick).
 pub fn configure_events_map(map: &mut OpenMapMut<'_>, t: Transport) -> libbpf_rs::Result<()> {
     match t {
@@ -117,10 +116,7 @@ macro_rules! common_skel {
         $crate::transport_skel!($skel, $open, $loaded, |s| Some(s));
 
         impl $crate::runtime::skel::CommonOpen for $skel::$open<'_> {
-            fn configure_common(
-                &mut self,
-                cfg: &$crate::runtime::skel::CommonConfig<'_>,
-            ) -> libbpf_rs::Result<()> {
+            fn configure_common(&mut self, cfg: &$crate::runtime::skel::CommonConfig<'_>) -> libbpf_rs::Result<()> {
                 use $skel::types as t;
                 $crate::runtime::skel::TransportOpen::configure_transport(self, cfg.transport)?;
                 let ro = self.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");

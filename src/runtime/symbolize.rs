@@ -69,9 +69,5 @@ pub fn stack_addrs(stacks: &MapMut<'_>, id: i32) -> Vec<u64> {
 
 /// A stack map value: addresses up to the first zero.
 fn addrs_of(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
-        .take_while(|&a| a != 0)
-        .collect()
+    bytes.chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes"))).take_while(|&a| a != 0).collect()
 }

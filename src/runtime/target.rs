@@ -74,7 +74,12 @@ impl ElfInfo {
                 continue;
             }
             let Some(file_offset) = to_offset(sym.address()) else { continue };
-            functions.push(Function { name: strip_version(name).to_owned(), addr: sym.address(), size: sym.size(), file_offset });
+            functions.push(Function {
+                name: strip_version(name).to_owned(),
+                addr: sym.address(),
+                size: sym.size(),
+                file_offset,
+            });
         }
         functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
         functions.dedup_by(|a, b| a.name == b.name && a.addr == b.addr);
@@ -174,7 +179,9 @@ fn is_executable(p: &Path) -> bool {
 fn library_matches(file: &str, name: &str) -> bool {
     let stem = name.strip_suffix(".so").unwrap_or(name);
     file == name
-        || file.strip_prefix(stem).is_some_and(|rest| rest.starts_with(".so") || rest.starts_with('-') && rest.ends_with(".so"))
+        || file
+            .strip_prefix(stem)
+            .is_some_and(|rest| rest.starts_with(".so") || rest.starts_with('-') && rest.ends_with(".so"))
 }
 
 /// The library a running process has mapped (what it really uses).
@@ -200,12 +207,12 @@ const ARCH_LIB_DIRS: &[&str] = &[
 
 /// The loader's search order, simplified: LD_LIBRARY_PATH, /etc/ld.so.conf(.d), default dirs.
 fn library_dirs(pid: Option<u32>) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
-        .map(|v| std::env::split_paths(&v).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("LD_LIBRARY_PATH").map(|v| std::env::split_paths(&v).collect()).unwrap_or_default();
     let mut confs = vec![in_root(pid, Path::new("/etc/ld.so.conf"))];
     if let Ok(d) = fs::read_dir(in_root(pid, Path::new("/etc/ld.so.conf.d"))) {
-        let mut more: Vec<PathBuf> = d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "conf")).collect();
+        let mut more: Vec<PathBuf> =
+            d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "conf")).collect();
         more.sort();
         confs.extend(more);
     }

@@ -74,8 +74,8 @@ fn read_uint(data: &[u8], off: usize, size: usize) -> u64 {
 }
 
 const SIGNED_TYPES: &[&str] = &[
-    "int", "long", "short", "char", "s8", "s16", "s32", "s64", "pid_t", "int8_t", "int16_t", "int32_t",
-    "int64_t", "ssize_t", "loff_t", "off_t", "__s8", "__s16", "__s32", "__s64", "ktime_t", "time64_t",
+    "int", "long", "short", "char", "s8", "s16", "s32", "s64", "pid_t", "int8_t", "int16_t", "int32_t", "int64_t",
+    "ssize_t", "loff_t", "off_t", "__s8", "__s16", "__s32", "__s64", "ktime_t", "time64_t",
 ];
 
 /// Width of a C integer type by name; None for typedefs (the slot's size is used).
@@ -95,7 +95,8 @@ fn kind_of(c_type: &str, signed_flag: bool, size: usize) -> FieldKind {
     if t.starts_with("__data_loc") {
         return if t.contains("char") { FieldKind::StrLoc } else { FieldKind::Bytes };
     }
-    let words: Vec<&str> = t.split(|c: char| c.is_whitespace() || c == '*').filter(|w| !w.is_empty() && *w != "const").collect();
+    let words: Vec<&str> =
+        t.split(|c: char| c.is_whitespace() || c == '*').filter(|w| !w.is_empty() && *w != "const").collect();
     if t.contains('*') {
         return if words == ["char"] && t.matches('*').count() == 1 { FieldKind::StrPtr } else { FieldKind::Ptr };
     }
@@ -138,11 +139,8 @@ fn parse_field(line: &str) -> Option<Field> {
 }
 
 pub fn parse(name: &str, text: &str) -> Result<Format, String> {
-    let id = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ID:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or("no `ID:` line")?;
+    let id =
+        text.lines().find_map(|l| l.strip_prefix("ID:")).and_then(|v| v.trim().parse().ok()).ok_or("no `ID:` line")?;
     let fields: Vec<Field> = text
         .lines()
         .filter(|l| l.trim_start().starts_with("field:"))

@@ -44,14 +44,7 @@ pub fn attach_cgroup(
     let file = open_dir(&dir)?;
     let ty = attach_type_name(attach_type);
     // SAFETY: prog is an open program fd, file an open cgroup directory; NULL opts are allowed.
-    let fd = unsafe {
-        libbpf_sys::bpf_link_create(
-            prog.as_raw_fd(),
-            file.as_raw_fd(),
-            attach_type,
-            std::ptr::null(),
-        )
-    };
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), file.as_raw_fd(), attach_type, std::ptr::null()) };
     if fd < 0 {
         return Err(cgroup_error(-fd, prog_name, &dir, attach_type));
     }
@@ -74,11 +67,8 @@ pub(crate) fn cgroup_dir(path: &Path) -> Result<(PathBuf, PathBuf), Error> {
         )
     })?;
     let below = || root.join(path.strip_prefix("/").unwrap_or(path));
-    let full = if path.is_absolute() && (path.starts_with(&root) || path.exists()) {
-        path.to_path_buf()
-    } else {
-        below()
-    };
+    let full =
+        if path.is_absolute() && (path.starts_with(&root) || path.exists()) { path.to_path_buf() } else { below() };
     let hint = || {
         Some(format!(
             "cgroup2 is mounted at `{}`: give a directory below it (or a path relative to it)",
@@ -88,10 +78,7 @@ pub(crate) fn cgroup_dir(path: &Path) -> Result<(PathBuf, PathBuf), Error> {
     let magic = match statfs_type(&full) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Error::usage(
-                format!("cgroup `{}` not found", full.display()),
-                hint(),
-            ));
+            return Err(Error::usage(format!("cgroup `{}` not found", full.display()), hint()));
         }
         Err(e) => return Err(Error::io(format!("reading `{}`", full.display()), e)),
     };
@@ -101,10 +88,7 @@ pub(crate) fn cgroup_dir(path: &Path) -> Result<(PathBuf, PathBuf), Error> {
         CGROUP_SUPER_MAGIC => "a cgroup v1 directory",
         _ => "not on a cgroup file system",
     };
-    Err(Error::usage(
-        format!("`{}` is not a cgroup v2 directory ({kind})", full.display()),
-        hint(),
-    ))
+    Err(Error::usage(format!("`{}` is not a cgroup v2 directory ({kind})", full.display()), hint()))
 }
 
 fn statfs_type(path: &Path) -> io::Result<i64> {
@@ -187,33 +171,18 @@ fn query(dir: &Path, attach_type: libbpf_sys::bpf_attach_type) -> io::Result<Att
     let mut flags = 0u32;
     // SAFETY: file is an open cgroup directory; flags, ids and cnt are valid for writes, ids
     // has room for cnt entries.
-    let rc = unsafe {
-        libbpf_sys::bpf_prog_query(
-            file.as_raw_fd(),
-            attach_type,
-            0,
-            &mut flags,
-            ids.as_mut_ptr(),
-            &mut cnt,
-        )
-    };
+    let rc =
+        unsafe { libbpf_sys::bpf_prog_query(file.as_raw_fd(), attach_type, 0, &mut flags, ids.as_mut_ptr(), &mut cnt) };
     if rc < 0 && -rc != libc::ENOSPC {
         return Err(io::Error::from_raw_os_error(-rc));
     }
-    Ok(Attached {
-        flags,
-        ids: ids[..(cnt as usize).min(ids.len())].to_vec(),
-    })
+    Ok(Attached { flags, ids: ids[..(cnt as usize).min(ids.len())].to_vec() })
 }
 
 /// The legacy program that keeps a link off `dir`: on `dir` itself an exclusive or overridable
 /// one, on an ancestor an exclusive one (nearest first, as the kernel walks them). Returns the
 /// cgroup, the program id and its flags.
-fn blocker(
-    dir: &Path,
-    root: &Path,
-    attach_type: libbpf_sys::bpf_attach_type,
-) -> Option<(PathBuf, u32, u32)> {
+fn blocker(dir: &Path, root: &Path, attach_type: libbpf_sys::bpf_attach_type) -> Option<(PathBuf, u32, u32)> {
     let own = query(dir, attach_type).ok()?;
     if let Some(&id) = own.ids.first()
         && own.flags & libbpf_sys::BPF_F_ALLOW_MULTI == 0
@@ -227,8 +196,7 @@ fn blocker(
             return None;
         }
         if let Some(&id) = q.ids.first() {
-            return (q.flags & libbpf_sys::BPF_F_ALLOW_OVERRIDE == 0)
-                .then(|| (p.to_path_buf(), id, q.flags));
+            return (q.flags & libbpf_sys::BPF_F_ALLOW_OVERRIDE == 0).then(|| (p.to_path_buf(), id, q.flags));
         }
         at = p.parent();
     }
@@ -238,38 +206,19 @@ fn blocker(
 /// The kernel's internal "not supported" errno, which leaks to user space.
 const ENOTSUPP: i32 = 524;
 
-fn cgroup_error(
-    errno: i32,
-    prog_name: &str,
-    dir: &Path,
-    attach_type: libbpf_sys::bpf_attach_type,
-) -> Error {
+fn cgroup_error(errno: i32, prog_name: &str, dir: &Path, attach_type: libbpf_sys::bpf_attach_type) -> Error {
     let ty = attach_type_name(attach_type);
     let show = format!("`bpftool cgroup show {}`", dir.display());
     let root = cgroup2_mount().unwrap_or_else(|| PathBuf::from("/"));
     match errno {
         libc::EPERM | libc::EBUSY => match blocker(dir, &root, attach_type) {
             Some((at, id, flags)) => {
-                let name = prog_name_of(id)
-                    .map(|n| format!(" `{n}`"))
-                    .unwrap_or_default();
-                let how = if flags & libbpf_sys::BPF_F_ALLOW_OVERRIDE != 0 {
-                    "an overridable"
-                } else {
-                    "an exclusive"
-                };
+                let name = prog_name_of(id).map(|n| format!(" `{n}`")).unwrap_or_default();
+                let how = if flags & libbpf_sys::BPF_F_ALLOW_OVERRIDE != 0 { "an overridable" } else { "an exclusive" };
                 let (place, forbids, below) = if at == dir {
-                    (
-                        "this cgroup has".to_owned(),
-                        "allows no other program there",
-                        "; or attach to a child cgroup",
-                    )
+                    ("this cgroup has".to_owned(), "allows no other program there", "; or attach to a child cgroup")
                 } else {
-                    (
-                        format!("its ancestor `{}` has", at.display()),
-                        "allows no program in the cgroups below it",
-                        "",
-                    )
+                    (format!("its ancestor `{}` has", at.display()), "allows no program in the cgroups below it", "")
                 };
                 Error::runtime(
                     format!(
@@ -288,18 +237,11 @@ fn cgroup_error(
             }
             None => Error::Attach {
                 what: format!("cgroup program `{prog_name}` on `{}` ({ty})", dir.display()),
-                hint: Some(format!(
-                    "attaching to a cgroup needs root (CAP_NET_ADMIN and CAP_BPF); see {show}"
-                )),
+                hint: Some(format!("attaching to a cgroup needs root (CAP_NET_ADMIN and CAP_BPF); see {show}")),
                 source: libbpf_rs::Error::from_raw_os_error(errno),
             },
         },
-        libc::EINVAL | ENOTSUPP
-            if matches!(
-                probes().get(Feature::CgroupLink),
-                Status::Unsupported { .. }
-            ) =>
-        {
+        libc::EINVAL | ENOTSUPP if matches!(probes().get(Feature::CgroupLink), Status::Unsupported { .. }) => {
             Error::Unsupported {
                 feature: "cgroup_link",
                 reason: "this kernel has no cgroup links (Linux 5.7+)".into(),
@@ -312,9 +254,7 @@ fn cgroup_error(
         }
         libc::EINVAL => Error::Attach {
             what: format!("cgroup program `{prog_name}` on `{}` ({ty})", dir.display()),
-            hint: Some(format!(
-                "the program's type (or expected attach type) does not fit `{ty}`; see {show}"
-            )),
+            hint: Some(format!("the program's type (or expected attach type) does not fit `{ty}`; see {show}")),
             source: libbpf_rs::Error::from_raw_os_error(errno),
         },
         libc::E2BIG => Error::runtime(
@@ -354,39 +294,22 @@ impl TransientCgroup {
         let (parent, _root) = cgroup_dir(parent)?;
         let mut hint: String = name_hint
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
             .take(32)
             .collect();
         if hint.is_empty() || hint.starts_with('.') {
             hint.insert_str(0, "cmd");
         }
-        let name = format!(
-            "tracekit-{hint}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("tracekit-{hint}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let path = parent.join(name);
         fs::create_dir(&path).map_err(|e| {
             Error::io_hint(
                 format!("creating cgroup `{}`", path.display()),
                 e,
-                format!(
-                    "creating a cgroup needs root and a writable cgroup2 directory; check `{}`",
-                    parent.display()
-                ),
+                format!("creating a cgroup needs root and a writable cgroup2 directory; check `{}`", parent.display()),
             )
         })?;
-        Ok(TransientCgroup {
-            path,
-            parent,
-            removed: false,
-        })
+        Ok(TransientCgroup { path, parent, removed: false })
     }
 
     pub fn path(&self) -> &Path {
@@ -401,16 +324,9 @@ impl TransientCgroup {
                 Some(libc::ESRCH) => {
                     format!("no process with pid {pid}: check the pid (it may have exited)")
                 }
-                _ => format!(
-                    "moving a process needs root; check `cat {}`",
-                    procs.display()
-                ),
+                _ => format!("moving a process needs root; check `cat {}`", procs.display()),
             };
-            Error::io_hint(
-                format!("adding pid {pid} to cgroup `{}`", self.path.display()),
-                e,
-                hint,
-            )
+            Error::io_hint(format!("adding pid {pid} to cgroup `{}`", self.path.display()), e, hint)
         })
     }
 

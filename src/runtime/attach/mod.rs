@@ -25,11 +25,11 @@ use libbpf_rs::libbpf_sys;
 
 use crate::error::Error;
 
+pub use cgroup::{TransientCgroup, attach_cgroup};
 pub use netdev::{Iface, TcBackend, TcDir, XdpMode, attach_tc, attach_xdp, iface_name};
 pub use netns::{Netns, NetnsGuard};
-pub use socket::attach_packet_socket;
-pub use cgroup::{TransientCgroup, attach_cgroup};
 pub use sk_lookup::attach_sk_lookup;
+pub use socket::attach_packet_socket;
 pub use sockmap::{attach_sockmap, attach_sockmap_legacy};
 
 /// Something attached. Dropping it detaches: closing a link or socket fd, or running the
@@ -59,35 +59,19 @@ enum Kind {
 impl Attachment {
     pub(crate) fn link(fd: OwnedFd, describe: impl FnOnce(Option<u32>) -> String) -> Attachment {
         let id = link_id_of(&fd);
-        Attachment {
-            describe: describe(id),
-            kind: Kind::Link { fd, id },
-            notes: Vec::new(),
-        }
+        Attachment { describe: describe(id), kind: Kind::Link { fd, id }, notes: Vec::new() }
     }
 
     pub(crate) fn tc(guard: netdev::TcGuard, describe: String, notes: Vec<String>) -> Attachment {
-        Attachment {
-            kind: Kind::Tc(guard),
-            describe,
-            notes,
-        }
+        Attachment { kind: Kind::Tc(guard), describe, notes }
     }
 
     pub(crate) fn socket(fd: OwnedFd, describe: String) -> Attachment {
-        Attachment {
-            kind: Kind::Socket(fd),
-            describe,
-            notes: Vec::new(),
-        }
+        Attachment { kind: Kind::Socket(fd), describe, notes: Vec::new() }
     }
 
     pub(crate) fn sockmap(guard: sockmap::SockmapGuard, describe: String) -> Attachment {
-        Attachment {
-            kind: Kind::Sockmap(guard),
-            describe,
-            notes: Vec::new(),
-        }
+        Attachment { kind: Kind::Sockmap(guard), describe, notes: Vec::new() }
     }
 
     /// For `-v` and errors: `xdp link on tk0 (native mode), link id 12`.

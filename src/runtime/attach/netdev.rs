@@ -35,14 +35,10 @@ impl Iface {
     /// Looks `name` up inside `netns`. Unknown: a usage error listing the interfaces there, and
     /// saying where an interface of that name does exist (current namespace, /run/netns/*).
     pub fn resolve(name: &str, netns: &Netns) -> Result<Iface, Error> {
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\t', '\n'])
-        {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\t', '\n']) {
             return Err(Error::usage(
                 format!("`{name}` is not a valid interface name"),
-                Some(format!(
-                    "interface names have 1 to {} bytes and no `/` or spaces",
-                    libc::IFNAMSIZ - 1
-                )),
+                Some(format!("interface names have 1 to {} bytes and no `/` or spaces", libc::IFNAMSIZ - 1)),
             ));
         }
         let found = {
@@ -50,10 +46,7 @@ impl Iface {
             name_to_index(name)
         };
         if let Some(index) = found {
-            return Ok(Iface {
-                name: name.to_owned(),
-                index,
-            });
+            return Ok(Iface { name: name.to_owned(), index });
         }
         let here = {
             let _in_ns = netns.enter()?;
@@ -62,10 +55,7 @@ impl Iface {
         let list = if here.is_empty() {
             "none".to_owned()
         } else {
-            here.iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            here.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
         };
         let elsewhere = namespaces_with(name, netns);
         let names: Vec<&str> = elsewhere
@@ -81,24 +71,15 @@ impl Iface {
                 netns.label()
             ),
             (_, [n]) => {
-                format!(
-                    "`{name}` exists in netns `{n}`: pass `--netns {n}` (interfaces here: {list})"
-                )
+                format!("`{name}` exists in netns `{n}`: pass `--netns {n}` (interfaces here: {list})")
             }
             (_, [_, ..]) => format!(
                 "`{name}` exists in netns {}: pass `--netns NAME` (interfaces here: {list})",
-                names
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
             ),
             _ => format!("interfaces{}: {list}", where_(netns)),
         };
-        Err(Error::usage(
-            format!("no interface `{name}`{}", netns.suffix()),
-            Some(hint),
-        ))
+        Err(Error::usage(format!("no interface `{name}`{}", netns.suffix()), Some(hint)))
     }
 }
 
@@ -119,11 +100,7 @@ pub fn iface_name(index: u32, netns: &Netns) -> Option<String> {
         return None;
     }
     // SAFETY: on success buf holds a NUL-terminated name.
-    Some(
-        unsafe { CStr::from_ptr(buf.as_ptr()) }
-            .to_string_lossy()
-            .into_owned(),
-    )
+    Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }
 
 fn name_to_index(name: &str) -> Option<u32> {
@@ -225,14 +202,7 @@ pub fn attach_xdp(
     opts.sz = size_of::<libbpf_sys::bpf_link_create_opts>() as _;
     opts.flags = mode.flags();
     // SAFETY: prog is an open program fd; opts is initialised and outlives the call.
-    let fd = unsafe {
-        libbpf_sys::bpf_link_create(
-            prog.as_raw_fd(),
-            iface.index as i32,
-            libbpf_sys::BPF_XDP,
-            &opts,
-        )
-    };
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), iface.index as i32, libbpf_sys::BPF_XDP, &opts) };
     if fd < 0 {
         return Err(xdp_error(-fd, prog_name, iface, netns, mode));
     }
@@ -263,11 +233,7 @@ fn xdp_query(ifindex: u32) -> io::Result<libbpf_sys::bpf_xdp_query_opts> {
     q.sz = size_of::<libbpf_sys::bpf_xdp_query_opts>() as _;
     // SAFETY: q is initialised with its size and valid for writes.
     let rc = unsafe { libbpf_sys::bpf_xdp_query(ifindex as i32, 0, &mut q) };
-    if rc < 0 {
-        Err(io::Error::from_raw_os_error(-rc))
-    } else {
-        Ok(q)
-    }
+    if rc < 0 { Err(io::Error::from_raw_os_error(-rc)) } else { Ok(q) }
 }
 
 /// The kernel's internal "not supported" errno, which leaks to user space.
@@ -279,10 +245,7 @@ fn xdp_error(errno: i32, prog_name: &str, iface: &Iface, netns: &Netns, mode: Xd
     match errno {
         libc::EOPNOTSUPP | ENOTSUPP if mode == XdpMode::Native => Error::usage(
             format!("`{iface}` has no native XDP: its driver does not implement it"),
-            Some(
-                "use `--mode skb` (generic XDP works on every interface), or leave `--mode` out"
-                    .into(),
-            ),
+            Some("use `--mode skb` (generic XDP works on every interface), or leave `--mode` out".into()),
         ),
         libc::EBUSY | libc::EEXIST => xdp_conflict(errno, prog_name, iface, netns),
         libc::EINVAL if !xdp_link_supported() => Error::Unsupported {
@@ -296,9 +259,7 @@ fn xdp_error(errno: i32, prog_name: &str, iface: &Iface, netns: &Netns, mode: Xd
         },
         _ => Error::Attach {
             what,
-            hint: Some(format!(
-                "check what is attached with `{pre}bpftool net show dev {iface}`"
-            )),
+            hint: Some(format!("check what is attached with `{pre}bpftool net show dev {iface}`")),
             source: libbpf_rs::Error::from_raw_os_error(errno),
         },
     }
@@ -310,10 +271,7 @@ fn probes() -> &'static Probes {
 }
 
 fn xdp_link_supported() -> bool {
-    !matches!(
-        probes().get(Feature::XdpLink),
-        crate::runtime::probe::Status::Unsupported { .. }
-    )
+    !matches!(probes().get(Feature::XdpLink), crate::runtime::probe::Status::Unsupported { .. })
 }
 
 /// The error for an interface that has an XDP program already: which one, how it is attached,
@@ -325,25 +283,16 @@ fn xdp_conflict(errno: i32, prog_name: &str, iface: &Iface, netns: &Netns) -> Er
         Ok(q) => q,
         Err(e) => {
             return Error::runtime(
-                format!(
-                    "`{iface}`{} already has an XDP program (querying it failed: {e})",
-                    netns.suffix()
-                ),
+                format!("`{iface}`{} already has an XDP program (querying it failed: {e})", netns.suffix()),
                 Some(format!("see {show}")),
             );
         }
     };
-    let (id, mode) = [
-        (q.drv_prog_id, "native"),
-        (q.skb_prog_id, "skb"),
-        (q.hw_prog_id, "offload"),
-    ]
-    .into_iter()
-    .find(|(id, _)| *id != 0)
-    .unwrap_or((q.prog_id, "unknown"));
-    let name = prog_name_of(id)
-        .map(|n| format!(" `{n}`"))
-        .unwrap_or_default();
+    let (id, mode) = [(q.drv_prog_id, "native"), (q.skb_prog_id, "skb"), (q.hw_prog_id, "offload")]
+        .into_iter()
+        .find(|(id, _)| *id != 0)
+        .unwrap_or((q.prog_id, "unknown"));
+    let name = prog_name_of(id).map(|n| format!(" `{n}`")).unwrap_or_default();
     let (how, hint) = match xdp_link_of(id, iface.index) {
         Some(link) => {
             let owner = match fd_holders("link_id", link).first() {
@@ -362,17 +311,11 @@ fn xdp_conflict(errno: i32, prog_name: &str, iface: &Iface, netns: &Netns) -> Er
             let kw = if mode == "skb" { "xdpgeneric" } else { "xdp" };
             (
                 "through netlink (it stays until removed)".to_owned(),
-                format!(
-                    "if nothing needs it, remove it with `{pre}ip link set dev {iface} {kw} off`; see {show}"
-                ),
+                format!("if nothing needs it, remove it with `{pre}ip link set dev {iface} {kw} off`; see {show}"),
             )
         }
     };
-    let both = if errno == libc::EEXIST {
-        "; native and skb mode cannot be active at once"
-    } else {
-        ""
-    };
+    let both = if errno == libc::EEXIST { "; native and skb mode cannot be active at once" } else { "" };
     Error::runtime(
         format!(
             "cannot attach `{prog_name}`: `{iface}`{} already has XDP program id {id}{name} in {mode} mode, \
@@ -406,12 +349,7 @@ pub(crate) fn prog_name_of(id: u32) -> Option<String> {
     // SAFETY: fd is a new program fd nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let info = prog_info(fd.as_fd())?;
-    let bytes: Vec<u8> = info
-        .name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
+    let bytes: Vec<u8> = info.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -434,16 +372,12 @@ fn xdp_link_of(prog_id: u32, ifindex: u32) -> Option<u32> {
         let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
         let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
         // SAFETY: info and len are valid for writes of len bytes.
-        if unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) } != 0
-        {
+        if unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) } != 0 {
             continue;
         }
         // SAFETY: the xdp member is the one the kernel fills for BPF_LINK_TYPE_XDP.
         let link_ifindex = unsafe { info.__bindgen_anon_1.xdp.ifindex };
-        if info.type_ == libbpf_sys::BPF_LINK_TYPE_XDP
-            && info.prog_id == prog_id
-            && link_ifindex == ifindex
-        {
+        if info.type_ == libbpf_sys::BPF_LINK_TYPE_XDP && info.prog_id == prog_id && link_ifindex == ifindex {
             return Some(info.id);
         }
     }
@@ -466,11 +400,8 @@ pub(crate) fn fd_holders(key: &str, id: u32) -> Vec<(u32, String)> {
         };
         let holds = fds.flatten().any(|fd| {
             std::fs::read_to_string(fd.path()).is_ok_and(|info| {
-                info.lines().any(|l| {
-                    l.strip_prefix(key)
-                        .and_then(|r| r.strip_prefix(':'))
-                        .is_some_and(|v| v.trim() == want)
-                })
+                info.lines()
+                    .any(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')).is_some_and(|v| v.trim() == want))
             })
         });
         if holds {
@@ -586,12 +517,7 @@ fn attach_tcx(
     let _in_ns = netns.enter()?;
     // SAFETY: prog is an open program fd; NULL opts means none (append after other programs).
     let fd = unsafe {
-        libbpf_sys::bpf_link_create(
-            prog.as_raw_fd(),
-            iface.index as i32,
-            dir.tcx_attach_type(),
-            std::ptr::null(),
-        )
+        libbpf_sys::bpf_link_create(prog.as_raw_fd(), iface.index as i32, dir.tcx_attach_type(), std::ptr::null())
     };
     if fd < 0 {
         let errno = -fd;
@@ -599,18 +525,14 @@ fn attach_tcx(
             return Err(Error::Unsupported {
                 feature: "tcx",
                 reason: "this kernel has no tcx links (Linux 6.6+)".into(),
-                hint: Some("leave the TC backend on auto: tracekit then uses a clsact qdisc and a cls_bpf filter".into()),
+                hint: Some(
+                    "leave the TC backend on auto: tracekit then uses a clsact qdisc and a cls_bpf filter".into(),
+                ),
             });
         }
         return Err(Error::Attach {
-            what: format!(
-                "tcx program `{prog_name}` on `{iface}` {dir}{}",
-                netns.suffix()
-            ),
-            hint: Some(format!(
-                "check what is attached with `{}bpftool net show dev {iface}`",
-                netns.exec_prefix()
-            )),
+            what: format!("tcx program `{prog_name}` on `{iface}` {dir}{}", netns.suffix()),
+            hint: Some(format!("check what is attached with `{}bpftool net show dev {iface}`", netns.exec_prefix())),
             source: libbpf_rs::Error::from_raw_os_error(errno),
         });
     }
@@ -666,14 +588,7 @@ impl TcGuard {
 
     fn cleanup(&mut self) -> Result<(), Error> {
         let _in_ns = self.netns.enter()?;
-        let ctx = || {
-            format!(
-                "removing tc filter on `{}` {}{}",
-                self.iface,
-                self.dir,
-                self.netns.suffix()
-            )
-        };
+        let ctx = || format!("removing tc filter on `{}` {}{}", self.iface, self.dir, self.netns.suffix());
         match tc_query(self.iface.index, self.dir) {
             // Still ours: remove it. Someone else's by now, or gone: leave it.
             Ok(Some(id)) if id == self.prog_id => {
@@ -685,14 +600,7 @@ impl TcGuard {
             Err(e) => return Err(Error::io(ctx(), e)),
         }
         release_qdisc(&self.netns, self.iface.index).map_err(|e| {
-            Error::io(
-                format!(
-                    "removing the clsact qdisc of `{}`{}",
-                    self.iface,
-                    self.netns.suffix()
-                ),
-                e,
-            )
+            Error::io(format!("removing the clsact qdisc of `{}`{}", self.iface, self.netns.suffix()), e)
         })?;
         Ok(())
     }
@@ -727,9 +635,7 @@ fn attach_clsact(
     let pre = netns.exec_prefix();
     let created = create_clsact(iface.index).map_err(|e| Error::Attach {
         what: format!("clsact qdisc on `{iface}`{}", netns.suffix()),
-        hint: Some(format!(
-            "check the qdiscs with `{pre}tc qdisc show dev {iface}`"
-        )),
+        hint: Some(format!("check the qdiscs with `{pre}tc qdisc show dev {iface}`")),
         source: libbpf_rs::Error::from(e),
     })?;
     let key = (netns.inode, iface.index);
@@ -745,8 +651,7 @@ fn attach_clsact(
     // The sweep: a filter with tracekit's handle and priority whose program no process holds
     // was left by a tracekit that could not clean up (SIGKILL, a crash).
     let mut notes = Vec::new();
-    let stale = tc_query(iface.index, dir)
-        .map_err(|e| Error::io(format!("querying tc filters on {on}"), e));
+    let stale = tc_query(iface.index, dir).map_err(|e| Error::io(format!("querying tc filters on {on}"), e));
     match stale {
         Err(e) => {
             undo();
@@ -756,9 +661,8 @@ fn attach_clsact(
         Ok(Some(id)) => {
             if let Some((pid, comm)) = fd_holders("prog_id", id).into_iter().next() {
                 undo();
-                let filter = format!(
-                    "handle {TC_HANDLE:#x} pref {TC_PRIORITY} in `{pre}tc filter show dev {iface} {dir}`"
-                );
+                let filter =
+                    format!("handle {TC_HANDLE:#x} pref {TC_PRIORITY} in `{pre}tc filter show dev {iface} {dir}`");
                 if pid == std::process::id() {
                     return Err(Error::runtime(
                         format!("tracekit has a tc filter on {on} already (program id {id})"),
@@ -768,25 +672,19 @@ fn attach_clsact(
                     ));
                 }
                 return Err(Error::runtime(
-                    format!(
-                        "another tracekit is attached to {on} (pid {pid} `{comm}`, program id {id})"
-                    ),
+                    format!("another tracekit is attached to {on} (pid {pid} `{comm}`, program id {id})"),
                     Some(format!(
                         "stop that tracekit first, or attach to another interface or direction (its filter: {filter})"
                     )),
                 ));
             }
-            let name = prog_name_of(id)
-                .map(|n| format!(" `{n}`"))
-                .unwrap_or_default();
+            let name = prog_name_of(id).map(|n| format!(" `{n}`")).unwrap_or_default();
             if let Err(e) = tc_detach(iface.index, dir) {
                 undo();
                 return Err(Error::io_hint(
                     format!("removing a stale tracekit tc filter on {on}"),
                     e,
-                    format!(
-                        "remove it by hand: `{pre}tc filter del dev {iface} {dir} pref {TC_PRIORITY}`"
-                    ),
+                    format!("remove it by hand: `{pre}tc filter del dev {iface} {dir} pref {TC_PRIORITY}`"),
                 ));
             }
             notes.push(stale_note(&on, id, &name));
@@ -815,9 +713,7 @@ fn attach_clsact(
         undo();
         return Err(Error::Attach {
             what: format!("tc program `{prog_name}` on {on}"),
-            hint: Some(format!(
-                "see the filters with `{pre}tc filter show dev {iface} {dir}`"
-            )),
+            hint: Some(format!("see the filters with `{pre}tc filter show dev {iface} {dir}`")),
             source,
         });
     }
@@ -827,13 +723,7 @@ fn attach_clsact(
         netns.suffix(),
         if ours { " created by tracekit" } else { "" }
     );
-    let guard = TcGuard {
-        netns: netns.clone(),
-        iface: iface.clone(),
-        dir,
-        prog_id,
-        removed: false,
-    };
+    let guard = TcGuard { netns: netns.clone(), iface: iface.clone(), dir, prog_id, removed: false };
     Ok(Attachment::tc(guard, describe, notes))
 }
 
@@ -845,10 +735,7 @@ fn tc_hook(prog: BorrowedFd<'_>, iface: &Iface, dir: TcDir) -> TcHook {
         .hook(dir.tc_attach_point())
 }
 
-fn raw_hook(
-    ifindex: u32,
-    attach_point: libbpf_sys::bpf_tc_attach_point,
-) -> libbpf_sys::bpf_tc_hook {
+fn raw_hook(ifindex: u32, attach_point: libbpf_sys::bpf_tc_attach_point) -> libbpf_sys::bpf_tc_hook {
     libbpf_sys::bpf_tc_hook {
         sz: size_of::<libbpf_sys::bpf_tc_hook>() as _,
         ifindex: ifindex as i32,
@@ -868,26 +755,15 @@ fn tc_detach(ifindex: u32, dir: TcDir) -> io::Result<()> {
     };
     // SAFETY: hook and opts are initialised with their sizes and valid for the call.
     let rc = unsafe { libbpf_sys::bpf_tc_detach(&hook, &opts) };
-    if rc < 0 {
-        Err(io::Error::from_raw_os_error(-rc))
-    } else {
-        Ok(())
-    }
+    if rc < 0 { Err(io::Error::from_raw_os_error(-rc)) } else { Ok(()) }
 }
 
 /// Deletes the clsact qdisc (and with it every filter left on it).
 fn destroy_clsact(ifindex: u32) -> io::Result<()> {
-    let mut hook = raw_hook(
-        ifindex,
-        libbpf_sys::BPF_TC_INGRESS | libbpf_sys::BPF_TC_EGRESS,
-    );
+    let mut hook = raw_hook(ifindex, libbpf_sys::BPF_TC_INGRESS | libbpf_sys::BPF_TC_EGRESS);
     // SAFETY: hook is initialised with its size and valid for the call.
     let rc = unsafe { libbpf_sys::bpf_tc_hook_destroy(&mut hook) };
-    if rc < 0 {
-        Err(io::Error::from_raw_os_error(-rc))
-    } else {
-        Ok(())
-    }
+    if rc < 0 { Err(io::Error::from_raw_os_error(-rc)) } else { Ok(()) }
 }
 
 /// Creates the clsact qdisc; Ok(false) when one exists already (not ours to remove).
@@ -935,9 +811,7 @@ fn tc_query(ifindex: u32, dir: TcDir) -> io::Result<Option<u32>> {
 /// Whether the clsact qdisc of `ifindex` has no filter in either direction (false when the
 /// filters cannot be listed: then the qdisc stays).
 fn clsact_is_empty(ifindex: u32) -> bool {
-    [TcDir::Ingress, TcDir::Egress]
-        .into_iter()
-        .all(|d| count_filters(ifindex, d.clsact_parent()).is_ok_and(|n| n == 0))
+    [TcDir::Ingress, TcDir::Egress].into_iter().all(|d| count_filters(ifindex, d.clsact_parent()).is_ok_and(|n| n == 0))
 }
 
 #[repr(C)]
@@ -961,13 +835,7 @@ struct FilterDumpReq {
 /// dump on a NETLINK_ROUTE socket of the calling thread's namespace.
 fn count_filters(ifindex: u32, parent: u32) -> io::Result<usize> {
     // SAFETY: plain socket(2) call; the result is checked and owned below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
+    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -992,14 +860,7 @@ fn count_filters(ifindex: u32, parent: u32) -> io::Result<usize> {
         },
     };
     // SAFETY: req is a plain repr(C) value and the length passed is its size.
-    let n = unsafe {
-        libc::send(
-            sock.as_raw_fd(),
-            (&raw const req).cast(),
-            size_of::<FilterDumpReq>(),
-            0,
-        )
-    };
+    let n = unsafe { libc::send(sock.as_raw_fd(), (&raw const req).cast(), size_of::<FilterDumpReq>(), 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -1015,22 +876,16 @@ fn count_filters(ifindex: u32, parent: u32) -> io::Result<usize> {
         let mut off = 0;
         while off + size_of::<libc::nlmsghdr>() <= data.len() {
             // SAFETY: at least a header's worth of bytes remain; read_unaligned needs no alignment.
-            let nh: libc::nlmsghdr =
-                unsafe { std::ptr::read_unaligned(data[off..].as_ptr().cast()) };
+            let nh: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(data[off..].as_ptr().cast()) };
             let len = nh.nlmsg_len as usize;
             if len < size_of::<libc::nlmsghdr>() || off + len > data.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "truncated netlink message",
-                ));
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
             }
             match i32::from(nh.nlmsg_type) {
                 libc::NLMSG_DONE => return Ok(count),
                 libc::NLMSG_ERROR => {
                     let at = off + size_of::<libc::nlmsghdr>();
-                    let code = data
-                        .get(at..at + 4)
-                        .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
+                    let code = data.get(at..at + 4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
                     if code != 0 {
                         return Err(io::Error::from_raw_os_error(-code));
                     }

@@ -51,10 +51,7 @@ impl Netns {
                 Ok(pid) if Path::new(&format!("/proc/{pid}")).exists() => NetnsSpec::Pid(pid),
                 _ if Path::new(NETNS_RUN_DIR).join(s).exists() => NetnsSpec::Name(s.to_owned()),
                 _ => {
-                    return Err(Error::usage(
-                        format!("no process with pid {s} (for `--netns {s}`)"),
-                        hint_forms(),
-                    ));
+                    return Err(Error::usage(format!("no process with pid {s} (for `--netns {s}`)"), hint_forms()));
                 }
             },
             Some(s) => NetnsSpec::Name(s.to_owned()),
@@ -67,15 +64,8 @@ impl Netns {
         };
         let file = File::open(&path).map_err(|e| open_error(&spec, &path, e))?;
         check_is_netns(&file, &spec, &path)?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(format!("reading `{}`", path.display()), e))?;
-        Ok(Netns {
-            file: Arc::new(file),
-            spec,
-            inode: meta.ino(),
-            dev: meta.dev(),
-        })
+        let meta = file.metadata().map_err(|e| Error::io(format!("reading `{}`", path.display()), e))?;
+        Ok(Netns { file: Arc::new(file), spec, inode: meta.ino(), dev: meta.dev() })
     }
 
     /// For messages: `current`, `tkat-1`, `pid 123`, `/proc/123/ns/net`.
@@ -121,13 +111,9 @@ impl Netns {
     /// thread is in it already. Only this thread moves: sockets and netlink requests it makes
     /// meanwhile (ifindex lookups, links, qdiscs) act on the namespace.
     pub fn enter(&self) -> Result<NetnsGuard, Error> {
-        let (dev, ino, orig) =
-            thread_netns().map_err(|e| Error::io("opening /proc/thread-self/ns/net", e))?;
+        let (dev, ino, orig) = thread_netns().map_err(|e| Error::io("opening /proc/thread-self/ns/net", e))?;
         if dev == self.dev && ino == self.inode {
-            return Ok(NetnsGuard {
-                orig: None,
-                _not_send: PhantomData,
-            });
+            return Ok(NetnsGuard { orig: None, _not_send: PhantomData });
         }
         setns(self.file.as_fd()).map_err(|e| {
             Error::io_hint(
@@ -136,10 +122,7 @@ impl Netns {
                 "entering a namespace needs CAP_SYS_ADMIN: rerun as root",
             )
         })?;
-        Ok(NetnsGuard {
-            orig: Some(orig),
-            _not_send: PhantomData,
-        })
+        Ok(NetnsGuard { orig: Some(orig), _not_send: PhantomData })
     }
 }
 
@@ -207,26 +190,17 @@ fn open_error(spec: &NetnsSpec, path: &Path, e: io::Error) -> Error {
                      `ip netns add {n}`, or pass a path or pid"
                 )
             } else {
-                let list = names
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let list = names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
                 format!("namespaces in {NETNS_RUN_DIR}: {list}")
             };
-            Error::usage(
-                format!("network namespace `{n}` not found in {NETNS_RUN_DIR}"),
-                Some(hint),
-            )
+            Error::usage(format!("network namespace `{n}` not found in {NETNS_RUN_DIR}"), Some(hint))
         }
-        NetnsSpec::Pid(pid) if missing => Error::usage(
-            format!("no process with pid {pid} (for `--netns {pid}`)"),
-            hint_forms(),
-        ),
-        NetnsSpec::Path(_) if missing => Error::usage(
-            format!("network namespace file `{}` does not exist", path.display()),
-            hint_forms(),
-        ),
+        NetnsSpec::Pid(pid) if missing => {
+            Error::usage(format!("no process with pid {pid} (for `--netns {pid}`)"), hint_forms())
+        }
+        NetnsSpec::Path(_) if missing => {
+            Error::usage(format!("network namespace file `{}` does not exist", path.display()), hint_forms())
+        }
         _ => Error::io(format!("opening network namespace `{}`", path.display()), e),
     }
 }
@@ -245,15 +219,12 @@ fn check_is_netns(file: &File, spec: &NetnsSpec, path: &Path) -> Result<(), Erro
         "not a namespace file".to_owned()
     };
     let hint = match spec {
-        NetnsSpec::Name(n) if what == "an empty file" => format!(
-            "the namespace's bind mount is gone (a stale entry): remove it with `ip netns delete {n}`"
-        ),
+        NetnsSpec::Name(n) if what == "an empty file" => {
+            format!("the namespace's bind mount is gone (a stale entry): remove it with `ip netns delete {n}`")
+        }
         _ => hint_forms().unwrap_or_default(),
     };
-    Err(Error::usage(
-        format!("`{}` is not a network namespace ({what})", path.display()),
-        Some(hint),
-    ))
+    Err(Error::usage(format!("`{}` is not a network namespace ({what})", path.display()), Some(hint)))
 }
 
 fn ns_kind(ty: libc::c_int) -> &'static str {

@@ -16,11 +16,7 @@ use crate::runtime::probe::{Feature, Probes, Status};
 const ENOTSUPP: i32 = 524;
 
 /// Attaches `prog` (a `BPF_PROG_TYPE_SK_LOOKUP` program) to `netns` through a netns link.
-pub fn attach_sk_lookup(
-    prog: BorrowedFd<'_>,
-    prog_name: &str,
-    netns: &Netns,
-) -> Result<Attachment, Error> {
+pub fn attach_sk_lookup(prog: BorrowedFd<'_>, prog_name: &str, netns: &Netns) -> Result<Attachment, Error> {
     // SAFETY: prog is an open program fd, netns.fd() an open namespace file; NULL opts are
     // allowed.
     let fd = unsafe {
@@ -52,9 +48,7 @@ fn sk_lookup_error(errno: i32, prog_name: &str, netns: &Netns) -> Error {
     let what = format!("sk_lookup program `{prog_name}` in netns {}", netns.label());
     let show = "`bpftool link show`";
     match errno {
-        libc::EINVAL | ENOTSUPP
-            if matches!(probes().get(Feature::NetnsLink), Status::Unsupported { .. }) =>
-        {
+        libc::EINVAL | ENOTSUPP if matches!(probes().get(Feature::NetnsLink), Status::Unsupported { .. }) => {
             Error::Unsupported {
                 feature: "netns_link",
                 reason: "this kernel has no sk_lookup (netns links, Linux 5.9+)".into(),
@@ -71,17 +65,12 @@ fn sk_lookup_error(errno: i32, prog_name: &str, netns: &Netns) -> Error {
             source: libbpf_rs::Error::from_raw_os_error(errno),
         },
         libc::E2BIG => Error::runtime(
-            format!(
-                "cannot attach `{prog_name}`: netns {} has the maximum of 64 sk_lookup programs",
-                netns.label()
-            ),
+            format!("cannot attach `{prog_name}`: netns {} has the maximum of 64 sk_lookup programs", netns.label()),
             Some(format!("see {show}")),
         ),
         _ => Error::Attach {
             what,
-            hint: Some(format!(
-                "attaching needs root (CAP_NET_ADMIN and CAP_BPF); see {show}"
-            )),
+            hint: Some(format!("attaching needs root (CAP_NET_ADMIN and CAP_BPF); see {show}")),
             source: libbpf_rs::Error::from_raw_os_error(errno),
         },
     }

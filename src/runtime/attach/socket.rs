@@ -12,11 +12,7 @@ use crate::error::Error;
 
 /// Creates the socket inside `netns`, attaches `prog` (SO_ATTACH_BPF), then binds it to
 /// `iface` (None: every interface of the namespace).
-pub fn attach_packet_socket(
-    prog: BorrowedFd<'_>,
-    iface: Option<&Iface>,
-    netns: &Netns,
-) -> Result<Attachment, Error> {
+pub fn attach_packet_socket(prog: BorrowedFd<'_>, iface: Option<&Iface>, netns: &Netns) -> Result<Attachment, Error> {
     let on = match iface {
         Some(i) => format!("`{}`", i.name),
         None => "all interfaces".to_owned(),
@@ -42,8 +38,7 @@ pub fn attach_packet_socket(
     };
     // The smallest receive buffer the kernel allows: the filter keeps nothing anyway.
     setsockopt_int(&fd, libc::SO_RCVBUF, 1).map_err(|e| fail("SO_RCVBUF", e))?;
-    setsockopt_int(&fd, libc::SO_ATTACH_BPF, prog.as_raw_fd())
-        .map_err(|e| fail("SO_ATTACH_BPF", e))?;
+    setsockopt_int(&fd, libc::SO_ATTACH_BPF, prog.as_raw_fd()).map_err(|e| fail("SO_ATTACH_BPF", e))?;
 
     // SAFETY: sockaddr_ll is plain data; all zero is a valid starting value.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -61,10 +56,7 @@ pub fn attach_packet_socket(
     if rc != 0 {
         return Err(fail("bind", io::Error::last_os_error()));
     }
-    Ok(Attachment::socket(
-        fd,
-        format!("packet socket on {on}{}", netns.suffix()),
-    ))
+    Ok(Attachment::socket(fd, format!("packet socket on {on}{}", netns.suffix())))
 }
 
 fn setsockopt_int(fd: &OwnedFd, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
@@ -78,9 +70,5 @@ fn setsockopt_int(fd: &OwnedFd, opt: libc::c_int, val: libc::c_int) -> io::Resul
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc != 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

@@ -33,24 +33,13 @@ pub fn attach_sockmap(
         return attach_sockmap_legacy(prog, prog_name, map, attach_type);
     }
     // SAFETY: prog and map are open program and map fds; NULL opts are allowed.
-    let fd = unsafe {
-        libbpf_sys::bpf_link_create(
-            prog.as_raw_fd(),
-            map.as_raw_fd(),
-            attach_type,
-            std::ptr::null(),
-        )
-    };
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), map.as_raw_fd(), attach_type, std::ptr::null()) };
     if fd < 0 {
         return Err(sockmap_error(-fd, prog_name, map, attach_type));
     }
     // SAFETY: fd is a new link fd nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let what = format!(
-        "sockmap link on {} ({})",
-        map_label(map),
-        attach_type_name(attach_type)
-    );
+    let what = format!("sockmap link on {} ({})", map_label(map), attach_type_name(attach_type));
     Ok(Attachment::link(fd, |id| match id {
         Some(id) => format!("{what}, link id {id}"),
         None => what,
@@ -80,14 +69,11 @@ pub fn attach_sockmap_legacy(
         return Err(conflict(prog_name, map, attach_type, id));
     }
     let dup = |fd: BorrowedFd<'_>, what: &str| {
-        fd.try_clone_to_owned()
-            .map_err(|e| Error::io(format!("duplicating the {what} fd"), e))
+        fd.try_clone_to_owned().map_err(|e| Error::io(format!("duplicating the {what} fd"), e))
     };
     let (prog_fd, map_fd) = (dup(prog, "program")?, dup(map, "map")?);
     // SAFETY: both are open fds (program, map); flags 0 is the only mode sockmaps take.
-    let rc = unsafe {
-        libbpf_sys::bpf_prog_attach(prog_fd.as_raw_fd(), map_fd.as_raw_fd(), attach_type, 0)
-    };
+    let rc = unsafe { libbpf_sys::bpf_prog_attach(prog_fd.as_raw_fd(), map_fd.as_raw_fd(), attach_type, 0) };
     if rc < 0 {
         return Err(sockmap_error(-rc, prog_name, map, attach_type));
     }
@@ -96,12 +82,7 @@ pub fn attach_sockmap_legacy(
         map_label(map),
         attach_type_name(attach_type)
     );
-    let guard = SockmapGuard {
-        prog: prog_fd,
-        map: map_fd,
-        attach_type,
-        removed: false,
-    };
+    let guard = SockmapGuard { prog: prog_fd, map: map_fd, attach_type, removed: false };
     Ok(Attachment::sockmap(guard, describe))
 }
 
@@ -121,21 +102,12 @@ impl SockmapGuard {
 
     fn cleanup(&mut self) -> Result<(), Error> {
         // SAFETY: both fds are open and owned by the guard.
-        let rc = unsafe {
-            libbpf_sys::bpf_prog_detach2(
-                self.prog.as_raw_fd(),
-                self.map.as_raw_fd(),
-                self.attach_type,
-            )
-        };
+        let rc = unsafe { libbpf_sys::bpf_prog_detach2(self.prog.as_raw_fd(), self.map.as_raw_fd(), self.attach_type) };
         match -rc {
             // Detached, or someone replaced it meanwhile: nothing of ours is left.
             0 | libc::ENOENT => Ok(()),
             e => Err(Error::io_hint(
-                format!(
-                    "detaching the {} program from sockmap",
-                    attach_type_name(self.attach_type)
-                ),
+                format!("detaching the {} program from sockmap", attach_type_name(self.attach_type)),
                 io::Error::from_raw_os_error(e),
                 "it goes with the map when tracekit exits",
             )),
@@ -160,16 +132,8 @@ fn query(map: BorrowedFd<'_>, attach_type: libbpf_sys::bpf_attach_type) -> io::R
     let mut flags = 0u32;
     // SAFETY: map is an open map fd; flags, ids and cnt are valid for writes, ids has room
     // for cnt entries.
-    let rc = unsafe {
-        libbpf_sys::bpf_prog_query(
-            map.as_raw_fd(),
-            attach_type,
-            0,
-            &mut flags,
-            ids.as_mut_ptr(),
-            &mut cnt,
-        )
-    };
+    let rc =
+        unsafe { libbpf_sys::bpf_prog_query(map.as_raw_fd(), attach_type, 0, &mut flags, ids.as_mut_ptr(), &mut cnt) };
     if rc < 0 {
         return Err(io::Error::from_raw_os_error(-rc));
     }
@@ -185,12 +149,7 @@ fn map_label(map: BorrowedFd<'_>) -> String {
     if rc != 0 {
         return "sockmap".to_owned();
     }
-    let name: Vec<u8> = info
-        .name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
+    let name: Vec<u8> = info.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     if name.is_empty() {
         format!("map id {}", info.id)
     } else {
@@ -198,15 +157,8 @@ fn map_label(map: BorrowedFd<'_>) -> String {
     }
 }
 
-fn conflict(
-    prog_name: &str,
-    map: BorrowedFd<'_>,
-    attach_type: libbpf_sys::bpf_attach_type,
-    id: u32,
-) -> Error {
-    let name = prog_name_of(id)
-        .map(|n| format!(" `{n}`"))
-        .unwrap_or_default();
+fn conflict(prog_name: &str, map: BorrowedFd<'_>, attach_type: libbpf_sys::bpf_attach_type, id: u32) -> Error {
+    let name = prog_name_of(id).map(|n| format!(" `{n}`")).unwrap_or_default();
     Error::runtime(
         format!(
             "cannot attach `{prog_name}`: {} has program id {id}{name} at `{}` already",
@@ -221,12 +173,7 @@ fn conflict(
     )
 }
 
-fn sockmap_error(
-    errno: i32,
-    prog_name: &str,
-    map: BorrowedFd<'_>,
-    attach_type: libbpf_sys::bpf_attach_type,
-) -> Error {
+fn sockmap_error(errno: i32, prog_name: &str, map: BorrowedFd<'_>, attach_type: libbpf_sys::bpf_attach_type) -> Error {
     let ty = attach_type_name(attach_type);
     if matches!(errno, libc::EBUSY | libc::EEXIST)
         && let Ok(ids) = query(map, attach_type)
@@ -239,9 +186,9 @@ fn sockmap_error(
             "the map must be a SOCKMAP or SOCKHASH, and the program an sk_msg or sk_skb program \
              whose type fits `{ty}`"
         ),
-        libc::EBUSY | libc::EEXIST => format!(
-            "the map has a program at `{ty}` already: see `bpftool link show` and `bpftool map show`"
-        ),
+        libc::EBUSY | libc::EEXIST => {
+            format!("the map has a program at `{ty}` already: see `bpftool link show` and `bpftool map show`")
+        }
         _ => "attaching needs root (CAP_NET_ADMIN and CAP_BPF)".to_owned(),
     };
     Error::Attach {

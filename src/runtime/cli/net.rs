@@ -64,9 +64,10 @@ pub fn parse_host(s: &str) -> Result<HostPrefix, String> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let addr: IpAddr = addr.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| {
-        format!("`{s}` is not an IP address or prefix (e.g. 10.0.0.1, 10.0.0.0/8, fd00::1, fd00::/64)")
-    })?;
+    let addr: IpAddr =
+        addr.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| {
+            format!("`{s}` is not an IP address or prefix (e.g. 10.0.0.1, 10.0.0.0/8, fd00::1, fd00::/64)")
+        })?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
         None => max,

@@ -10,7 +10,6 @@ use clap::Args;
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Task options")]
 pub struct TaskArgs {
-
     /// Only these processes (thread-group ids; repeatable or comma-separated)
     #[arg(short = 'p', long = "pid", value_name = "PID", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
@@ -65,10 +64,8 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds (e.g. 5 or 0.5)"))?;
+    let secs: f64 =
+        s.trim_end_matches('s').parse().map_err(|_| format!("`{s}` is not a number of seconds (e.g. 5 or 0.5)"))?;
     if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
         return Err(format!("`{s}` must be a positive number of seconds"));
     }

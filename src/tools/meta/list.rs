@@ -49,7 +49,8 @@ fn finish(r: io::Result<()>) -> Result<i32, Error> {
 fn kernel(args: &ListArgs) -> Result<i32, Error> {
     let btf = KernelBtf::load(None)?;
     let pat = pattern(args.glob.as_deref())?;
-    let names: Vec<String> = btf.func_names().into_iter().filter(|n| pat.as_ref().is_none_or(|p| p.matches(n))).collect();
+    let names: Vec<String> =
+        btf.func_names().into_iter().filter(|n| pat.as_ref().is_none_or(|p| p.matches(n))).collect();
     if names.is_empty() {
         return Err(Error::runtime(
             format!("no kernel function matches `{}`", args.glob.as_deref().unwrap_or("*")),
@@ -61,7 +62,11 @@ fn kernel(args: &ListArgs) -> Result<i32, Error> {
         for n in &names {
             let decl = btf.prototype(n).map_or_else(|| n.clone(), |p| p.c_decl);
             if args.json {
-                writeln!(out, "{}", serde_json::json!({"type": "function", "kind": "kernel", "name": n, "prototype": decl}))?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"type": "function", "kind": "kernel", "name": n, "prototype": decl})
+                )?;
             } else {
                 writeln!(out, "{decl}")?;
             }
@@ -119,7 +124,12 @@ pub fn run(args: &ListArgs) -> Result<i32, Error> {
     let mut out = io::BufWriter::new(io::stdout().lock());
     let write = |out: &mut io::BufWriter<io::StdoutLock<'_>>| -> io::Result<()> {
         if !args.json {
-            writeln!(out, "# {}{}", path.display(), if elf.stripped { " (stripped: exported symbols only)" } else { "" })?;
+            writeln!(
+                out,
+                "# {}{}",
+                path.display(),
+                if elf.stripped { " (stripped: exported symbols only)" } else { "" }
+            )?;
             writeln!(out, "{:<18} {:>8} NAME", "ADDRESS", "SIZE")?;
         }
         for f in &funcs {

@@ -48,7 +48,13 @@ impl PacketFilter {
                 Some("filter on fewer ports, or on --host/--proto instead".to_owned()),
             ));
         }
-        let family = if a.ipv4 { 4 } else if a.ipv6 { 6 } else { 0 };
+        let family = if a.ipv4 {
+            4
+        } else if a.ipv6 {
+            6
+        } else {
+            0
+        };
         let host = match (a.host, a.src, a.dst) {
             (Some(h), _, _) => Some((h, types::tk_host_side::TK_HOST_EITHER)),
             (_, Some(h), _) => Some((h, types::tk_host_side::TK_HOST_SRC)),
@@ -66,10 +72,16 @@ impl PacketFilter {
         }
         match a.proto {
             Some(Proto::Icmp) if family == 6 => {
-                return Err(Error::usage("--proto icmp is IPv4's ICMP, but -6 asks for IPv6", Some("use --proto icmp6".to_owned())));
+                return Err(Error::usage(
+                    "--proto icmp is IPv4's ICMP, but -6 asks for IPv6",
+                    Some("use --proto icmp6".to_owned()),
+                ));
             }
             Some(Proto::Icmp6) if family == 4 => {
-                return Err(Error::usage("--proto icmp6 is IPv6's ICMP, but -4 asks for IPv4", Some("use --proto icmp".to_owned())));
+                return Err(Error::usage(
+                    "--proto icmp6 is IPv6's ICMP, but -4 asks for IPv4",
+                    Some("use --proto icmp".to_owned()),
+                ));
             }
             Some(p @ (Proto::Icmp | Proto::Icmp6)) if !a.ports.is_empty() => {
                 return Err(Error::usage(
@@ -411,8 +423,19 @@ fn sock_state_name(ev: &PacketEvent) -> &'static str {
         return "none";
     }
     const NAMES: [&str; 13] = [
-        "none", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
-        "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV",
+        "none",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
     ];
     NAMES.get(usize::from(ev.sk_state)).copied().unwrap_or("UNKNOWN")
 }
@@ -463,7 +486,9 @@ fn flags_label(p: &types::tk_pkt) -> Text {
     let mut t = Text::default();
     match p.proto {
         6 => {
-            for (bit, c) in [(0x02, "S"), (0x01, "F"), (0x04, "R"), (0x08, "P"), (0x20, "U"), (0x40, "E"), (0x80, "W"), (0x10, ".")] {
+            for (bit, c) in
+                [(0x02, "S"), (0x01, "F"), (0x04, "R"), (0x08, "P"), (0x20, "U"), (0x40, "E"), (0x80, "W"), (0x10, ".")]
+            {
                 if p.tcp_flags & bit != 0 {
                     let _ = t.push(c);
                 }
@@ -520,7 +545,6 @@ impl std::fmt::Write for Text {
         self.push(s)
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -102,8 +102,7 @@ pub fn run(args: TcArgs) -> Result<i32, Error> {
     super::load_only(&mut open, Columns::Tc);
     let skel: PktSkel<'_> = rt.load("tc", open)?;
     let label = format!("tc on {}", iface.name);
-    let printer =
-        PacketPrinter::new(Columns::Tc, &netns, &skel.maps.tk_pkt_counts, label, args.sock, args.interval);
+    let printer = PacketPrinter::new(Columns::Tc, &netns, &skel.maps.tk_pkt_counts, label, args.sock, args.interval);
     let verbose = rt.out.verbose > 0;
     rt.stream(&skel, transport, printer, |skel| {
         let mut held = Vec::new();

@@ -93,8 +93,7 @@ pub fn run(args: XdpArgs) -> Result<i32, Error> {
     super::load_only(&mut open, Columns::Xdp);
     let skel: PktSkel<'_> = rt.load("xdp", open)?;
     let label = format!("xdp on {}", iface.name);
-    let printer =
-        PacketPrinter::new(Columns::Xdp, &netns, &skel.maps.tk_pkt_counts, label, args.sock, args.interval);
+    let printer = PacketPrinter::new(Columns::Xdp, &netns, &skel.maps.tk_pkt_counts, label, args.sock, args.interval);
     let verbose = rt.out.verbose > 0;
     rt.stream(&skel, transport, printer, |skel| {
         let prog = &skel.progs.xdp__observe;

@@ -5,13 +5,13 @@ use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
 use crate::error::Error;
 use crate::runtime::attach::tracing;
 use crate::runtime::output::Sink;
 use crate::runtime::resolve;
 use crate::runtime::stackcount::{self, Mappings, Stack, StackKey, Style};
-use crate::runtime::{CommonArgs, Runtime, TaskLoaded, TransportLoaded, Transport, kernel, lost};
+use crate::runtime::{CommonArgs, Runtime, TaskLoaded, Transport, TransportLoaded, kernel, lost};
+use clap::{Args, ValueEnum};
 
 crate::tool_skel!("count", OpenCountSkel, CountSkel, tk_stack_key);
 const _: () = assert!(size_of::<skel::types::tk_stack_key>() == size_of::<StackKey>());
@@ -57,7 +57,10 @@ pub struct CountArgs {
 pub fn run(args: CountArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     if rt.out.count.is_some() {
-        return Err(Error::usage("count aggregates in the kernel: --count does not apply", Some("use --duration".into())));
+        return Err(Error::usage(
+            "count aggregates in the kernel: --count does not apply",
+            Some("use --duration".into()),
+        ));
     }
     if args.folded && args.by != By::Stack {
         return Err(Error::usage("--folded prints stacks", Some("add --by stack".into())));
@@ -77,7 +80,8 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
     let transport = Transport::RingBuf { bytes: 4096 };
     let mut storage = MaybeUninit::uninit();
     let skel: CountSkel<'_> = rt.open_load("count", CountSkelBuilder::default(), &mut storage, transport, |open| {
-        open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_count_by_pid = (args.by != By::Comm) as u32;
+        open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_count_by_pid =
+            (args.by != By::Comm) as u32;
         Ok(())
     })?;
     let (mut child, _follow) = rt.start_child(&skel)?;
@@ -117,8 +121,15 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
 }
 
 /// The counts, largest first; `reset` empties the table for the next interval.
-fn print(skel: &CountSkel<'_>, sink: &mut Sink, args: &CountArgs, mappings: &mut Mappings, reset: bool) -> io::Result<()> {
-    let rows: Vec<Stack> = stackcount::collect(&skel.maps.counts, (args.by == By::Stack).then(|| skel.stacks_map()), mappings, reset);
+fn print(
+    skel: &CountSkel<'_>,
+    sink: &mut Sink,
+    args: &CountArgs,
+    mappings: &mut Mappings,
+    reset: bool,
+) -> io::Result<()> {
+    let rows: Vec<Stack> =
+        stackcount::collect(&skel.maps.counts, (args.by == By::Stack).then(|| skel.stacks_map()), mappings, reset);
     if args.by == By::Stack {
         let style = Style::of(args.folded, sink.json);
         stackcount::print(&rows, style, sink)?;

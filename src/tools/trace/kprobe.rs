@@ -13,9 +13,9 @@ use crate::error::Error;
 use crate::runtime::attach::tracing::{self, CallHook};
 use crate::runtime::btf::KernelBtf;
 use crate::runtime::callplan::{Traced, plan_values};
-use crate::runtime::output::{EventHeader, TaskHeader, Sink};
-use crate::runtime::value::{CALL_COLUMNS, call_row_start, json_call_tail, slot_str};
+use crate::runtime::output::{EventHeader, Sink, TaskHeader};
 use crate::runtime::resolve;
+use crate::runtime::value::{CALL_COLUMNS, call_row_start, json_call_tail, slot_str};
 use crate::runtime::{CommonArgs, Printer, Runtime};
 
 crate::tool_skel!("kprobe", OpenKprobeSkel, KprobeSkel, tk_kprobe_event);
@@ -100,7 +100,12 @@ pub fn run(args: KprobeArgs) -> Result<i32, Error> {
 }
 
 /// Loads the generic programs of `hook` for each traced target, attaches them and streams.
-pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: CallHook, want_return: bool) -> Result<i32, Error> {
+pub(super) fn run_traced(
+    rt: &mut Runtime,
+    traced: Vec<Traced>,
+    hook: CallHook,
+    want_return: bool,
+) -> Result<i32, Error> {
     for t in &traced {
         rt.say(format_args!("{}: {}", t.name, t.proto.c_decl));
     }
@@ -111,25 +116,27 @@ pub(super) fn run_traced(rt: &mut Runtime, traced: Vec<Traced>, hook: CallHook, 
         .filter(|(_, _, ret)| !ret || want_return)
         .collect();
     let names: Vec<String> = traced.iter().map(|t| t.name.clone()).collect();
-    let target_of = |prog: &str| wanted.iter().find(|(n, ..)| n == prog).map(|&(_, slot, ret)| (names[slot].as_str(), ret));
+    let target_of =
+        |prog: &str| wanted.iter().find(|(n, ..)| n == prog).map(|&(_, slot, ret)| (names[slot].as_str(), ret));
     let mut storage = MaybeUninit::uninit();
-    let skel: KprobeSkel<'_> = rt.open_load("kprobe", KprobeSkelBuilder::default(), &mut storage, transport, |open| {
-        let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
-        let c = &mut ro.tk_kprobe;
-        c.want_return = want_return as u32;
-        for (f, t) in c.funcs.iter_mut().zip(&traced) {
-            f.nargs = t.proto.params.len() as u32;
-            f.nfetch = t.fetches.len() as u32;
-            for ((dst, src), s) in f.fetch.iter_mut().zip(&t.fetches).zip(&t.str_slots) {
-                dst.arg = src.arg;
-                dst.nderef = src.offsets.len() as u8;
-                dst.off[..src.offsets.len()].copy_from_slice(&src.offsets);
-                dst.tail = src.tail;
-                dst.str_slot = s.map_or(0, |s| s as u8 + 1);
+    let skel: KprobeSkel<'_> =
+        rt.open_load("kprobe", KprobeSkelBuilder::default(), &mut storage, transport, |open| {
+            let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
+            let c = &mut ro.tk_kprobe;
+            c.want_return = want_return as u32;
+            for (f, t) in c.funcs.iter_mut().zip(&traced) {
+                f.nargs = t.proto.params.len() as u32;
+                f.nfetch = t.fetches.len() as u32;
+                for ((dst, src), s) in f.fetch.iter_mut().zip(&t.fetches).zip(&t.str_slots) {
+                    dst.arg = src.arg;
+                    dst.nderef = src.offsets.len() as u8;
+                    dst.off[..src.offsets.len()].copy_from_slice(&src.offsets);
+                    dst.tail = src.tail;
+                    dst.str_slot = s.map_or(0, |s| s as u8 + 1);
+                }
             }
-        }
-        tracing::select_programs(open.open_object_mut(), hook, target_of)
-    })?;
+            tracing::select_programs(open.open_object_mut(), hook, target_of)
+        })?;
     let printer = KprobePrinter { traced, want_return };
     rt.stream(&skel, transport, printer, |skel| {
         use libbpf_rs::skel::Skel;

@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::runtime::attach::tracing;
 use crate::runtime::output::Sink;
 use crate::runtime::stackcount::{self, Mappings, Stack, StackKey, Style};
-use crate::runtime::{CommonArgs, Runtime, TaskLoaded, TransportLoaded, Transport, lost};
+use crate::runtime::{CommonArgs, Runtime, TaskLoaded, Transport, TransportLoaded, lost};
 
 crate::tool_skel!("profile", OpenProfileSkel, ProfileSkel, tk_stack_key);
 const _: () = assert!(size_of::<skel::types::tk_stack_key>() == size_of::<StackKey>());
@@ -57,7 +57,10 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = true;
     if rt.out.count.is_some() {
-        return Err(Error::usage("profile counts samples in the kernel: --count does not apply", Some("use --duration".into())));
+        return Err(Error::usage(
+            "profile counts samples in the kernel: --count does not apply",
+            Some("use --duration".into()),
+        ));
     }
     let cpus = rt.plan(|| {
         let cpus = online_cpus()?;
@@ -67,15 +70,19 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     // Samples are counted in maps, not streamed: the event channel only needs to exist.
     let transport = Transport::RingBuf { bytes: 4096 };
     let mut storage = MaybeUninit::uninit();
-    let skel: ProfileSkel<'_> = rt.open_load("profile", ProfileSkelBuilder::default(), &mut storage, transport, |open| {
-        open.maps.tk_stacks.set_max_entries(16384).map_err(|e| Error::runtime(format!("sizing the stack map: {e}"), None))?;
-        open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_profile_idle = args.idle as u32;
-        Ok(())
-    })?;
+    let skel: ProfileSkel<'_> =
+        rt.open_load("profile", ProfileSkelBuilder::default(), &mut storage, transport, |open| {
+            open.maps
+                .tk_stacks
+                .set_max_entries(16384)
+                .map_err(|e| Error::runtime(format!("sizing the stack map: {e}"), None))?;
+            open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load").tk_profile_idle =
+                args.idle as u32;
+            Ok(())
+        })?;
     let (mut child, _follow) = rt.start_child(&skel)?;
     let links = rt.step("attach", || -> Result<Vec<libbpf_rs::Link>, Error> {
-        cpus.iter().map(|&cpu| tracing::cpu_clock(&skel.progs.profile__sample, cpu, args.frequency))
-            .collect()
+        cpus.iter().map(|&cpu| tracing::cpu_clock(&skel.progs.profile__sample, cpu, args.frequency)).collect()
     })?;
     rt.attached();
     if let Some(c) = child.as_mut() {

@@ -11,9 +11,9 @@ use clap::{Args, ValueEnum};
 
 use crate::error::Error;
 use crate::runtime::attach::tracing::{self, TpHook};
-use crate::runtime::fastfmt::Endpoint;
 use crate::runtime::fastfmt;
-use crate::runtime::output::{EventHeader, TaskHeader, Sink};
+use crate::runtime::fastfmt::Endpoint;
+use crate::runtime::output::{EventHeader, Sink, TaskHeader};
 use crate::runtime::{CommonArgs, Printer, Runtime};
 
 crate::tool_skel!("tcpstate", OpenTcpstateSkel, TcpstateSkel, tk_tcpstate_event);
@@ -95,31 +95,50 @@ pub fn run(args: TcpstateArgs) -> Result<i32, Error> {
     let (hook, transport) =
         rt.plan(|| Ok((tracing::plan_tracepoint(&rt, want, "sock:inet_sock_set_state")?, rt.plan_transport()?)))?;
     let mut storage = MaybeUninit::uninit();
-    let skel: TcpstateSkel<'_> = rt.open_load("tcpstate", TcpstateSkelBuilder::default(), &mut storage, transport, |open| {
-        let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
-        let c = &mut ro.tk_tcpstate;
-        c.lports[..args.local_ports.len()].copy_from_slice(&args.local_ports);
-        c.nlports = args.local_ports.len() as u32;
-        c.rports[..args.remote_ports.len()].copy_from_slice(&args.remote_ports);
-        c.nrports = args.remote_ports.len() as u32;
-        c.family = if args.ipv4 { AF_INET } else if args.ipv6 { AF_INET6 } else { 0 };
-        open.progs.tp_btf__inet_sock_set_state.set_autoload(hook == TpHook::TpBtf);
-        open.progs.tp__inet_sock_set_state.set_autoload(hook == TpHook::Tracepoint);
-        Ok(())
-    })?;
+    let skel: TcpstateSkel<'_> =
+        rt.open_load("tcpstate", TcpstateSkelBuilder::default(), &mut storage, transport, |open| {
+            let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
+            let c = &mut ro.tk_tcpstate;
+            c.lports[..args.local_ports.len()].copy_from_slice(&args.local_ports);
+            c.nlports = args.local_ports.len() as u32;
+            c.rports[..args.remote_ports.len()].copy_from_slice(&args.remote_ports);
+            c.nrports = args.remote_ports.len() as u32;
+            c.family = if args.ipv4 {
+                AF_INET
+            } else if args.ipv6 {
+                AF_INET6
+            } else {
+                0
+            };
+            open.progs.tp_btf__inet_sock_set_state.set_autoload(hook == TpHook::TpBtf);
+            open.progs.tp__inet_sock_set_state.set_autoload(hook == TpHook::Tracepoint);
+            Ok(())
+        })?;
     rt.stream(&skel, transport, TcpstatePrinter { wide: args.wide }, |skel| {
         let prog = match hook {
             TpHook::TpBtf => &skel.progs.tp_btf__inet_sock_set_state,
             TpHook::Tracepoint => &skel.progs.tp__inet_sock_set_state,
         };
-        let link = tracing::by_section(prog, "inet_sock_set_state", "run `tracekit probe`, or try --backend tracepoint")?;
+        let link =
+            tracing::by_section(prog, "inet_sock_set_state", "run `tracekit probe`, or try --backend tracepoint")?;
         Ok(vec![link])
     })
 }
 
 const STATES: [&str; 13] = [
-    "UNKNOWN", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT",
-    "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV",
+    "UNKNOWN",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
 ];
 
 pub fn state_name(s: i32) -> &'static str {

@@ -10,12 +10,12 @@ use clap::Args;
 use crate::error::Error;
 use crate::runtime::attach::tracing;
 use crate::runtime::fastfmt;
-use crate::runtime::output::{EventHeader, TaskHeader, Sink, c_str};
+use crate::runtime::output::{EventHeader, Sink, TaskHeader, c_str};
 use crate::runtime::probe::Feature;
 use crate::runtime::resolve;
+use crate::runtime::tracefs::{FieldKind, Format};
 use crate::runtime::value::{Shown, json_call_tail};
 use crate::runtime::{CommonArgs, Printer, Runtime, kernel};
-use crate::runtime::tracefs::{FieldKind, Format};
 
 crate::tool_skel!("tracepoint", OpenTracepointSkel, TracepointSkel, tk_tp_event);
 use skel::{TracepointSkel, TracepointSkelBuilder, types};
@@ -59,7 +59,8 @@ pub fn run(args: TracepointArgs) -> Result<i32, Error> {
         let formats = resolve::tracepoints(&tracefs, &args.events, MAX_TPS)?;
         for f in &args.fields {
             if !formats.iter().any(|fmt| fmt.fields.iter().any(|x| &x.name == f)) {
-                let names: Vec<&str> = formats.iter().flat_map(|fmt| fmt.fields.iter().map(|x| x.name.as_str())).collect();
+                let names: Vec<&str> =
+                    formats.iter().flat_map(|fmt| fmt.fields.iter().map(|x| x.name.as_str())).collect();
                 return Err(Error::usage(
                     format!("no traced event has a field `{f}`"),
                     Some(format!("fields: {}", names.join(", "))),
@@ -81,22 +82,23 @@ pub fn run(args: TracepointArgs) -> Result<i32, Error> {
         Ok((formats, cookies, strs, rt.plan_transport()?))
     })?;
     let mut storage = MaybeUninit::uninit();
-    let skel: TracepointSkel<'_> = rt.open_load("tracepoint", TracepointSkelBuilder::default(), &mut storage, transport, |open| {
-        let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
-        let c = &mut ro.tk_tp;
-        c.ntps = formats.len() as u32;
-        c.have_cookie = cookies as u32;
-        for ((spec, f), strs) in c.tps.iter_mut().zip(&formats).zip(&strs) {
-            spec.id = f.id;
-            spec.size = f.size.min(DATA) as u16;
-            spec.nstr = strs.len() as u16;
-            for (dst, (off, kind)) in spec.str.iter_mut().zip(strs) {
-                dst.offset = *off as u16;
-                dst.kind = *kind;
+    let skel: TracepointSkel<'_> =
+        rt.open_load("tracepoint", TracepointSkelBuilder::default(), &mut storage, transport, |open| {
+            let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
+            let c = &mut ro.tk_tp;
+            c.ntps = formats.len() as u32;
+            c.have_cookie = cookies as u32;
+            for ((spec, f), strs) in c.tps.iter_mut().zip(&formats).zip(&strs) {
+                spec.id = f.id;
+                spec.size = f.size.min(DATA) as u16;
+                spec.nstr = strs.len() as u16;
+                for (dst, (off, kind)) in spec.str.iter_mut().zip(strs) {
+                    dst.offset = *off as u16;
+                    dst.kind = *kind;
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
     let slots = strs.iter().map(|s| s.iter().map(|(off, _)| *off).collect()).collect();
     let printer = TracepointPrinter { formats: formats.clone(), slots, only: args.fields.clone() };
     rt.stream(&skel, transport, printer, |skel| {

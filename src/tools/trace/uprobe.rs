@@ -14,10 +14,10 @@ use clap::Args;
 
 use crate::error::Error;
 use crate::runtime::attach::tracing::{self, UprobeTarget};
-use crate::runtime::output::{EventHeader, TaskHeader, Sink};
-use crate::runtime::value::{CALL_COLUMNS, call_row_start, json_call_tail};
+use crate::runtime::output::{EventHeader, Sink, TaskHeader};
 use crate::runtime::probe::Feature;
 use crate::runtime::resolve::{self, Symbol};
+use crate::runtime::value::{CALL_COLUMNS, call_row_start, json_call_tail};
 use crate::runtime::{CommonArgs, Printer, Runtime};
 use signature::{Call, Kind, Signature};
 
@@ -87,7 +87,8 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
     };
     let (want_entry, want_return) = (!args.return_only, !args.entry_only);
     let (probes, cookies, transport) = rt.plan(|| {
-        let sig_for = |f: &str| sigs.iter().find(|(n, _)| n == f).map(|(_, s)| s.clone()).or_else(|| signature::builtin(f));
+        let sig_for =
+            |f: &str| sigs.iter().find(|(n, _)| n == f).map(|(_, s)| s.clone()).or_else(|| signature::builtin(f));
         let syms = resolve::symbols(&rt, &specs, pid, MAX_PROBES)?;
         let probes: Vec<Probe> = syms.into_iter().map(|sym| Probe { sig: sig_for(&sym.func), sym }).collect();
         let cookies = rt.probes.get(Feature::AttachCookie).is_supported();
@@ -104,27 +105,29 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
         Ok((probes, cookies, rt.plan_transport()?))
     })?;
     let mut storage = MaybeUninit::uninit();
-    let skel: UprobeSkel<'_> = rt.open_load("uprobe", UprobeSkelBuilder::default(), &mut storage, transport, |open| {
-        let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
-        let c = &mut ro.tk_uprobe;
-        c.want_entry = want_entry as u32;
-        c.want_return = want_return as u32;
-        c.have_cookie = cookies as u32;
-        for (spec, sig) in c.probes.iter_mut().zip(&probes).filter_map(|(c, p)| Some((c, p.sig.as_ref()?))) {
-            for (slot, param) in spec.str_arg.iter_mut().zip(&sig.params) {
-                *slot = (param.kind == Kind::Str) as u8;
+    let skel: UprobeSkel<'_> =
+        rt.open_load("uprobe", UprobeSkelBuilder::default(), &mut storage, transport, |open| {
+            let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
+            let c = &mut ro.tk_uprobe;
+            c.want_entry = want_entry as u32;
+            c.want_return = want_return as u32;
+            c.have_cookie = cookies as u32;
+            for (spec, sig) in c.probes.iter_mut().zip(&probes).filter_map(|(c, p)| Some((c, p.sig.as_ref()?))) {
+                for (slot, param) in spec.str_arg.iter_mut().zip(&sig.params) {
+                    *slot = (param.kind == Kind::Str) as u8;
+                }
+                spec.str_ret = (sig.ret == Kind::Str) as u8;
             }
-            spec.str_ret = (sig.ret == Kind::Str) as u8;
-        }
-        open.progs.uprobe__generic.set_autoload(want_entry);
-        open.progs.uretprobe__generic.set_autoload(want_return);
-        Ok(())
-    })?;
+            open.progs.uprobe__generic.set_autoload(want_entry);
+            open.progs.uretprobe__generic.set_autoload(want_return);
+            Ok(())
+        })?;
     let printer = UprobePrinter { probes: probes.clone(), want_entry, want_return };
     rt.stream(&skel, transport, printer, |skel| {
         let mut links = Vec::new();
         for (id, p) in probes.iter().enumerate() {
-            let progs = [(want_entry, &skel.progs.uprobe__generic, false), (want_return, &skel.progs.uretprobe__generic, true)];
+            let progs =
+                [(want_entry, &skel.progs.uprobe__generic, false), (want_return, &skel.progs.uretprobe__generic, true)];
             for (wanted, prog, retprobe) in progs {
                 if !wanted {
                     continue;
@@ -187,7 +190,11 @@ impl Printer for UprobePrinter {
 
 /// The values of an event, as its flags say which end of the call it saw.
 fn call<'e>(ev: &'e types::tk_uprobe_event, strs: signature::StrOf<'e>) -> Call<'e> {
-    Call { args: (ev.flags & F_ENTRY != 0).then_some(&ev.args), ret: (ev.flags & F_RETURN != 0).then_some(ev.ret), strs }
+    Call {
+        args: (ev.flags & F_ENTRY != 0).then_some(&ev.args),
+        ret: (ev.flags & F_RETURN != 0).then_some(ev.ret),
+        strs,
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@ use crate::runtime::value::{Shown, mask, sign_extend};
 /// How one value is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Int { bits: u8, signed: bool },
+    Int {
+        bits: u8,
+        signed: bool,
+    },
     /// `char *` / `const char *`: read as a NUL-terminated user string.
     Str,
     /// Any other pointer: hex.
@@ -64,7 +67,8 @@ pub fn builtin(func: &str) -> Option<Signature> {
 /// Parses `RET NAME(TYPE NAME, …)`; returns the function's name and its signature.
 pub fn parse(proto: &str) -> Result<(String, Signature), String> {
     let proto = proto.trim().trim_end_matches(';');
-    let (head, rest) = proto.split_once('(').ok_or("expected `RET NAME(ARGS)`, e.g. `int open(const char *path, int flags)`")?;
+    let (head, rest) =
+        proto.split_once('(').ok_or("expected `RET NAME(ARGS)`, e.g. `int open(const char *path, int flags)`")?;
     let inner = rest.strip_suffix(')').ok_or("missing the closing `)`")?;
     let (ret_ty, name) = split_decl(head).ok_or_else(|| format!("cannot find the return type and name in `{head}`"))?;
     if name.is_empty() {
@@ -136,12 +140,19 @@ fn kind_of(ty: &str) -> Result<Kind, String> {
         ["uint16_t"] => int(16, false),
         ["int32_t"] | ["pid_t"] => int(32, true),
         ["uint32_t"] | ["socklen_t"] | ["mode_t"] | ["uid_t"] | ["gid_t"] => int(32, false),
-        ["long"] | ["long", "int"] | ["long", "long"] | ["long", "long", "int"] | ["int64_t"] | ["ssize_t"]
-        | ["off_t"] | ["intptr_t"] | ["ptrdiff_t"] => int(64, !unsigned),
+        ["long"]
+        | ["long", "int"]
+        | ["long", "long"]
+        | ["long", "long", "int"]
+        | ["int64_t"]
+        | ["ssize_t"]
+        | ["off_t"]
+        | ["intptr_t"]
+        | ["ptrdiff_t"] => int(64, !unsigned),
         ["uint64_t"] | ["size_t"] | ["uintptr_t"] => int(64, false),
-        _ if base.len() == 1 => Err(format!(
-            "unknown type `{ty}`: use int, long, size_t, char *, a pointer (`void *`), or (u)int8..64_t"
-        )),
+        _ if base.len() == 1 => {
+            Err(format!("unknown type `{ty}`: use int, long, size_t, char *, a pointer (`void *`), or (u)int8..64_t"))
+        }
         _ => Err(format!("cannot read the type `{ty}`")),
     }
 }
@@ -262,7 +273,8 @@ mod tests {
 
     #[test]
     fn integer_widths_and_signs() {
-        let (_, sig) = parse("ssize_t f(int a, unsigned int b, size_t c, short d, unsigned char e, long long g)").unwrap();
+        let (_, sig) =
+            parse("ssize_t f(int a, unsigned int b, size_t c, short d, unsigned char e, long long g)").unwrap();
         let kinds: Vec<Kind> = sig.params.iter().map(|p| p.kind).collect();
         assert_eq!(
             kinds,

@@ -228,7 +228,7 @@ fn run_work(s: Scenario, n: u64, port: u16) -> f64 {
 fn run_bash(n: u64) -> f64 {
     let mut input = String::with_capacity(n as usize * 10);
     for _ in 0..n {
-        input.push_str("#");
+        input.push('#');
         input.push_str(MARK);
         input.push('\n');
     }

@@ -113,7 +113,7 @@ fn pid_filter_keeps_only_that_process() {
     assert!(o.events().iter().all(|e| e["rport"] != port && e["lport"] != port), "{:?}", o.stdout);
     let mine = m.events();
     assert!(mine.iter().any(|e| e["rport"] == port && e["newstate"] == "SYN_SENT"), "{:?}", m.stdout);
-    assert!(mine.iter().all(|e| e["pid"].to_string() == me));
+    assert!(mine.iter().all(|e| e["pid"] == me));
 }
 
 #[test]

@@ -15,7 +15,7 @@ fn xdp(pair: &VethPair, extra: &[&str]) -> Tracer {
     Tracer::start(&args)
 }
 
-fn tcp_syns<'a>(events: &'a [Value], dport: u64) -> Vec<&'a Value> {
+fn tcp_syns(events: &[Value], dport: u64) -> Vec<&Value> {
     events.iter().filter(|e| e["proto"] == "tcp" && e["dport"] == dport && e["tcp_flags"] == "S").collect()
 }
 

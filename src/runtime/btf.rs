@@ -317,10 +317,10 @@ fn find_member<'b>(btf: &'b Btf<'static>, comp: &Composite<'b>, name: &str) -> O
         match m.name {
             Some(n) if n == name => return Some((bits / 8, ty)),
             None => {
-                if let Ok(inner) = Composite::try_from(ty.skip_mods_and_typedefs()) {
-                    if let Some((off, t)) = find_member(btf, &inner, name) {
-                        return Some((bits / 8 + off, t));
-                    }
+                if let Ok(inner) = Composite::try_from(ty.skip_mods_and_typedefs())
+                    && let Some((off, t)) = find_member(btf, &inner, name)
+                {
+                    return Some((bits / 8 + off, t));
                 }
             }
             _ => {}

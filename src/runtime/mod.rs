@@ -106,13 +106,13 @@ impl Runtime {
         libbpf_log::install(out.verbose);
         kernel::check_privileges()?;
         kernel::raise_memlock();
-        if let Some(btf) = &out.btf {
-            if !btf.is_file() {
-                return Err(Error::usage(
-                    format!("--btf file `{}` not found", btf.display()),
-                    Some("give a kernel BTF file, e.g. from BTFHub for this kernel".to_owned()),
-                ));
-            }
+        if let Some(btf) = &out.btf
+            && !btf.is_file()
+        {
+            return Err(Error::usage(
+                format!("--btf file `{}` not found", btf.display()),
+                Some("give a kernel BTF file, e.g. from BTFHub for this kernel".to_owned()),
+            ));
         }
         let filter = Filter::from_args(&task)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -273,21 +273,20 @@ impl Runtime {
                 break;
             }
             let Some(timeout) = until.next_wait(&self.stop, child.as_mut()) else { break };
-            if let Err(e) = source.poll(timeout) {
-                if !state.borrow().done && e.kind() != libbpf_rs::ErrorKind::Interrupted {
-                    return Err(Error::runtime(format!("reading events: {e}"), None));
-                }
+            if let Err(e) = source.poll(timeout)
+                && !state.borrow().done
+                && e.kind() != libbpf_rs::ErrorKind::Interrupted
+            {
+                return Err(Error::runtime(format!("reading events: {e}"), None));
             }
             {
                 let mut st = state.borrow_mut();
                 let st = &mut *st;
                 let r = st.printer.tick(&mut st.sink).and_then(|()| st.sink.flush());
                 st.note_write(r);
-                if !announced_first {
-                    if let Some(t) = st.first_event {
-                        announced_first = true;
-                        self.say(format_args!("first event after {:.2} ms", (t - self.started).as_secs_f64() * 1e3));
-                    }
+                if !announced_first && let Some(t) = st.first_event {
+                    announced_first = true;
+                    self.say(format_args!("first event after {:.2} ms", (t - self.started).as_secs_f64() * 1e3));
                 }
             }
             if stdout_closed() {
@@ -344,10 +343,10 @@ impl Runtime {
             let r = emit_summary(&mut st.sink, st.events, lost, elapsed).and_then(|()| st.sink.flush());
             st.note_write(r);
         }
-        if let Some(e) = st.write_error.take() {
-            if e.kind() != io::ErrorKind::BrokenPipe {
-                return Err(Error::io("writing output", e));
-            }
+        if let Some(e) = st.write_error.take()
+            && e.kind() != io::ErrorKind::BrokenPipe
+        {
+            return Err(Error::io("writing output", e));
         }
         self.say(format_args!("{} events, {lost} lost", st.events));
         let mut code = child.map_or(0, GatedChild::finish);

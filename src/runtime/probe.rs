@@ -283,10 +283,11 @@ fn load_tracing_prog(attach_type: u32, btf_id: u32) -> io::Result<OwnedFd> {
 /// Loads `r0 = 0; exit` as a program of type `prog_type`.
 fn load_trivial_prog(prog_type: libbpf_sys::bpf_prog_type, attach_type: u32, btf_id: u32) -> io::Result<OwnedFd> {
     // r0 = 0; exit
-    let mut mov = libbpf_sys::bpf_insn::default();
-    mov.code = (libbpf_sys::BPF_ALU64 | libbpf_sys::BPF_MOV | libbpf_sys::BPF_K) as u8;
-    let mut exit = libbpf_sys::bpf_insn::default();
-    exit.code = (libbpf_sys::BPF_JMP | libbpf_sys::BPF_EXIT) as u8;
+    let mov = libbpf_sys::bpf_insn {
+        code: (libbpf_sys::BPF_ALU64 | libbpf_sys::BPF_MOV | libbpf_sys::BPF_K) as u8,
+        ..Default::default()
+    };
+    let exit = libbpf_sys::bpf_insn { code: (libbpf_sys::BPF_JMP | libbpf_sys::BPF_EXIT) as u8, ..Default::default() };
     let insns = [mov, exit];
     let mut opts = libbpf_sys::bpf_prog_load_opts {
         sz: size_of::<libbpf_sys::bpf_prog_load_opts>() as _,

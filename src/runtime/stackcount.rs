@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use libbpf_rs::{MapCore, MapFlags, MapMut};
 
@@ -100,29 +100,29 @@ impl Mappings {
             if plain::copy_from_bytes(&mut key, &k).is_err() || key.pid == 0 || key.ustack < 0 {
                 continue;
             }
-            if !self.cache.contains_key(&key.pid) {
-                if let Some(maps) = read_mappings(key.pid) {
-                    self.cache.insert(key.pid, maps);
-                }
+            if !self.cache.contains_key(&key.pid)
+                && let Some(maps) = read_mappings(key.pid)
+            {
+                self.cache.insert(key.pid, maps);
             }
         }
     }
 
     fn of(&mut self, pid: u32) -> Option<&Vec<Mapping>> {
-        if !self.cache.contains_key(&pid) {
-            self.cache.insert(pid, read_mappings(pid)?);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.cache.entry(pid) {
+            e.insert(read_mappings(pid)?);
         }
         self.cache.get(&pid)
     }
 
     /// The file to read for a mapped path: the one held open; else inside the process's mount
     /// namespace while it lives (containers); else as named.
-    fn file(&self, pid: u32, path: &PathBuf) -> PathBuf {
+    fn file(&self, pid: u32, path: &Path) -> PathBuf {
         let in_root = PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
-        match self.held.get(&(pid, path.clone())) {
+        match self.held.get(&(pid, path.to_path_buf())) {
             Some(f) => PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(f))),
             None if in_root.exists() => in_root,
-            None => path.clone(),
+            None => path.to_path_buf(),
         }
     }
 }

@@ -24,6 +24,12 @@ pub struct Stacks {
     symbolizer: Symbolizer,
 }
 
+impl Default for Stacks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Stacks {
     pub fn new() -> Self {
         Stacks { symbolizer: Symbolizer::new() }

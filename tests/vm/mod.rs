@@ -207,11 +207,10 @@ fn modules(moddir: &Path) -> Vec<(String, Vec<u8>)> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if let Some(f) = p.file_name().and_then(|f| f.to_str()) {
-                if let Some((stem, _)) = f.split_once(".ko") {
+            } else if let Some(f) = p.file_name().and_then(|f| f.to_str())
+                && let Some((stem, _)) = f.split_once(".ko") {
                     files.insert(stem.replace('-', "_"), p.clone());
                 }
-            }
         }
     }
     let mut order: Vec<(String, Vec<u8>)> = Vec::new();

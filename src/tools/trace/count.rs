@@ -98,12 +98,12 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
         if args.by == By::Stack {
             mappings.refresh(&skel.maps.counts);
         }
-        if let (Some(t), Some(i)) = (next.as_mut(), args.interval) {
-            if Instant::now() >= *t {
-                *t += i;
-                if let Err(e) = print(&skel, &mut sink, &args, &mut mappings, true) {
-                    write_error.get_or_insert(e);
-                }
+        if let (Some(t), Some(i)) = (next.as_mut(), args.interval)
+            && Instant::now() >= *t
+        {
+            *t += i;
+            if let Err(e) = print(&skel, &mut sink, &args, &mut mappings, true) {
+                write_error.get_or_insert(e);
             }
         }
     });

@@ -3,14 +3,15 @@
 use super::*;
 
 fn event(family: u16) -> types::tk_tcpstate_event {
-    let mut ev = types::tk_tcpstate_event::default();
-    ev.family = family;
-    ev.sport = 8080;
-    ev.dport = 443;
-    ev.oldstate = 2;
-    ev.newstate = 1;
-    ev.delta_ns = 1_500_000;
-    ev
+    types::tk_tcpstate_event {
+        family,
+        sport: 8080,
+        dport: 443,
+        oldstate: 2,
+        newstate: 1,
+        delta_ns: 1_500_000,
+        ..Default::default()
+    }
 }
 
 #[test]

@@ -6,11 +6,9 @@ use signature::value;
 
 #[test]
 fn decodes_a_readline_event() {
-    let mut ev = types::tk_uprobe_event::default();
-    ev.flags = F_ENTRY | F_RETURN;
+    let mut ev =
+        types::tk_uprobe_event { flags: F_ENTRY | F_RETURN, ret: 0x2000, latency_ns: 1_500_000, ..Default::default() };
     ev.args[0] = 0x1000;
-    ev.ret = 0x2000;
-    ev.latency_ns = 1_500_000;
     for (slot, text) in [(0, &b"$ "[..]), (1, b"echo hi")] {
         for (d, s) in ev.str[slot * 256..].iter_mut().zip(text) {
             *d = *s as _;

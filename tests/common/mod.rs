@@ -172,8 +172,12 @@ impl Tracer {
         t
     }
 
-    /// Waits for a stderr line containing `needle`; panics with all stderr on timeout or exit.
+    /// Waits for a stderr line containing `needle` (lines already read count: `start` reads up to
+    /// "attached after"); panics with all stderr on timeout or exit.
     pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) {
+        if self.stderr_seen.iter().any(|l| l.contains(needle)) {
+            return;
+        }
         let deadline = Instant::now() + timeout;
         loop {
             match self.stderr.recv_timeout(Duration::from_millis(50)) {

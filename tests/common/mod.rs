@@ -15,6 +15,12 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tracekit");
 
+/// Prints `SKIP test: reason` to the real stderr (the harness swallows `eprintln!` of a passing
+/// test). Only for a feature the running kernel truly does not have.
+pub fn skip(test: &str, reason: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+}
+
 /// Root tests need root. Outside CI a non-root run says so and skips; in CI (CI=true) it fails,
 /// since CI is where they must run.
 pub fn require_root(test: &str) -> bool {

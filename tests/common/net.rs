@@ -950,3 +950,20 @@ pub fn attach_dummy_tcx(ns: &Netns, ifname: &str, ingress: bool) -> OwnedFd {
     let prog = load_trivial_prog(sys::BPF_PROG_TYPE_SCHED_CLS, t, -1);
     link_in(ns, &prog, ns.ifindex(ifname), t)
 }
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// tcx links came in Linux 6.6; older kernels (the matrix's 5.10 and 6.1) have only clsact.
+pub fn kernel_has_tcx() -> bool {
+    let r = kernel_release();
+    let mut it = r
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (6, 6)
+}

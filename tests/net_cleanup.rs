@@ -94,9 +94,9 @@ fn xdp_leaves_nothing() {
 #[test]
 fn tc_tcx_leaves_nothing() {
     if common::require_root("net_cleanup::tc_tcx_leaves_nothing") {
-        if !kernel_has_tcx() {
+        if !net::kernel_has_tcx() {
             // Expected: tcx links came in 6.6; the clsact test covers these kernels.
-            eprintln!("SKIP net_cleanup::tc_tcx_leaves_nothing: kernel {} has no tcx links (6.6+)", release());
+            common::skip("net_cleanup::tc_tcx_leaves_nothing", &format!("kernel {} has no tcx links (6.6+)", net::kernel_release()));
             return;
         }
         conformance("ctcx", &["tc", "tkv1", "--backend", "tcx"]);
@@ -115,14 +115,4 @@ fn sockfilter_leaves_nothing() {
     if common::require_root("net_cleanup::sockfilter_leaves_nothing") {
         conformance("csock", &["sockfilter", "tkv1"]);
     }
-}
-
-fn release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
-}
-
-fn kernel_has_tcx() -> bool {
-    let r = release();
-    let mut it = r.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
-    (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (6, 6)
 }

@@ -372,8 +372,29 @@ impl VethPair {
             );
             thread::sleep(Duration::from_millis(10));
         }
-        // The MLD reports for the solicited-node groups go out right after link-up (1 ms interval).
-        thread::sleep(Duration::from_millis(100));
+        // The MLD reports for the solicited-node groups go out right after link-up (1 ms interval),
+        // later on a loaded machine or in a slow guest: wait until nothing was sent for 200 ms.
+        let tx = |ns: &Netns, dev: &str| {
+            let v: Value = serde_json::from_str(&ns.ip(&["-s", "-j", "link", "show", "dev", dev]))
+                .expect("JSON");
+            v[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or(0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = (tx(&self.a, self.if_a), tx(&self.b, self.if_b));
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_millis(200) {
+            assert!(
+                Instant::now() < deadline,
+                "veth pair {} / {} still sending after 5 s",
+                self.a.name(),
+                self.b.name()
+            );
+            thread::sleep(Duration::from_millis(20));
+            let now = (tx(&self.a, self.if_a), tx(&self.b, self.if_b));
+            if now != last {
+                (last, quiet_since) = (now, Instant::now());
+            }
+        }
     }
 
     /// `assert_clean` on both namespaces.
@@ -949,4 +970,21 @@ pub fn attach_dummy_tcx(ns: &Netns, ifname: &str, ingress: bool) -> OwnedFd {
     };
     let prog = load_trivial_prog(sys::BPF_PROG_TYPE_SCHED_CLS, t, -1);
     link_in(ns, &prog, ns.ifindex(ifname), t)
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// tcx links came in Linux 6.6; older kernels (the matrix's 5.10 and 6.1) have only clsact.
+pub fn kernel_has_tcx() -> bool {
+    let r = kernel_release();
+    let mut it = r
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (6, 6)
 }

@@ -29,6 +29,8 @@ pub enum Kernel {
 const MODULES: &[&str] = &[
     "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "9pnet",
     "9pnet_virtio", "netfs", "fscache", "9p", "overlay",
+    // The packet tools' suites: veth pairs, clsact (sch_ingress), tc's `bpf` and `u32` filters.
+    "veth", "sch_ingress", "cls_bpf", "cls_u32",
 ];
 
 pub fn cache_dir() -> PathBuf {

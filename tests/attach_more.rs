@@ -41,22 +41,8 @@ fn query(target: BorrowedFd<'_>, attach_type: sys::bpf_attach_type) -> Vec<u32> 
     let mut flags = 0u32;
     // SAFETY: target is an open fd; flags, ids and cnt are valid for writes, ids has room for
     // cnt entries.
-    let rc = unsafe {
-        sys::bpf_prog_query(
-            target.as_raw_fd(),
-            attach_type,
-            0,
-            &mut flags,
-            ids.as_mut_ptr(),
-            &mut cnt,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "bpf_prog_query: {}",
-        io::Error::from_raw_os_error(-rc)
-    );
+    let rc = unsafe { sys::bpf_prog_query(target.as_raw_fd(), attach_type, 0, &mut flags, ids.as_mut_ptr(), &mut cnt) };
+    assert_eq!(rc, 0, "bpf_prog_query: {}", io::Error::from_raw_os_error(-rc));
     ids[..cnt as usize].to_vec()
 }
 
@@ -82,26 +68,13 @@ fn msg_and_hint(e: &Error) -> String {
 
 /// `bpftool -j cgroup show PATH`: (prog id, attach type) pairs.
 fn bpftool_cgroup(path: &Path) -> Vec<(u64, String)> {
-    let out = Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(path)
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool cgroup show: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(path).output().expect("run bpftool");
+    assert!(out.status.success(), "bpftool cgroup show: {}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()));
     v.as_array()
         .into_iter()
         .flatten()
-        .map(|e| {
-            (
-                e["id"].as_u64().unwrap_or(0),
-                e["attach_type"].as_str().unwrap_or("").to_owned(),
-            )
-        })
+        .map(|e| (e["id"].as_u64().unwrap_or(0), e["attach_type"].as_str().unwrap_or("").to_owned()))
         .collect()
 }
 
@@ -126,26 +99,13 @@ fn cgroup_links_listed_then_gone() {
     let ing = cgroup_skb(sys::BPF_CGROUP_INET_INGRESS, 1);
     let egr = cgroup_skb(sys::BPF_CGROUP_INET_EGRESS, 1);
     let (ing_id, egr_id) = (prog_id(ing.as_fd()), prog_id(egr.as_fd()));
-    let a = attach_cgroup(
-        ing.as_fd(),
-        "tk_ing",
-        cg.path(),
-        sys::BPF_CGROUP_INET_INGRESS,
-    )
-    .unwrap();
+    let a = attach_cgroup(ing.as_fd(), "tk_ing", cg.path(), sys::BPF_CGROUP_INET_INGRESS).unwrap();
     // Relative to the cgroup2 mount works too.
-    let rel = cg
-        .path()
-        .strip_prefix(cgroup2_root())
-        .unwrap()
-        .to_path_buf();
+    let rel = cg.path().strip_prefix(cgroup2_root()).unwrap().to_path_buf();
     let b = attach_cgroup(egr.as_fd(), "tk_egr", &rel, sys::BPF_CGROUP_INET_EGRESS).unwrap();
     assert!(a.link_id().is_some() && b.link_id().is_some());
     assert!(
-        a.describe().starts_with(&format!(
-            "cgroup link on {} (cgroup_inet_ingress), link id ",
-            cg.path().display()
-        )),
+        a.describe().starts_with(&format!("cgroup link on {} (cgroup_inet_ingress), link id ", cg.path().display())),
         "{}",
         a.describe()
     );
@@ -155,18 +115,11 @@ fn cgroup_links_listed_then_gone() {
             || shown.contains(&(u64::from(ing_id), "ingress".into())),
         "{shown:?}"
     );
-    assert!(
-        shown.iter().any(|(id, _)| *id == u64::from(egr_id)),
-        "{shown:?}"
-    );
+    assert!(shown.iter().any(|(id, _)| *id == u64::from(egr_id)), "{shown:?}");
     let link = a.link_id().unwrap();
     drop(a);
     drop(b);
-    assert!(
-        eventually(|| bpftool_cgroup(cg.path()).is_empty()),
-        "still attached: {:?}",
-        bpftool_cgroup(cg.path())
-    );
+    assert!(eventually(|| bpftool_cgroup(cg.path()).is_empty()), "still attached: {:?}", bpftool_cgroup(cg.path()));
     // SAFETY: plain syscall wrapper; a negative result means the link is gone.
     let fd = unsafe { sys::bpf_link_get_fd_by_id(link) };
     if fd >= 0 {
@@ -184,19 +137,12 @@ fn send_from_cgroup(cg: &TransientCgroup, ns: &TestNs, port: u16) -> bool {
         "read _go; exec ip netns exec {} bash -c 'echo tracekit >/dev/udp/127.0.0.1/{port}' 2>/dev/null",
         ns.name()
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn sh");
+    let mut child =
+        Command::new("sh").args(["-c", &script]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn sh");
     cg.add_pid(child.id()).unwrap();
     let own = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
     let rel = cg.path().strip_prefix(cgroup2_root()).unwrap();
-    assert!(
-        own.lines().any(|l| l == format!("0::/{}", rel.display())),
-        "{own}"
-    );
+    assert!(own.lines().any(|l| l == format!("0::/{}", rel.display())), "{own}");
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     child.wait().expect("wait for sh").success()
 }
@@ -213,8 +159,7 @@ fn cgroup_skb_egress_drop_stops_a_send_until_detached() {
     }
     let ns = TestNs::new("cgdrop");
     let sock = ns.run_in(|| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let port = sock.local_addr().unwrap().port();
     let cg = TransientCgroup::create(&cgroup2_root(), "drop").unwrap();
 
@@ -222,25 +167,13 @@ fn cgroup_skb_egress_drop_stops_a_send_until_detached() {
     assert!(received(&sock), "the datagram arrives without a program");
 
     let drop_all = cgroup_skb(sys::BPF_CGROUP_INET_EGRESS, 0);
-    let att = attach_cgroup(
-        drop_all.as_fd(),
-        "tk_drop",
-        cg.path(),
-        sys::BPF_CGROUP_INET_EGRESS,
-    )
-    .unwrap();
+    let att = attach_cgroup(drop_all.as_fd(), "tk_drop", cg.path(), sys::BPF_CGROUP_INET_EGRESS).unwrap();
     // An egress drop fails the send with EPERM.
-    assert!(
-        !send_from_cgroup(&cg, &ns, port),
-        "send with the drop program"
-    );
+    assert!(!send_from_cgroup(&cg, &ns, port), "send with the drop program");
     assert!(!received(&sock), "the datagram is dropped");
 
     att.detach().unwrap();
-    assert!(
-        eventually(|| bpftool_cgroup(cg.path()).is_empty()),
-        "still attached"
-    );
+    assert!(eventually(|| bpftool_cgroup(cg.path()).is_empty()), "still attached");
     assert!(send_from_cgroup(&cg, &ns, port), "send after detach");
     assert!(received(&sock), "the datagram arrives after detach");
 }
@@ -257,14 +190,8 @@ fn cgroup_bad_paths() {
     let e = attach_cgroup(prog.as_fd(), "tk", Path::new("/tmp"), t).unwrap_err();
     let text = msg_and_hint(&e);
     assert!(matches!(e, Error::Usage { .. }), "{text}");
-    assert!(
-        text.contains("`/tmp` is not a cgroup v2 directory"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("cgroup2 is mounted at `{}`", root.display())),
-        "{text}"
-    );
+    assert!(text.contains("`/tmp` is not a cgroup v2 directory"), "{text}");
+    assert!(text.contains(&format!("cgroup2 is mounted at `{}`", root.display())), "{text}");
 
     // A cgroup v1 hierarchy, where this host has one.
     if let Some(v1) = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory"]
@@ -278,13 +205,7 @@ fn cgroup_bad_paths() {
 
     let e = attach_cgroup(prog.as_fd(), "tk", Path::new("no-such-tk-cgroup"), t).unwrap_err();
     let text = msg_and_hint(&e);
-    assert!(
-        text.contains(&format!(
-            "cgroup `{}` not found",
-            root.join("no-such-tk-cgroup").display()
-        )),
-        "{text}"
-    );
+    assert!(text.contains(&format!("cgroup `{}` not found", root.join("no-such-tk-cgroup").display())), "{text}");
 
     // A program of the wrong type.
     let xdp = load_trivial_prog(sys::BPF_PROG_TYPE_XDP, sys::BPF_XDP, 2);
@@ -307,12 +228,7 @@ fn cgroup_link_refused_next_to_an_exclusive_program() {
     let dir = open(cg.path());
     // SAFETY: both fds are open; flags 0 = exclusive (no other program on this cgroup or below).
     let rc = unsafe { sys::bpf_prog_attach(legacy.as_raw_fd(), dir.as_raw_fd(), t, 0) };
-    assert_eq!(
-        rc,
-        0,
-        "bpf_prog_attach: {}",
-        io::Error::from_raw_os_error(-rc)
-    );
+    assert_eq!(rc, 0, "bpf_prog_attach: {}", io::Error::from_raw_os_error(-rc));
 
     let ours = cgroup_skb(t, 1);
     let e = attach_cgroup(ours.as_fd(), "tk_ours", cg.path(), t).unwrap_err();
@@ -324,10 +240,7 @@ fn cgroup_link_refused_next_to_an_exclusive_program() {
         "{text}"
     );
     assert!(
-        text.contains(&format!(
-            "`bpftool cgroup detach {} ingress id {legacy_id}`",
-            cg.path().display()
-        )),
+        text.contains(&format!("`bpftool cgroup detach {} ingress id {legacy_id}`", cg.path().display())),
         "{text}"
     );
 
@@ -359,20 +272,9 @@ fn transient_cgroup_removed_with_a_task_inside() {
     }
     let root = cgroup2_root();
     let cg = TransientCgroup::create(&root, "sleep 30/x").unwrap();
-    let name = cg
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    assert!(
-        name.starts_with(&format!("tracekit-sleep_30_x-{}-", std::process::id())),
-        "{name}"
-    );
-    let mut sleeper = Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .expect("spawn sleep");
+    let name = cg.path().file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with(&format!("tracekit-sleep_30_x-{}-", std::process::id())), "{name}");
+    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("spawn sleep");
     let pid = sleeper.id();
     cg.add_pid(pid).unwrap();
     let procs = std::fs::read_to_string(cg.path().join("cgroup.procs")).unwrap();
@@ -392,10 +294,7 @@ fn transient_cgroup_removed_with_a_task_inside() {
     sleeper.wait().unwrap();
 
     let e = TransientCgroup::create(Path::new("/tmp"), "x").unwrap_err();
-    assert!(
-        msg_and_hint(&e).contains("not a cgroup v2 directory"),
-        "{e}"
-    );
+    assert!(msg_and_hint(&e).contains("not a cgroup v2 directory"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -435,8 +334,7 @@ fn sk_lookup_link_in_a_netns() {
     let netns = Netns::resolve(Some(ns.name())).unwrap();
     let listener = ns.run_in(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
     let addr: SocketAddr = listener.local_addr().unwrap();
-    let connect =
-        || ns.run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok());
+    let connect = || ns.run_in(|| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok());
     assert!(connect(), "connect without a program");
 
     // SK_DROP (0): every lookup in the namespace finds no socket.
@@ -446,8 +344,7 @@ fn sk_lookup_link_in_a_netns() {
     let link = att.link_id().expect("a link id");
     assert_eq!(link_type(link), sys::BPF_LINK_TYPE_NETNS);
     assert!(
-        att.describe()
-            .starts_with(&format!("sk_lookup link in netns {}, link id", ns.name())),
+        att.describe().starts_with(&format!("sk_lookup link in netns {}, link id", ns.name())),
         "{}",
         att.describe()
     );
@@ -473,20 +370,9 @@ fn sk_lookup_link_in_a_netns() {
 fn sockmap() -> OwnedFd {
     // SAFETY: the name is NUL-terminated; NULL opts are allowed.
     let fd = unsafe {
-        sys::bpf_map_create(
-            sys::BPF_MAP_TYPE_SOCKMAP,
-            c"tk_test_sockmap".as_ptr(),
-            4,
-            4,
-            2,
-            std::ptr::null(),
-        )
+        sys::bpf_map_create(sys::BPF_MAP_TYPE_SOCKMAP, c"tk_test_sockmap".as_ptr(), 4, 4, 2, std::ptr::null())
     };
-    assert!(
-        fd >= 0,
-        "bpf_map_create: {}",
-        io::Error::from_raw_os_error(-fd)
-    );
+    assert!(fd >= 0, "bpf_map_create: {}", io::Error::from_raw_os_error(-fd));
     // SAFETY: fd is a new map fd nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
@@ -506,37 +392,21 @@ fn sockmap_link_form() {
     let prog = verdict_prog();
     let id = prog_id(prog.as_fd());
     let att = attach_sockmap(prog.as_fd(), "tk_verdict", map.as_fd(), t).unwrap();
-    let link = att
-        .link_id()
-        .expect("this kernel (6.10+) has sockmap links");
+    let link = att.link_id().expect("this kernel (6.10+) has sockmap links");
     assert_eq!(link_type(link), sys::BPF_LINK_TYPE_SOCKMAP);
-    assert!(
-        att.describe()
-            .contains("`tk_test_sockmap` (sk_skb_stream_verdict), link id"),
-        "{}",
-        att.describe()
-    );
+    assert!(att.describe().contains("`tk_test_sockmap` (sk_skb_stream_verdict), link id"), "{}", att.describe());
     assert_eq!(query(map.as_fd(), t), vec![id]);
 
     // A second program at the same attach type is refused, naming the first.
     let other = verdict_prog();
     let e = attach_sockmap(other.as_fd(), "tk_other", map.as_fd(), t).unwrap_err();
     let text = msg_and_hint(&e);
-    assert!(
-        text.contains(&format!("has program id {id} `tk_fixture`")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("has program id {id} `tk_fixture`")), "{text}");
     let e = attach_sockmap_legacy(other.as_fd(), "tk_other", map.as_fd(), t).unwrap_err();
-    assert!(
-        msg_and_hint(&e).contains(&format!("program id {id}")),
-        "{e}"
-    );
+    assert!(msg_and_hint(&e).contains(&format!("program id {id}")), "{e}");
 
     drop(att);
-    assert!(
-        eventually(|| query(map.as_fd(), t).is_empty()),
-        "attached after drop"
-    );
+    assert!(eventually(|| query(map.as_fd(), t).is_empty()), "attached after drop");
     assert!(eventually(|| !link_exists(link)));
 }
 
@@ -551,11 +421,7 @@ fn sockmap_legacy_form() {
     let id = prog_id(prog.as_fd());
     let att = attach_sockmap_legacy(prog.as_fd(), "tk_verdict", map.as_fd(), t).unwrap();
     assert_eq!(att.link_id(), None);
-    assert!(
-        att.describe().contains("legacy bpf_prog_attach"),
-        "{}",
-        att.describe()
-    );
+    assert!(att.describe().contains("legacy bpf_prog_attach"), "{}", att.describe());
     assert_eq!(query(map.as_fd(), t), vec![id]);
 
     // The kernel would replace it silently; the attach layer refuses.
@@ -563,8 +429,7 @@ fn sockmap_legacy_form() {
     let e = attach_sockmap_legacy(other.as_fd(), "tk_other", map.as_fd(), t).unwrap_err();
     let text = msg_and_hint(&e);
     assert!(
-        text.contains("cannot attach `tk_other`: map id")
-            && text.contains(&format!("has program id {id}")),
+        text.contains("cannot attach `tk_other`: map id") && text.contains(&format!("has program id {id}")),
         "{text}"
     );
     assert_eq!(query(map.as_fd(), t), vec![id]);

@@ -13,8 +13,7 @@ use libbpf_rs::libbpf_sys;
 use serde_json::Value;
 use tracekit::error::Error;
 use tracekit::runtime::attach::{
-    Iface, Netns, TcBackend, TcDir, XdpMode, attach_packet_socket, attach_tc, attach_xdp,
-    iface_name,
+    Iface, Netns, TcBackend, TcDir, XdpMode, attach_packet_socket, attach_tc, attach_xdp, iface_name,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -23,10 +22,7 @@ use tracekit::runtime::attach::{
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 fn sh(args: &[&str]) -> (bool, String) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run a command");
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("run a command");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
@@ -45,11 +41,7 @@ struct Ns {
 
 impl Ns {
     fn new() -> Ns {
-        let name = format!(
-            "tkat-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("tkat-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         must(&["ip", "netns", "add", &name]);
         let ns = Ns { name };
         ns.run(&["ip", "link", "set", "lo", "up"]);
@@ -70,8 +62,7 @@ impl Ns {
     /// `bpftool -j net show dev DEV` inside the namespace.
     fn bpf_net(&self, dev: &str) -> Value {
         let out = self.run(&["bpftool", "-j", "net", "show", "dev", dev]);
-        let v: Value =
-            serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool json: {e}: {out}"));
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool json: {e}: {out}"));
         v[0].clone()
     }
 }
@@ -90,13 +81,10 @@ struct Pair {
 
 impl Pair {
     fn new() -> Pair {
-        let p = Pair {
-            a: Ns::new(),
-            b: Ns::new(),
-        };
+        let p = Pair { a: Ns::new(), b: Ns::new() };
         must(&[
-            "ip", "link", "add", "tkv-a", "netns", &p.a.name, "type", "veth", "peer", "name",
-            "tkv-b", "netns", &p.b.name,
+            "ip", "link", "add", "tkv-a", "netns", &p.a.name, "type", "veth", "peer", "name", "tkv-b", "netns",
+            &p.b.name,
         ]);
         p.a.run(&["ip", "link", "set", "tkv-a", "up"]);
         p.b.run(&["ip", "link", "set", "tkv-b", "up"]);
@@ -113,27 +101,13 @@ fn load(prog_type: libbpf_sys::bpf_prog_type, ret: i32, name: &CStr) -> OwnedFd 
         imm: ret,
         ..Default::default()
     };
-    let exit = libbpf_sys::bpf_insn {
-        code: (libbpf_sys::BPF_JMP | libbpf_sys::BPF_EXIT) as u8,
-        ..Default::default()
-    };
+    let exit = libbpf_sys::bpf_insn { code: (libbpf_sys::BPF_JMP | libbpf_sys::BPF_EXIT) as u8, ..Default::default() };
     let insns = [mov, exit];
     // SAFETY: insns outlive the call; name and license are NUL-terminated; NULL opts are allowed.
     let fd = unsafe {
-        libbpf_sys::bpf_prog_load(
-            prog_type,
-            name.as_ptr(),
-            c"GPL".as_ptr(),
-            insns.as_ptr(),
-            2,
-            std::ptr::null_mut(),
-        )
+        libbpf_sys::bpf_prog_load(prog_type, name.as_ptr(), c"GPL".as_ptr(), insns.as_ptr(), 2, std::ptr::null_mut())
     };
-    assert!(
-        fd >= 0,
-        "loading {name:?}: {}",
-        std::io::Error::from_raw_os_error(-fd)
-    );
+    assert!(fd >= 0, "loading {name:?}: {}", std::io::Error::from_raw_os_error(-fd));
     // SAFETY: fd is a new program fd nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
@@ -188,17 +162,11 @@ fn msg_and_hint(e: &Error) -> String {
 }
 
 fn xdp_entries(ns: &Ns, dev: &str) -> Vec<Value> {
-    ns.bpf_net(dev)["xdp"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    ns.bpf_net(dev)["xdp"].as_array().cloned().unwrap_or_default()
 }
 
 fn tc_entries(ns: &Ns, dev: &str) -> Vec<Value> {
-    ns.bpf_net(dev)["tc"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    ns.bpf_net(dev)["tc"].as_array().cloned().unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -220,17 +188,12 @@ fn xdp_skb_native_and_auto_modes_in_a_namespace() {
         (XdpMode::Native, "driver", XdpMode::Native),
         (XdpMode::Auto, "driver", XdpMode::Native),
     ] {
-        let (att, mode) =
-            attach_xdp(prog.as_fd(), "tk_xdp_modes", &iface, &ns, asked).expect("attach xdp");
+        let (att, mode) = attach_xdp(prog.as_fd(), "tk_xdp_modes", &iface, &ns, asked).expect("attach xdp");
         assert_eq!(mode, want, "{asked:?}");
         let link = att.link_id().expect("an xdp link has an id");
         assert_eq!(
             att.describe(),
-            format!(
-                "xdp link on tkv-a in netns {} ({} mode), link id {link}",
-                p.a.name,
-                want.as_str()
-            )
+            format!("xdp link on tkv-a in netns {} ({} mode), link id {link}", p.a.name, want.as_str())
         );
         let xdp = xdp_entries(&p.a, "tkv-a");
         assert_eq!(xdp.len(), 1, "{xdp:?}");
@@ -239,10 +202,7 @@ fn xdp_skb_native_and_auto_modes_in_a_namespace() {
         let link_show = p.a.run(&["ip", "-d", "link", "show", "tkv-a"]);
         assert!(link_show.contains(&format!("id {id}")), "{link_show}");
         drop(att);
-        assert!(
-            eventually(|| xdp_entries(&p.a, "tkv-a").is_empty()),
-            "left after drop ({asked:?})"
-        );
+        assert!(eventually(|| xdp_entries(&p.a, "tkv-a").is_empty()), "left after drop ({asked:?})");
     }
     // The peer, in the other namespace, never had anything.
     assert!(xdp_entries(&p.b, "tkv-b").is_empty());
@@ -284,24 +244,12 @@ fn xdp_second_attach_names_the_first_link() {
     for mode in [XdpMode::Native, XdpMode::Auto, XdpMode::Skb] {
         let err = attach_xdp(second.as_fd(), "tk_xdp_second", &iface, &ns, mode).unwrap_err();
         let text = msg_and_hint(&err);
-        assert!(
-            text.contains(&format!("XDP program id {}", prog_id(&first))),
-            "{mode:?}: {text}"
-        );
+        assert!(text.contains(&format!("XDP program id {}", prog_id(&first))), "{mode:?}: {text}");
         assert!(text.contains("`tk_xdp_first`"), "{text}");
         assert!(text.contains("in native mode"), "{text}");
         assert!(text.contains(&format!("through link {link}")), "{text}");
-        assert!(
-            text.contains(&format!("held by pid {}", std::process::id())),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!(
-                "ip netns exec {} bpftool net show dev tkv-a",
-                p.a.name
-            )),
-            "{text}"
-        );
+        assert!(text.contains(&format!("held by pid {}", std::process::id())), "{text}");
+        assert!(text.contains(&format!("ip netns exec {} bpftool net show dev tkv-a", p.a.name)), "{text}");
     }
     drop(att);
     assert!(eventually(|| xdp_entries(&p.a, "tkv-a").is_empty()));
@@ -333,21 +281,9 @@ fn xdp_conflict_with_a_netlink_attachment_names_it() {
     for mode in [XdpMode::Auto, XdpMode::Skb, XdpMode::Native] {
         let err = attach_xdp(ours.as_fd(), "tk_xdp_ours", &iface, &ns, mode).unwrap_err();
         let text = msg_and_hint(&err);
-        assert!(
-            text.contains(&format!(
-                "XDP program id {} `tk_xdp_netlink` in skb mode",
-                prog_id(&other)
-            )),
-            "{text}"
-        );
+        assert!(text.contains(&format!("XDP program id {} `tk_xdp_netlink` in skb mode", prog_id(&other))), "{text}");
         assert!(text.contains("through netlink"), "{text}");
-        assert!(
-            text.contains(&format!(
-                "`ip netns exec {} ip link set dev tkv-a xdpgeneric off`",
-                p.a.name
-            )),
-            "{text}"
-        );
+        assert!(text.contains(&format!("`ip netns exec {} ip link set dev tkv-a xdpgeneric off`", p.a.name)), "{text}");
     }
     // Removed as the hint says, the next attach works.
     p.a.run(&["ip", "link", "set", "dev", "tkv-a", "xdpgeneric", "off"]);
@@ -370,64 +306,21 @@ fn tcx_ingress_and_egress() {
     let prog = tc_prog(c"tk_tcx");
     if !common::net::kernel_has_tcx() {
         // Expected before 6.6: asking for tcx is refused with the reason and the fallback.
-        let err = attach_tc(
-            prog.as_fd(),
-            "tk_tcx",
-            &iface,
-            &ns,
-            TcDir::Ingress,
-            TcBackend::Tcx,
-        )
-        .err()
-        .expect("tcx refused on a kernel without tcx");
-        assert!(
-            matches!(&err, Error::Unsupported { feature, .. } if *feature == "tcx"),
-            "{err:?}"
-        );
-        let why = format!(
-            "kernel {} has no tcx links (6.6+); checked the refusal only",
-            common::net::kernel_release()
-        );
+        let err = attach_tc(prog.as_fd(), "tk_tcx", &iface, &ns, TcDir::Ingress, TcBackend::Tcx)
+            .expect_err("tcx refused on a kernel without tcx");
+        assert!(matches!(&err, Error::Unsupported { feature, .. } if *feature == "tcx"), "{err:?}");
+        let why = format!("kernel {} has no tcx links (6.6+); checked the refusal only", common::net::kernel_release());
         common::skip("attach_net::tcx_ingress_and_egress", &why);
         return;
     }
-    let ingress = attach_tc(
-        prog.as_fd(),
-        "tk_tcx",
-        &iface,
-        &ns,
-        TcDir::Ingress,
-        TcBackend::Tcx,
-    )
-    .unwrap();
-    let egress = attach_tc(
-        prog.as_fd(),
-        "tk_tcx",
-        &iface,
-        &ns,
-        TcDir::Egress,
-        TcBackend::Auto,
-    )
-    .unwrap();
-    assert!(
-        ingress
-            .describe()
-            .starts_with("tcx link on tkv-a ingress in netns"),
-        "{}",
-        ingress.describe()
-    );
-    assert!(
-        egress.describe().starts_with("tcx link on tkv-a egress"),
-        "{}",
-        egress.describe()
-    );
+    let ingress = attach_tc(prog.as_fd(), "tk_tcx", &iface, &ns, TcDir::Ingress, TcBackend::Tcx).unwrap();
+    let egress = attach_tc(prog.as_fd(), "tk_tcx", &iface, &ns, TcDir::Egress, TcBackend::Auto).unwrap();
+    assert!(ingress.describe().starts_with("tcx link on tkv-a ingress in netns"), "{}", ingress.describe());
+    assert!(egress.describe().starts_with("tcx link on tkv-a egress"), "{}", egress.describe());
     assert!(ingress.link_id().is_some() && egress.link_id().is_some());
     // bpftool 7.1 does not list tcx links yet: ask the kernel about each link.
     let pid = prog_id(&prog);
-    for (att, want) in [
-        (&ingress, libbpf_sys::BPF_TCX_INGRESS),
-        (&egress, libbpf_sys::BPF_TCX_EGRESS),
-    ] {
+    for (att, want) in [(&ingress, libbpf_sys::BPF_TCX_INGRESS), (&egress, libbpf_sys::BPF_TCX_EGRESS)] {
         let info = link_info(att.link_id().unwrap()).expect("the link exists");
         assert_eq!(info.type_, libbpf_sys::BPF_LINK_TYPE_TCX);
         assert_eq!(info.prog_id, pid);
@@ -439,10 +332,7 @@ fn tcx_ingress_and_egress() {
     drop(ingress);
     drop(egress);
     for id in ids {
-        assert!(
-            eventually(|| link_info(id).is_none()),
-            "link {id} left after drop"
-        );
+        assert!(eventually(|| link_info(id).is_none()), "link {id} left after drop");
     }
     assert!(tc_entries(&p.a, "tkv-a").is_empty());
 }
@@ -468,8 +358,7 @@ fn filters(ns: &Ns, dir: &str) -> String {
 }
 
 fn has_clsact(ns: &Ns) -> bool {
-    ns.run(&["tc", "qdisc", "show", "dev", "tkv-a"])
-        .contains("clsact")
+    ns.run(&["tc", "qdisc", "show", "dev", "tkv-a"]).contains("clsact")
 }
 
 #[test]
@@ -481,36 +370,13 @@ fn clsact_filter_is_removed_with_the_qdisc_tracekit_created() {
     let ns = p.a.netns();
     let iface = Iface::resolve("tkv-a", &ns).unwrap();
     let prog = tc_prog(c"tk_cls");
-    let ingress = attach_tc(
-        prog.as_fd(),
-        "tk_cls",
-        &iface,
-        &ns,
-        TcDir::Ingress,
-        TcBackend::Clsact,
-    )
-    .unwrap();
-    let egress = attach_tc(
-        prog.as_fd(),
-        "tk_cls",
-        &iface,
-        &ns,
-        TcDir::Egress,
-        TcBackend::Clsact,
-    )
-    .unwrap();
-    assert!(
-        ingress.describe().contains("clsact created by tracekit"),
-        "{}",
-        ingress.describe()
-    );
+    let ingress = attach_tc(prog.as_fd(), "tk_cls", &iface, &ns, TcDir::Ingress, TcBackend::Clsact).unwrap();
+    let egress = attach_tc(prog.as_fd(), "tk_cls", &iface, &ns, TcDir::Egress, TcBackend::Clsact).unwrap();
+    assert!(ingress.describe().contains("clsact created by tracekit"), "{}", ingress.describe());
     assert!(ingress.link_id().is_none() && ingress.notes().is_empty());
     for dir in ["ingress", "egress"] {
         let f = filters(&p.a, dir);
-        assert!(
-            f.contains("handle 0x746b") && f.contains("pref 29803") && f.contains("direct-action"),
-            "{f}"
-        );
+        assert!(f.contains("handle 0x746b") && f.contains("pref 29803") && f.contains("direct-action"), "{f}");
     }
     assert!(has_clsact(&p.a));
     // The first guard finds the egress filter still there: the qdisc stays.
@@ -533,28 +399,13 @@ fn clsact_qdisc_that_was_there_stays() {
     let ns = p.a.netns();
     let iface = Iface::resolve("tkv-a", &ns).unwrap();
     let prog = tc_prog(c"tk_cls_keep");
-    let att = attach_tc(
-        prog.as_fd(),
-        "tk_cls_keep",
-        &iface,
-        &ns,
-        TcDir::Ingress,
-        TcBackend::Clsact,
-    )
-    .unwrap();
-    assert!(
-        !att.describe().contains("created by tracekit"),
-        "{}",
-        att.describe()
-    );
+    let att = attach_tc(prog.as_fd(), "tk_cls_keep", &iface, &ns, TcDir::Ingress, TcBackend::Clsact).unwrap();
+    assert!(!att.describe().contains("created by tracekit"), "{}", att.describe());
     assert!(filters(&p.a, "ingress").contains("0x746b"));
     // Dropped on another thread, outside the namespace: the guard enters it itself.
     std::thread::spawn(move || drop(att)).join().unwrap();
     assert!(!filters(&p.a, "ingress").contains("0x746b"));
-    assert!(
-        has_clsact(&p.a),
-        "a qdisc tracekit did not create is not tracekit's to remove"
-    );
+    assert!(has_clsact(&p.a), "a qdisc tracekit did not create is not tracekit's to remove");
 }
 
 #[test]
@@ -567,50 +418,24 @@ fn clsact_sweep_removes_the_filter_of_a_killed_tracekit() {
     let iface = Iface::resolve("tkv-a", &ns).unwrap();
     let old = tc_prog(c"tk_cls_old");
     let old_id = prog_id(&old);
-    let att = attach_tc(
-        old.as_fd(),
-        "tk_cls_old",
-        &iface,
-        &ns,
-        TcDir::Ingress,
-        TcBackend::Clsact,
-    )
-    .unwrap();
+    let att = attach_tc(old.as_fd(), "tk_cls_old", &iface, &ns, TcDir::Ingress, TcBackend::Clsact).unwrap();
     // A SIGKILL: no guard runs, and no fd of the program survives.
     std::mem::forget(att);
     drop(old);
-    assert!(
-        eventually(|| !held(old_id)),
-        "an fd of program {old_id} survives"
-    );
+    assert!(eventually(|| !held(old_id)), "an fd of program {old_id} survives");
     assert!(filters(&p.a, "ingress").contains(&format!("id {old_id}")));
 
     let new = tc_prog(c"tk_cls_new");
-    let att = attach_tc(
-        new.as_fd(),
-        "tk_cls_new",
-        &iface,
-        &ns,
-        TcDir::Ingress,
-        TcBackend::Clsact,
-    )
-    .unwrap();
+    let att = attach_tc(new.as_fd(), "tk_cls_new", &iface, &ns, TcDir::Ingress, TcBackend::Clsact).unwrap();
     assert_eq!(att.notes().len(), 1, "{:?}", att.notes());
     let note = &att.notes()[0];
+    assert!(note.starts_with("removed a stale tc filter on `tkv-a` ingress"), "{note}");
     assert!(
-        note.starts_with("removed a stale tc filter on `tkv-a` ingress"),
-        "{note}"
-    );
-    assert!(
-        note.contains(&format!("program id {old_id} `tk_cls_old`"))
-            && note.ends_with("left by a killed tracekit"),
+        note.contains(&format!("program id {old_id} `tk_cls_old`")) && note.ends_with("left by a killed tracekit"),
         "{note}"
     );
     let f = filters(&p.a, "ingress");
-    assert!(
-        f.contains(&format!("id {}", prog_id(&new))) && !f.contains(&format!("id {old_id} ")),
-        "{f}"
-    );
+    assert!(f.contains(&format!("id {}", prog_id(&new))) && !f.contains(&format!("id {old_id} ")), "{f}");
     // The qdisc held only the stale filter: taken as the killed tracekit's, removed at exit.
     drop(att);
     assert!(!has_clsact(&p.a));
@@ -626,33 +451,14 @@ fn clsact_refuses_to_sweep_a_live_tracekit() {
     let iface = Iface::resolve("tkv-a", &ns).unwrap();
     let live = tc_prog(c"tk_cls_live");
     let live_id = prog_id(&live);
-    let att = attach_tc(
-        live.as_fd(),
-        "tk_cls_live",
-        &iface,
-        &ns,
-        TcDir::Ingress,
-        TcBackend::Clsact,
-    )
-    .unwrap();
+    let att = attach_tc(live.as_fd(), "tk_cls_live", &iface, &ns, TcDir::Ingress, TcBackend::Clsact).unwrap();
     let other = tc_prog(c"tk_cls_other");
 
     // This process holds the program: one tracekit filter per interface and direction.
-    let err = attach_tc(
-        other.as_fd(),
-        "tk_cls_other",
-        &iface,
-        &ns,
-        TcDir::Ingress,
-        TcBackend::Clsact,
-    )
-    .unwrap_err();
+    let err = attach_tc(other.as_fd(), "tk_cls_other", &iface, &ns, TcDir::Ingress, TcBackend::Clsact).unwrap_err();
     let text = msg_and_hint(&err);
     assert!(
-        text.contains(&format!(
-            "tracekit has a tc filter on `tkv-a` ingress in netns {} already",
-            p.a.name
-        )),
+        text.contains(&format!("tracekit has a tc filter on `tkv-a` ingress in netns {} already", p.a.name)),
         "{text}"
     );
 
@@ -663,26 +469,12 @@ fn clsact_refuses_to_sweep_a_live_tracekit() {
     // SAFETY: dup2 is async-signal-safe; it only gives the child a copy of the fd without CLOEXEC.
     unsafe {
         use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            if libc::dup2(raw, 200) < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
+        cmd.pre_exec(move || if libc::dup2(raw, 200) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
     }
     let mut holder = cmd.spawn().expect("spawn sleep");
     drop(live);
     assert!(eventually(|| held(live_id)));
-    let err = attach_tc(
-        other.as_fd(),
-        "tk_cls_other",
-        &iface,
-        &ns,
-        TcDir::Ingress,
-        TcBackend::Clsact,
-    )
-    .unwrap_err();
+    let err = attach_tc(other.as_fd(), "tk_cls_other", &iface, &ns, TcDir::Ingress, TcBackend::Clsact).unwrap_err();
     let text = msg_and_hint(&err);
     let _ = holder.kill();
     let _ = holder.wait();
@@ -697,15 +489,7 @@ fn clsact_refuses_to_sweep_a_live_tracekit() {
     assert!(text.contains("handle 0x746b pref 29803"), "{text}");
     // The live one is untouched, and egress is free.
     assert!(filters(&p.a, "ingress").contains(&format!("id {live_id}")));
-    let eg = attach_tc(
-        other.as_fd(),
-        "tk_cls_other",
-        &iface,
-        &ns,
-        TcDir::Egress,
-        TcBackend::Clsact,
-    )
-    .unwrap();
+    let eg = attach_tc(other.as_fd(), "tk_cls_other", &iface, &ns, TcDir::Egress, TcBackend::Clsact).unwrap();
     drop(eg);
     drop(att);
     assert!(!filters(&p.a, "ingress").contains("0x746b"));
@@ -726,14 +510,8 @@ fn packet_socket_on_one_interface_and_on_all() {
     let prog = load(libbpf_sys::BPF_PROG_TYPE_SOCKET_FILTER, 0, c"tk_sockf");
     let one = attach_packet_socket(prog.as_fd(), Some(&iface), &ns).unwrap();
     let all = attach_packet_socket(prog.as_fd(), None, &ns).unwrap();
-    assert_eq!(
-        one.describe(),
-        format!("packet socket on `tkv-a` in netns {}", p.a.name)
-    );
-    assert_eq!(
-        all.describe(),
-        format!("packet socket on all interfaces in netns {}", p.a.name)
-    );
+    assert_eq!(one.describe(), format!("packet socket on `tkv-a` in netns {}", p.a.name));
+    assert_eq!(all.describe(), format!("packet socket on all interfaces in netns {}", p.a.name));
     // /proc/net/packet of the namespace: columns sk RefCnt Type Proto Iface R Rmem User Inode.
     let rows: Vec<Vec<String>> =
         p.a.run(&["cat", "/proc/net/packet"])
@@ -742,14 +520,8 @@ fn packet_socket_on_one_interface_and_on_all() {
             .map(|l| l.split_whitespace().map(str::to_owned).collect())
             .collect();
     let ifaces: Vec<&str> = rows.iter().map(|r| r[4].as_str()).collect();
-    assert!(
-        ifaces.contains(&iface.index.to_string().as_str()) && ifaces.contains(&"0"),
-        "{rows:?}"
-    );
-    assert!(
-        rows.iter().all(|r| r[3] == "0003"),
-        "bound to ETH_P_ALL: {rows:?}"
-    );
+    assert!(ifaces.contains(&iface.index.to_string().as_str()) && ifaces.contains(&"0"), "{rows:?}");
+    assert!(rows.iter().all(|r| r[3] == "0003"), "bound to ETH_P_ALL: {rows:?}");
     drop(one);
     drop(all);
     // Closed with the fd. (A child another test thread forks at that moment holds a copy of
@@ -813,38 +585,20 @@ fn netns_errors_say_what_exists() {
     let err = Netns::resolve(Some("tk-no-such-ns")).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     let text = msg_and_hint(&err);
-    assert!(
-        text.contains("network namespace `tk-no-such-ns` not found in /run/netns"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("`{}`", n.name)),
-        "lists the names: {text}"
-    );
+    assert!(text.contains("network namespace `tk-no-such-ns` not found in /run/netns"), "{text}");
+    assert!(text.contains(&format!("`{}`", n.name)), "lists the names: {text}");
 
     let err = Netns::resolve(Some("3999999999")).unwrap_err();
     assert_eq!(err.exit_code(), 2);
-    assert!(
-        msg_and_hint(&err).contains("no process with pid 3999999999"),
-        "{}",
-        msg_and_hint(&err)
-    );
+    assert!(msg_and_hint(&err).contains("no process with pid 3999999999"), "{}", msg_and_hint(&err));
 
     let err = Netns::resolve(Some("/proc/self/ns/mnt")).unwrap_err();
     assert_eq!(err.exit_code(), 2);
-    assert!(
-        err.to_string()
-            .contains("is not a network namespace (a mount namespace)"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("is not a network namespace (a mount namespace)"), "{err}");
 
     let err = Netns::resolve(Some("/etc/hostname")).unwrap_err();
     assert_eq!(err.exit_code(), 2);
-    assert!(
-        err.to_string()
-            .contains("`/etc/hostname` is not a network namespace"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("`/etc/hostname` is not a network namespace"), "{err}");
 
     // A name whose bind mount is gone (an `ip netns` entry after a crash) is an empty file.
     let stale = format!("tkat-{}-stale", std::process::id());
@@ -853,10 +607,7 @@ fn netns_errors_say_what_exists() {
     let err = Netns::resolve(Some(&stale)).unwrap_err();
     let _ = std::fs::remove_file(&stale_path);
     let text = msg_and_hint(&err);
-    assert!(
-        text.contains("(an empty file)") && text.contains(&format!("`ip netns delete {stale}`")),
-        "{text}"
-    );
+    assert!(text.contains("(an empty file)") && text.contains(&format!("`ip netns delete {stale}`")), "{text}");
 
     let err = Netns::resolve(Some("/no/such/file")).unwrap_err();
     assert_eq!(err.exit_code(), 2);
@@ -877,10 +628,7 @@ fn iface_errors_list_interfaces_and_point_to_the_namespace() {
     let err = Iface::resolve("tk-nope", &a).unwrap_err();
     assert_eq!(err.exit_code(), 2);
     let text = msg_and_hint(&err);
-    assert!(
-        text.contains(&format!("no interface `tk-nope` in netns {}", p.a.name)),
-        "{text}"
-    );
+    assert!(text.contains(&format!("no interface `tk-nope` in netns {}", p.a.name)), "{text}");
     assert!(text.contains("`lo`, `tkv-a`"), "{text}");
 
     // tkv-b lives in b, not a: the hint names b.
@@ -892,10 +640,7 @@ fn iface_errors_list_interfaces_and_point_to_the_namespace() {
     assert!(named, "{text}");
 
     let err = Iface::resolve("much-too-long-name", &a).unwrap_err();
-    assert!(
-        err.to_string().contains("not a valid interface name"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("not a valid interface name"), "{err}");
 }
 
 #[test]
@@ -907,15 +652,7 @@ fn clsact_guard_cleans_up_after_the_namespace_name_is_deleted() {
     let ns = p.a.netns();
     let iface = Iface::resolve("tkv-a", &ns).unwrap();
     let prog = tc_prog(c"tk_cls_gone");
-    let att = attach_tc(
-        prog.as_fd(),
-        "tk_cls_gone",
-        &iface,
-        &ns,
-        TcDir::Egress,
-        TcBackend::Clsact,
-    )
-    .unwrap();
+    let att = attach_tc(prog.as_fd(), "tk_cls_gone", &iface, &ns, TcDir::Egress, TcBackend::Clsact).unwrap();
     // `ip netns delete` only removes the name: the namespace lives on while tracekit holds it,
     // and the guard still finds its filter and qdisc there.
     must(&["ip", "netns", "delete", &p.a.name]);

@@ -11,11 +11,14 @@ fn benchmark_smoke_run() {
         return;
     }
     let json = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-smoke.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_tracekit-bench")).args(["--smoke", "--out"]).arg(&json).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tracekit-bench")).args(["--smoke", "--out"]).arg(&json).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    for (scenario, tracer) in [("open", "tracekit tracepoint"), ("tcp", "tracekit tcpstate"), ("readline", "tracekit uprobe")] {
+    for (scenario, tracer) in
+        [("open", "tracekit tracepoint"), ("tcp", "tracekit tcpstate"), ("readline", "tracekit uprobe")]
+    {
         let row = table
             .lines()
             .find(|l| l.starts_with(&format!("| {scenario} | {tracer} |")))
@@ -26,7 +29,10 @@ fn benchmark_smoke_run() {
         assert_eq!(cols[7], "0 (exact)", "{row}");
     }
     for peer in ["libbpf-tools opensnoop", "bpftrace"] {
-        assert!(table.contains(&format!("| open | {peer} |")), "a row for {peer}, measured or 'not installed':\n{table}");
+        assert!(
+            table.contains(&format!("| open | {peer} |")),
+            "a row for {peer}, measured or 'not installed':\n{table}"
+        );
     }
     // capacity: one small step per tracer in smoke mode; tracekit's losses, if any, are exact
     let cap = table

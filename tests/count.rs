@@ -50,7 +50,16 @@ fn table_by_pid_of_a_command() {
     if !require_root("table_by_pid_of_a_command") {
         return;
     }
-    let out = run(&["count", "syscalls:sys_enter_kill", "--by", "pid", "--", "sh", "-c", "for i in 1 2 3 4 5 6; do kill -0 $$; done"]);
+    let out = run(&[
+        "count",
+        "syscalls:sys_enter_kill",
+        "--by",
+        "pid",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6; do kill -0 $$; done",
+    ]);
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(out.stdout[0].split_whitespace().collect::<Vec<_>>(), ["COUNT", "PID", "COMM"]);
     let row: Vec<&str> = out.stdout[1].split_whitespace().collect();

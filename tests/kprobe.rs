@@ -61,7 +61,11 @@ fn without_kprobes_and_fentry_the_error_names_the_reason() {
     assert!(out.stderr.contains("error: kernel feature `kprobe` is unavailable: kprobes: "), "{}", out.stderr);
     assert!(out.stderr.contains("CONFIG_KPROBES"), "{}", out.stderr);
     assert!(out.stderr.contains("fentry: "), "{}", out.stderr);
-    assert!(out.stderr.contains("hint: trace the syscall tracepoints instead (syscalls:sys_enter_openat2"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("hint: trace the syscall tracepoints instead (syscalls:sys_enter_openat2"),
+        "{}",
+        out.stderr
+    );
     let after = loaded_programs().iter().filter(|n| n.starts_with("tk_")).count();
     assert!(after <= before, "nothing of tracekit's left loaded");
 }
@@ -101,7 +105,17 @@ fn open_and_fail(backend: &str) {
     let me = std::process::id().to_string();
     let path = marker(); // written before tracing: only the read-only open below is seen
     let t = Tracer::start(&[
-        "kprobe", "do_sys_openat2", "--backend", backend, "--json", "-p", &me, "-a", "how->flags", "-a", "how->mode",
+        "kprobe",
+        "do_sys_openat2",
+        "--backend",
+        backend,
+        "--json",
+        "-p",
+        &me,
+        "-a",
+        "how->flags",
+        "-a",
+        "how->mode",
     ]);
     let ids = t.ids.clone();
     let file = File::open(&path).unwrap();
@@ -150,9 +164,22 @@ fn stack_of_each_call() {
     if !require_root("kprobe stack_of_each_call") || !backend_available("kprobe") {
         return;
     }
-    let out = run(&["kprobe", "do_sys_openat2", "--stack", "--json", "--entry-only", "-c", "cat", "--", "sh", "-c", "cat /etc/hostname >/dev/null"]);
+    let out = run(&[
+        "kprobe",
+        "do_sys_openat2",
+        "--stack",
+        "--json",
+        "--entry-only",
+        "-c",
+        "cat",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/hostname >/dev/null",
+    ]);
     assert!(out.status.success(), "{}", out.stderr);
-    let e = out.events().into_iter().find(|e| e["args"]["filename"] == "/etc/hostname").expect("the open of /etc/hostname");
+    let e =
+        out.events().into_iter().find(|e| e["args"]["filename"] == "/etc/hostname").expect("the open of /etc/hostname");
     let kstack: Vec<String> = e["kstack"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_owned()).collect();
     assert!(kstack.iter().any(|f| f == "do_syscall_64"), "{kstack:?}");
 }
@@ -164,13 +191,25 @@ fn table_and_comm_filter() {
     }
     let path = marker();
     let p = path.to_str().unwrap();
-    let out = run(&["kprobe", "do_sys_openat2", "-c", "cat", "--", "sh", "-c", &format!("cat {p} >/dev/null; cat {p}.nope 2>/dev/null; true")]);
+    let out = run(&[
+        "kprobe",
+        "do_sys_openat2",
+        "-c",
+        "cat",
+        "--",
+        "sh",
+        "-c",
+        &format!("cat {p} >/dev/null; cat {p}.nope 2>/dev/null; true"),
+    ]);
     assert!(out.status.success(), "{}", out.stderr);
     assert!(out.stdout[0].starts_with("PID     COMM"), "{:?}", out.stdout);
     let rows: Vec<&String> = out.stdout.iter().filter(|l| l.contains(p)).collect();
     assert_eq!(rows.len(), 2, "{:#?}", out.stdout);
     assert!(rows.iter().all(|r| r.split_whitespace().nth(1) == Some("cat")), "only cat: {rows:#?}");
-    assert!(rows[0].contains(&format!("do_sys_openat2(dfd=-100, filename=\"{p}\", how=0x")) && rows[0].ends_with(" = 3"), "{rows:#?}");
+    assert!(
+        rows[0].contains(&format!("do_sys_openat2(dfd=-100, filename=\"{p}\", how=0x")) && rows[0].ends_with(" = 3"),
+        "{rows:#?}"
+    );
     assert!(rows[1].ends_with(" = -ENOENT"), "{rows:#?}");
     assert!(out.stdout.iter().all(|l| !l.contains(" sh ")), "sh's own opens are filtered out by comm");
 }

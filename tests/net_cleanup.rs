@@ -96,7 +96,10 @@ fn tc_tcx_leaves_nothing() {
     if common::require_root("net_cleanup::tc_tcx_leaves_nothing") {
         if !net::kernel_has_tcx() {
             // Expected: tcx links came in 6.6; the clsact test covers these kernels.
-            common::skip("net_cleanup::tc_tcx_leaves_nothing", &format!("kernel {} has no tcx links (6.6+)", net::kernel_release()));
+            common::skip(
+                "net_cleanup::tc_tcx_leaves_nothing",
+                &format!("kernel {} has no tcx links (6.6+)", net::kernel_release()),
+            );
             return;
         }
         conformance("ctcx", &["tc", "tkv1", "--backend", "tcx"]);

@@ -22,16 +22,11 @@ fn run_in_enters_the_namespace() {
     assert_eq!(inside, std::fs::metadata(ns.path()).unwrap().ino());
     assert_ne!(inside, here);
     // The caller stays where it was, and only `lo` (up) is there.
-    assert_eq!(
-        std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino(),
-        here
-    );
+    assert_eq!(std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino(), here);
     assert_eq!(ns.interfaces(), vec!["lo".to_owned()]);
     assert!(ns.exec_ok(&["ip", "link", "show", "lo"]).contains("UP"));
     // A panic inside is re-raised in the caller, and the namespace still works.
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ns.run_in(|| panic!("inside"))
-    }));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ns.run_in(|| panic!("inside"))));
     assert!(r.is_err());
     assert!(ping(&ns, IpAddr::from([127, 0, 0, 1]), 1));
 }
@@ -45,30 +40,19 @@ fn netns_is_removed_on_panic() {
     let r = std::panic::catch_unwind(move || {
         let ns = Netns::new("panic");
         let pair = VethPair::new("panicpair");
-        tx.send(vec![ns.path(), pair.a.path(), pair.b.path()])
-            .unwrap();
+        tx.send(vec![ns.path(), pair.a.path(), pair.b.path()]).unwrap();
         assert!(ns.path().exists());
         panic!("test panics with namespaces alive");
     });
     assert!(r.is_err());
     let paths = rx.recv().unwrap();
-    let listed = String::from_utf8_lossy(
-        &std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
+    let listed =
+        String::from_utf8_lossy(&std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+            .into_owned();
     for p in paths {
         assert!(!p.exists(), "{} survived the panic", p.display());
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(
-            !listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(&name)),
-            "{name} still listed"
-        );
+        assert!(!listed.lines().any(|l| l.split_whitespace().next() == Some(&name)), "{name} still listed");
     }
 }
 
@@ -79,10 +63,7 @@ fn names_are_unique() {
     }
     let (x, y) = (Netns::new("uniq"), Netns::new("uniq"));
     assert_ne!(x.name(), y.name());
-    assert!(
-        x.name()
-            .starts_with(&format!("tk-uniq-{}-", std::process::id()))
-    );
+    assert!(x.name().starts_with(&format!("tk-uniq-{}-", std::process::id())));
     assert_eq!(x.path(), Path::new("/run/netns").join(x.name()));
 }
 
@@ -99,10 +80,7 @@ fn veth_pair_pings_both_ways() {
     assert!(ping(&p.a, p.ip6_b, 3), "IPv6 a -> b");
     assert!(ping(&p.b, p.ip6_a, 3), "IPv6 b -> a");
     // Nobody has 10.200.0.3: no false positives.
-    assert_eq!(
-        ping_replies(&p.a, IpAddr::from([10, 200, 0, 3]), 1).unwrap(),
-        0
-    );
+    assert_eq!(ping_replies(&p.a, IpAddr::from([10, 200, 0, 3]), 1).unwrap(), 0);
 }
 
 #[test]
@@ -112,42 +90,17 @@ fn veth_pair_is_quiet() {
     }
     let p = VethPair::new("quiet");
     let packets = |ns: &Netns, dev: &str| {
-        let v: serde_json::Value =
-            serde_json::from_str(&ns.ip(&["-s", "-j", "link", "show", "dev", dev])).unwrap();
-        (
-            v[0]["stats64"]["rx"]["packets"].as_u64().unwrap(),
-            v[0]["stats64"]["tx"]["packets"].as_u64().unwrap(),
-        )
+        let v: serde_json::Value = serde_json::from_str(&ns.ip(&["-s", "-j", "link", "show", "dev", dev])).unwrap();
+        (v[0]["stats64"]["rx"]["packets"].as_u64().unwrap(), v[0]["stats64"]["tx"]["packets"].as_u64().unwrap())
     };
     let before = (packets(&p.a, p.if_a), packets(&p.b, p.if_b));
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        (packets(&p.a, p.if_a), packets(&p.b, p.if_b)),
-        before,
-        "background traffic on an idle pair"
-    );
+    assert_eq!((packets(&p.a, p.if_a), packets(&p.b, p.if_b)), before, "background traffic on an idle pair");
     // Static neighbours, both families, both ways; MACs as announced.
     let neigh = p.a.ip(&["neigh", "show", "dev", p.if_a]);
-    assert!(
-        neigh.contains(&format!(
-            "{} lladdr {} PERMANENT",
-            p.ip4_b,
-            mac_str(&p.mac_b)
-        )),
-        "{neigh}"
-    );
-    assert!(
-        neigh.contains(&format!(
-            "{} lladdr {} PERMANENT",
-            p.ip6_b,
-            mac_str(&p.mac_b)
-        )),
-        "{neigh}"
-    );
-    assert!(
-        p.b.ip(&["link", "show", p.if_b])
-            .contains(&mac_str(&p.mac_b))
-    );
+    assert!(neigh.contains(&format!("{} lladdr {} PERMANENT", p.ip4_b, mac_str(&p.mac_b))), "{neigh}");
+    assert!(neigh.contains(&format!("{} lladdr {} PERMANENT", p.ip6_b, mac_str(&p.mac_b))), "{neigh}");
+    assert!(p.b.ip(&["link", "show", p.if_b]).contains(&mac_str(&p.mac_b)));
     assert_eq!(p.ifindex_a, p.a.ifindex(p.if_a));
 }
 
@@ -203,10 +156,7 @@ fn leftovers_tc_qdisc_and_filters() {
     p.a.exec_ok(&["tc", "qdisc", "add", "dev", p.if_a, "clsact"]);
     assert_eq!(leftovers(&p.a), vec![format!("{}: qdisc clsact", p.if_a)]);
     // No matchall on this kernel: u32, and a classic-BPF cls_bpf filter (no object file needed).
-    p.a.exec_ok(&[
-        "tc", "filter", "add", "dev", p.if_a, "ingress", "pref", "10", "u32", "match", "u32", "0",
-        "0",
-    ]);
+    p.a.exec_ok(&["tc", "filter", "add", "dev", p.if_a, "ingress", "pref", "10", "u32", "match", "u32", "0", "0"]);
     p.a.exec_ok(&[
         "tc",
         "filter",
@@ -223,22 +173,10 @@ fn leftovers_tc_qdisc_and_filters() {
     let left = leftovers(&p.a);
     let has = |s: &str| left.iter().any(|l| l.contains(s));
     assert!(has("qdisc clsact"), "{left:#?}");
-    assert!(
-        has(&format!("{} ingress: tc filter u32 pref 10", p.if_a)),
-        "{left:#?}"
-    );
-    assert!(
-        has(&format!("{} egress: tc filter bpf pref 20", p.if_a)),
-        "{left:#?}"
-    );
-    assert!(
-        has("tc: ") && has("clsact/egress"),
-        "bpftool sees the cls_bpf filter: {left:#?}"
-    );
-    assert!(
-        leftovers(&p.b).is_empty(),
-        "the other namespace is not affected"
-    );
+    assert!(has(&format!("{} ingress: tc filter u32 pref 10", p.if_a)), "{left:#?}");
+    assert!(has(&format!("{} egress: tc filter bpf pref 20", p.if_a)), "{left:#?}");
+    assert!(has("tc: ") && has("clsact/egress"), "bpftool sees the cls_bpf filter: {left:#?}");
+    assert!(leftovers(&p.b).is_empty(), "the other namespace is not affected");
     // Traffic still flows through the filters.
     assert!(ping(&p.a, p.ip4_b, 1));
     p.a.exec_ok(&["tc", "qdisc", "del", "dev", p.if_a, "clsact"]);
@@ -253,11 +191,7 @@ fn leftovers_xdp_and_tcx_links() {
     let p = VethPair::new("leftlink");
     let xdp = attach_dummy_xdp(&p.a, p.if_a);
     let left = leftovers(&p.a);
-    assert!(
-        left.iter()
-            .any(|l| l.starts_with("xdp: ") && l.contains(p.if_a)),
-        "{left:#?}"
-    );
+    assert!(left.iter().any(|l| l.starts_with("xdp: ") && l.contains(p.if_a)), "{left:#?}");
     assert!(ping(&p.b, p.ip4_a, 1), "XDP_PASS lets traffic through");
     drop(xdp);
     assert_clean(&p.a);
@@ -270,16 +204,8 @@ fn leftovers_xdp_and_tcx_links() {
     let tcx = attach_dummy_tcx(&p.b, p.if_b, true);
     let tcx_eg = attach_dummy_tcx(&p.b, p.if_b, false);
     let left = leftovers(&p.b);
-    assert!(
-        left.iter()
-            .any(|l| l.starts_with(&format!("{}: tcx ingress prog ids", p.if_b))),
-        "{left:#?}"
-    );
-    assert!(
-        left.iter()
-            .any(|l| l.starts_with(&format!("{}: tcx egress prog ids", p.if_b))),
-        "{left:#?}"
-    );
+    assert!(left.iter().any(|l| l.starts_with(&format!("{}: tcx ingress prog ids", p.if_b))), "{left:#?}");
+    assert!(left.iter().any(|l| l.starts_with(&format!("{}: tcx egress prog ids", p.if_b))), "{left:#?}");
     assert!(ping(&p.a, p.ip6_b, 1), "TCX_NEXT lets traffic through");
     drop((tcx, tcx_eg));
     p.assert_clean();

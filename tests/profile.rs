@@ -13,7 +13,11 @@ fn folded(lines: &[String], comm: &str) -> Vec<(Vec<String>, Vec<String>, u64)> 
             let mut frames = stack.split(';');
             (frames.next()? == comm).then_some(())?;
             let (k, u): (Vec<&str>, Vec<&str>) = frames.partition(|f| f.ends_with("_[k]"));
-            Some((u.into_iter().rev().map(str::to_owned).collect(), k.into_iter().map(str::to_owned).collect(), count.parse().ok()?))
+            Some((
+                u.into_iter().rev().map(str::to_owned).collect(),
+                k.into_iter().map(str::to_owned).collect(),
+                count.parse().ok()?,
+            ))
         })
         .collect()
 }
@@ -40,7 +44,18 @@ fn kernel_frames_resolve_to_names() {
     if !require_root("kernel_frames_resolve_to_names") {
         return;
     }
-    let out = run(&["profile", "-F", "499", "--folded", "--", "dd", "if=/dev/zero", "of=/dev/null", "bs=64k", "count=200000"]);
+    let out = run(&[
+        "profile",
+        "-F",
+        "499",
+        "--folded",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64k",
+        "count=200000",
+    ]);
     assert!(out.status.success(), "{}", out.stderr);
     let stacks = folded(&out.stdout, "dd");
     let kernel: Vec<&String> = stacks.iter().flat_map(|s| s.1.iter()).collect();

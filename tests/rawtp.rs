@@ -37,14 +37,30 @@ fn tp_btf_agrees_with_tcpstate() {
     let (g, t) = (generic.stop(), tcpstate.stop());
     assert!(g.status.success(), "{}", g.stderr);
     let state = |name: &str| -> i64 {
-        ["", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV"]
-            .iter()
-            .position(|s| *s == name)
-            .unwrap() as i64
+        [
+            "",
+            "ESTABLISHED",
+            "SYN_SENT",
+            "SYN_RECV",
+            "FIN_WAIT1",
+            "FIN_WAIT2",
+            "TIME_WAIT",
+            "CLOSE",
+            "CLOSE_WAIT",
+            "LAST_ACK",
+            "LISTEN",
+            "CLOSING",
+            "NEW_SYN_RECV",
+        ]
+        .iter()
+        .position(|s| *s == name)
+        .unwrap() as i64
     };
     let mut from_tcpstate: BTreeMap<(i64, i64), u32> = BTreeMap::new();
     for e in t.events().iter().filter(|e| e["lport"] == port) {
-        *from_tcpstate.entry((state(e["oldstate"].as_str().unwrap()), state(e["newstate"].as_str().unwrap()))).or_default() += 1;
+        *from_tcpstate
+            .entry((state(e["oldstate"].as_str().unwrap()), state(e["newstate"].as_str().unwrap())))
+            .or_default() += 1;
     }
     let mut from_generic: BTreeMap<(i64, i64), u32> = BTreeMap::new();
     for e in g.events().iter().filter(|e| e["args"][&field] == port) {
@@ -62,7 +78,8 @@ fn raw_tp_reads_an_embedded_char_array() {
     }
     let (p, old_pid, bprm) = (arg("p", 0), arg("old_pid", 1), arg("bprm", 2));
     let (comm, file) = (format!("{p}->comm"), format!("{bprm}->filename"));
-    let out = run(&["raw_tp", "sched_process_exec", "-a", &comm, "-a", &file, "--json", "--", "sh", "-c", "/bin/true; true"]);
+    let out =
+        run(&["raw_tp", "sched_process_exec", "-a", &comm, "-a", &file, "--json", "--", "sh", "-c", "/bin/true; true"]);
     assert!(out.status.success(), "{}", out.stderr);
     let events = out.events();
     let e = events.iter().find(|e| e["args"][&file] == "/bin/true").unwrap_or_else(|| panic!("{:#?}", out.stdout));

@@ -85,8 +85,8 @@ fn json_schema_is_stable() {
     assert_eq!(
         keys,
         [
-            "comm", "cpu", "family", "laddr", "lport", "ms", "newstate", "oldstate", "pid", "raddr",
-            "rport", "skaddr", "tid", "time_ns", "type", "uid"
+            "comm", "cpu", "family", "laddr", "lport", "ms", "newstate", "oldstate", "pid", "raddr", "rport", "skaddr",
+            "tid", "time_ns", "type", "uid"
         ]
     );
     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as f64;
@@ -263,7 +263,8 @@ fn fail_on_loss_exits_1() {
     }
     let keep = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = keep.local_addr().unwrap().port().to_string();
-    let mut t = Tracer::start_opts(&["tcpstate", "--json", "-D", &port, "--buffer-pages", "1", "--fail-on-loss"], false);
+    let mut t =
+        Tracer::start_opts(&["tcpstate", "--json", "-D", &port, "--buffer-pages", "1", "--fail-on-loss"], false);
     for _ in 0..1500 {
         drop(TcpStream::connect(keep.local_addr().unwrap()).unwrap());
         drop(keep.accept().unwrap());

@@ -30,7 +30,10 @@ fn both_directions(backend: &str, tag: &str) {
     let out = t.stop();
     assert!(out.status.success(), "{}", out.stderr);
     let ev = out.events();
-    for (fam, a, b) in [("ipv4", pair.ip4_a.to_string(), pair.ip4_b.to_string()), ("ipv6", pair.ip6_a.to_string(), pair.ip6_b.to_string())] {
+    for (fam, a, b) in [
+        ("ipv4", pair.ip4_a.to_string(), pair.ip4_b.to_string()),
+        ("ipv6", pair.ip6_a.to_string(), pair.ip6_b.to_string()),
+    ] {
         let syn = find(&ev, "ingress", "S", fam).unwrap_or_else(|| panic!("{backend}: the {fam} SYN arriving: {ev:?}"));
         assert_eq!((syn["saddr"].as_str(), syn["daddr"].as_str()), (Some(a.as_str()), Some(b.as_str())));
         assert_eq!(syn["dport"], 9090);
@@ -38,7 +41,8 @@ fn both_directions(backend: &str, tag: &str) {
         assert_eq!(syn["ttl"], 64);
         assert_eq!(syn["dscp"], 0);
         assert_eq!(syn["mark"], 0);
-        let synack = find(&ev, "egress", "S.", fam).unwrap_or_else(|| panic!("{backend}: the {fam} SYN-ACK leaving: {ev:?}"));
+        let synack =
+            find(&ev, "egress", "S.", fam).unwrap_or_else(|| panic!("{backend}: the {fam} SYN-ACK leaving: {ev:?}"));
         assert_eq!((synack["saddr"].as_str(), synack["daddr"].as_str()), (Some(b.as_str()), Some(a.as_str())));
         assert_eq!(synack["sport"], 9090);
         assert_eq!(synack["dport"], syn["sport"]);
@@ -94,7 +98,8 @@ fn sock_names_the_socket() {
     assert_eq!(syn["sock"]["state"], "LISTEN", "{syn}");
     let closed = ev.iter().find(|e| e["dir"] == "ingress" && e["dport"] == 9092 && e["tcp_flags"] == "S").expect("SYN");
     assert!(closed["sock"].is_null(), "{closed}");
-    let synack = ev.iter().find(|e| e["dir"] == "egress" && e["sport"] == 9091 && e["tcp_flags"] == "S.").expect("SYN-ACK");
+    let synack =
+        ev.iter().find(|e| e["dir"] == "egress" && e["sport"] == 9091 && e["tcp_flags"] == "S.").expect("SYN-ACK");
     assert!(!synack["sock"].is_null(), "the answering socket: {synack}");
 }
 

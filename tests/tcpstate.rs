@@ -82,20 +82,34 @@ fn check_connection(events: &[Value], v6: bool, port: u16, client_port: u16) {
     let socks = sockets(events, port);
     // A slow machine may retransmit the SYN: the duplicate's request socket is dropped again.
     let dropped_request = ["LISTEN>SYN_RECV", "SYN_RECV>CLOSE"];
-    let mut seen: Vec<Vec<String>> = socks.values().map(|evs| transitions(evs)).filter(|t| t != &dropped_request).collect();
+    let mut seen: Vec<Vec<String>> =
+        socks.values().map(|evs| transitions(evs)).filter(|t| t != &dropped_request).collect();
     seen.sort();
     let want = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let mut expected = vec![
         want(&["CLOSE>LISTEN", "LISTEN>CLOSE"]),
-        want(&["CLOSE>SYN_SENT", "SYN_SENT>ESTABLISHED", "ESTABLISHED>FIN_WAIT1", "FIN_WAIT1>FIN_WAIT2", "FIN_WAIT2>CLOSE"]),
-        want(&["LISTEN>SYN_RECV", "SYN_RECV>ESTABLISHED", "ESTABLISHED>CLOSE_WAIT", "CLOSE_WAIT>LAST_ACK", "LAST_ACK>CLOSE"]),
+        want(&[
+            "CLOSE>SYN_SENT",
+            "SYN_SENT>ESTABLISHED",
+            "ESTABLISHED>FIN_WAIT1",
+            "FIN_WAIT1>FIN_WAIT2",
+            "FIN_WAIT2>CLOSE",
+        ]),
+        want(&[
+            "LISTEN>SYN_RECV",
+            "SYN_RECV>ESTABLISHED",
+            "ESTABLISHED>CLOSE_WAIT",
+            "CLOSE_WAIT>LAST_ACK",
+            "LAST_ACK>CLOSE",
+        ]),
     ];
     expected.sort();
     assert_eq!(seen, expected, "transitions per socket; events: {socks:#?}");
 
     // Transitions made by a system call carry the caller; the others happen in softirq context,
     // which on loopback is usually the sender but may be ksoftirqd on a slow machine.
-    const BY_SYSCALL: &[&str] = &["CLOSE>LISTEN", "LISTEN>CLOSE", "CLOSE>SYN_SENT", "ESTABLISHED>FIN_WAIT1", "CLOSE_WAIT>LAST_ACK"];
+    const BY_SYSCALL: &[&str] =
+        &["CLOSE>LISTEN", "LISTEN>CLOSE", "CLOSE>SYN_SENT", "ESTABLISHED>FIN_WAIT1", "CLOSE_WAIT>LAST_ACK"];
     for evs in socks.values() {
         for e in evs {
             if BY_SYSCALL.contains(&transitions(&[e])[0].as_str()) {
@@ -119,7 +133,10 @@ fn check_connection(events: &[Value], v6: bool, port: u16, client_port: u16) {
     assert_eq!(fin["comm"], "tk-client");
     let last_ack = find("CLOSE_WAIT>LAST_ACK");
     assert_eq!(last_ack["comm"], "tk-server");
-    assert_eq!((last_ack["lport"].as_u64().unwrap(), last_ack["rport"].as_u64().unwrap()), (port as u64, client_port as u64));
+    assert_eq!(
+        (last_ack["lport"].as_u64().unwrap(), last_ack["rport"].as_u64().unwrap()),
+        (port as u64, client_port as u64)
+    );
     let listen = find("CLOSE>LISTEN");
     assert_eq!(listen["laddr"], lo);
 }

@@ -70,7 +70,16 @@ fn a_glob_traces_several_events() {
     if !require_root("a_glob_traces_several_events") {
         return;
     }
-    let out = run(&["tracepoint", "syscalls:sys_enter_openat", "syscalls:sys_exit_openat", "--json", "--", "sh", "-c", "cat /etc/hostname >/dev/null"]);
+    let out = run(&[
+        "tracepoint",
+        "syscalls:sys_enter_openat",
+        "syscalls:sys_exit_openat",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/hostname >/dev/null",
+    ]);
     if kernel_version() < (5, 15) {
         assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
         assert!(out.stderr.contains("bpf_get_attach_cookie (Linux 5.15+)"), "{}", out.stderr);
@@ -106,7 +115,11 @@ fn bad_input() {
         return;
     }
     let cases: &[(&[&str], &str, &str)] = &[
-        (&["tracepoint", "syscalls:sys_enter_opnat"], "tracepoint `syscalls:sys_enter_opnat` not found", "did you mean `syscalls:sys_enter_openat`"),
+        (
+            &["tracepoint", "syscalls:sys_enter_opnat"],
+            "tracepoint `syscalls:sys_enter_opnat` not found",
+            "did you mean `syscalls:sys_enter_openat`",
+        ),
         (&["tracepoint", "sys_enter_openat"], "write CATEGORY:NAME", "tracekit list tracepoint"),
         (&["tracepoint", "zz:*"], "no tracepoint matches", "hint:"),
         (&["tracepoint", "syscalls:sys_enter_openat", "-f", "nope"], "no traced event has a field `nope`", "filename"),
@@ -142,7 +155,10 @@ fn stack_of_each_event() {
     thread::sleep(Duration::from_millis(300));
     let out = t.stop();
     let events = out.events();
-    let e = events.iter().find(|e| e["fields"]["filename"] == marker.as_str()).unwrap_or_else(|| panic!("{:#?}", out.stdout));
+    let e = events
+        .iter()
+        .find(|e| e["fields"]["filename"] == marker.as_str())
+        .unwrap_or_else(|| panic!("{:#?}", out.stdout));
     let kstack: Vec<&str> = e["kstack"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
     // Syscall tracepoints run BPF with the user registers before Linux 6.x (6.12 here): no
     // kernel stack then; where there is one, its frames have names.
@@ -164,7 +180,9 @@ fn two_string_fields_of_one_event() {
     let new = format!("{dir}/tk-new-{me}");
     let (c_old, c_new) = (std::ffi::CString::new(old.clone()).unwrap(), std::ffi::CString::new(new.clone()).unwrap());
     // SAFETY: two NUL-terminated paths; the rename fails (no such file), the event stays.
-    let rc = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, c_old.as_ptr(), libc::AT_FDCWD, c_new.as_ptr(), 0) };
+    let rc = unsafe {
+        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, c_old.as_ptr(), libc::AT_FDCWD, c_new.as_ptr(), 0)
+    };
     assert_eq!(rc, -1);
     thread::sleep(Duration::from_millis(300));
     let out = t.stop();

@@ -37,7 +37,8 @@ fn private_bash() -> PathBuf {
 fn interactive_bash(lines: &[&str]) -> u32 {
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two fds; the optional name/termios/winsize pointers are NULL.
-    let rc = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    let rc =
+        unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
     assert_eq!(rc, 0, "openpty");
     // SAFETY: both fds were just created by openpty and are owned here.
     let (mut master, slave) = unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) };
@@ -192,7 +193,11 @@ fn signatures_and_two_threads_pair_entry_with_return() {
     let tids: std::collections::BTreeSet<_> = slows.iter().map(|e| e["tid"].as_u64().unwrap()).collect();
     assert_eq!(tids.len(), 2, "two threads");
     for e in &slows {
-        let (t, r, ms) = (e["args"]["thread"].as_i64().unwrap(), e["args"]["round"].as_i64().unwrap(), e["args"]["ms"].as_i64().unwrap());
+        let (t, r, ms) = (
+            e["args"]["thread"].as_i64().unwrap(),
+            e["args"]["round"].as_i64().unwrap(),
+            e["args"]["ms"].as_i64().unwrap(),
+        );
         assert_eq!(e["ret"].as_i64().unwrap(), t * 1000 + r, "entry paired with its own return: {e}");
         assert!(e["latency_ns"].as_u64().unwrap() >= ms as u64 * 1_000_000, "latency >= sleep: {e}");
     }
@@ -237,7 +242,17 @@ fn uretprobe_alias_returns_only() {
         return;
     }
     let p = target_program().display().to_string();
-    let out = run(&["uretprobe", &format!("{p}:tk_add"), "--sig", "int tk_add(int a, int b)", "--json", "--", &p, "calls", "1"]);
+    let out = run(&[
+        "uretprobe",
+        &format!("{p}:tk_add"),
+        "--sig",
+        "int tk_add(int a, int b)",
+        "--json",
+        "--",
+        &p,
+        "calls",
+        "1",
+    ]);
     assert!(out.status.success(), "{}", out.stderr);
     let events = out.events();
     assert_eq!(events.len(), 2);
@@ -262,7 +277,13 @@ fn stack_of_each_call() {
     if !require_root("uprobe stack_of_each_call") {
         return;
     }
-    let t = Tracer::start(&["uprobe", &format!("{}:readline", private_bash().display()), "--stack", "--json", "--entry-only"]);
+    let t = Tracer::start(&[
+        "uprobe",
+        &format!("{}:readline", private_bash().display()),
+        "--stack",
+        "--json",
+        "--entry-only",
+    ]);
     // bash sleeps before its last prompt: user frames are symbolized while the process lives.
     let pid = interactive_bash(&["echo stacked", "sleep 2"]);
     thread::sleep(Duration::from_millis(300));

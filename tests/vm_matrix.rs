@@ -60,7 +60,13 @@ fn counts(output: &str) -> (u64, u64) {
     for line in output.lines().filter(|l| l.starts_with("test result:")) {
         let num = |word: &str| -> u64 {
             line.split(';')
-                .find_map(|part| part.trim().trim_start_matches("test result: ok.").trim_start_matches("test result: FAILED.").trim().strip_suffix(word))
+                .find_map(|part| {
+                    part.trim()
+                        .trim_start_matches("test result: ok.")
+                        .trim_start_matches("test result: FAILED.")
+                        .trim()
+                        .strip_suffix(word)
+                })
                 .and_then(|n| n.trim().parse().ok())
                 .unwrap_or(0)
         };
@@ -150,7 +156,13 @@ fn vm_script() {
     let script = format!("tracekit() {{ \"$TRACEKIT_BIN\" \"$@\"; }}\n{script}");
     let env = [("TRACEKIT_BIN", env!("CARGO_BIN_EXE_tracekit").to_owned())];
     let run = vm::run(kernel, &script, &env, GUEST_TIMEOUT);
-    println!("{}\n--- stderr\n{}\n--- status {:?}, {:.1} s", run.stdout, run.stderr, run.status, run.elapsed.as_secs_f64());
+    println!(
+        "{}\n--- stderr\n{}\n--- status {:?}, {:.1} s",
+        run.stdout,
+        run.stderr,
+        run.status,
+        run.elapsed.as_secs_f64()
+    );
     if let Some(why) = run.failure() {
         panic!("{why}");
     }

@@ -52,7 +52,8 @@ fn tcp_and_udp_over_ipv4_and_ipv6() {
     assert_eq!(syn6["daddr"], pair.ip6_b.to_string());
     assert_eq!(syn6["ttl"], 64, "hop limit");
 
-    let udp = |fam: &str| events.iter().filter(|e| e["proto"] == "udp" && e["family"] == fam && e["dport"] == 5353).count();
+    let udp =
+        |fam: &str| events.iter().filter(|e| e["proto"] == "udp" && e["family"] == fam && e["dport"] == 5353).count();
     assert_eq!(udp("ipv4"), 3, "{events:?}");
     assert_eq!(udp("ipv6"), 2, "{events:?}");
     // Every event matched the port filter: the kernel dropped the rest before sending anything.
@@ -140,7 +141,10 @@ fn sock_tells_a_listener_from_a_closed_port() {
     assert!(!closed.is_empty() && closed.iter().all(|e| e["sock"].is_null()), "nobody accepts: {ev:?}");
     // The ACK that completes the handshake belongs to the new connection.
     let ack = ev.iter().find(|e| e["dport"] == 8082 && e["tcp_flags"] == ".").expect("the handshake's ACK");
-    assert!(["SYN_RECV", "NEW_SYN_RECV", "ESTABLISHED"].contains(&ack["sock"]["state"].as_str().unwrap_or("")), "{ack}");
+    assert!(
+        ["SYN_RECV", "NEW_SYN_RECV", "ESTABLISHED"].contains(&ack["sock"]["state"].as_str().unwrap_or("")),
+        "{ack}"
+    );
 }
 
 #[test]
@@ -202,7 +206,19 @@ fn flood_losses_are_counted_exactly() {
         return;
     }
     let pair = VethPair::new("xdp7");
-    let args = ["xdp", pair.if_b, "--netns", pair.b.name(), "--json", "--proto", "udp", "--port", "7500", "--buffer-pages", "1"];
+    let args = [
+        "xdp",
+        pair.if_b,
+        "--netns",
+        pair.b.name(),
+        "--json",
+        "--proto",
+        "udp",
+        "--port",
+        "7500",
+        "--buffer-pages",
+        "1",
+    ];
     let mut t = Tracer::start_opts(&args, false);
     const SENT: u64 = 20_000;
     net::udp_send(&pair.a, pair.ip4_a, pair.ip4_b, 7500, SENT as usize).expect("udp");

@@ -125,10 +125,7 @@ pub struct Finished {
 
 impl Finished {
     pub fn json(&self) -> Vec<Value> {
-        self.stdout
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-            .collect()
+        self.stdout.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"))).collect()
     }
 
     pub fn events(&self) -> Vec<Value> {

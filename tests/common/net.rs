@@ -13,9 +13,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -64,8 +62,7 @@ fn reap_stale() {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let mut parts = name.rsplitn(3, '-');
-            let (Some(n), Some(pid), Some(rest)) = (parts.next(), parts.next(), parts.next())
-            else {
+            let (Some(n), Some(pid), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
                 continue;
             };
             if !rest.starts_with("tk-") || n.parse::<u32>().is_err() {
@@ -85,11 +82,7 @@ fn reap_stale() {
 fn enter(ns: &File, name: &str) {
     // SAFETY: setns only reads the fd; CLONE_NEWNET changes this thread's namespace alone.
     let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert!(
-        rc == 0,
-        "setns into netns `{name}`: {}",
-        io::Error::last_os_error()
-    );
+    assert!(rc == 0, "setns into netns `{name}`: {}", io::Error::last_os_error());
 }
 
 /// A network namespace `tk-<tag>-<pid>-<n>` with `lo` up, deleted on drop (also on panic).
@@ -171,10 +164,7 @@ impl Netns {
 
     /// Like `run_in`, in the background. The thread keeps the namespace alive until it ends,
     /// but the name is still removed when this `Netns` drops.
-    pub fn spawn_in<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> JoinHandle<T> {
+    pub fn spawn_in<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
         let ns = self.open();
         let name = self.name.clone();
         thread::spawn(move || {
@@ -186,13 +176,8 @@ impl Netns {
 
     /// Interface names in the namespace (`lo` included).
     pub fn interfaces(&self) -> Vec<String> {
-        let json: Value =
-            serde_json::from_str(&self.ip(&["-j", "link", "show"])).expect("`ip -j link` is JSON");
-        json.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
-            .collect()
+        let json: Value = serde_json::from_str(&self.ip(&["-j", "link", "show"])).expect("`ip -j link` is JSON");
+        json.as_array().into_iter().flatten().filter_map(|l| l["ifname"].as_str().map(str::to_owned)).collect()
     }
 
     /// ifindex of `ifname` inside the namespace.
@@ -230,10 +215,7 @@ impl Drop for Netns {
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn mac_str(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Two namespaces joined by a veth pair: `tkv0` in `a`, `tkv1` in `b`, 10.200.0.1/24 and
@@ -263,15 +245,9 @@ impl VethPair {
         let a = Netns::new(&format!("{tag}-a"));
         let b = Netns::new(&format!("{tag}-b"));
         let (if_a, if_b) = ("tkv0", "tkv1");
-        let (mac_a, mac_b) = (
-            [0x02, 0x00, 0x0a, 0xc8, 0x00, 0x01],
-            [0x02, 0x00, 0x0a, 0xc8, 0x00, 0x02],
-        );
+        let (mac_a, mac_b) = ([0x02, 0x00, 0x0a, 0xc8, 0x00, 0x01], [0x02, 0x00, 0x0a, 0xc8, 0x00, 0x02]);
         let (ip4_a, ip4_b) = (Ipv4Addr::new(10, 200, 0, 1), Ipv4Addr::new(10, 200, 0, 2));
-        let (ip6_a, ip6_b): (Ipv6Addr, Ipv6Addr) = (
-            "fd00:200::1".parse().unwrap(),
-            "fd00:200::2".parse().unwrap(),
-        );
+        let (ip6_a, ip6_b): (Ipv6Addr, Ipv6Addr) = ("fd00:200::1".parse().unwrap(), "fd00:200::2".parse().unwrap());
         let (ma, mb) = (mac_str(&mac_a), mac_str(&mac_b));
         // Created inside `a` with its peer directly in `b`: the root namespace never sees it.
         a.ip(&[
@@ -290,55 +266,25 @@ impl VethPair {
             "netns",
             b.name(),
         ]);
-        for (ns, dev, ip4, ip6, peer4, peer6, peer_mac) in [
-            (&a, if_a, ip4_a, ip6_a, ip4_b, ip6_b, &mb),
-            (&b, if_b, ip4_b, ip6_b, ip4_a, ip6_a, &ma),
-        ] {
+        for (ns, dev, ip4, ip6, peer4, peer6, peer_mac) in
+            [(&a, if_a, ip4_a, ip6_a, ip4_b, ip6_b, &mb), (&b, if_b, ip4_b, ip6_b, ip4_a, ip6_a, &ma)]
+        {
             ns.ip(&["link", "set", dev, "addrgenmode", "none"]);
             ns.sysctl(&format!("ipv6/conf/{dev}/accept_ra"), "0");
             // Link-up MLD reports: sent within milliseconds instead of over a second.
-            ns.sysctl(
-                &format!("ipv6/conf/{dev}/mldv2_unsolicited_report_interval"),
-                "1",
-            );
-            ns.sysctl(
-                &format!("ipv6/conf/{dev}/mldv1_unsolicited_report_interval"),
-                "1",
-            );
+            ns.sysctl(&format!("ipv6/conf/{dev}/mldv2_unsolicited_report_interval"), "1");
+            ns.sysctl(&format!("ipv6/conf/{dev}/mldv1_unsolicited_report_interval"), "1");
             ns.ip(&["addr", "add", &format!("{ip4}/24"), "dev", dev]);
             ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", dev, "nodad"]);
             for peer in [peer4.to_string(), peer6.to_string()] {
-                ns.ip(&[
-                    "neigh",
-                    "add",
-                    &peer,
-                    "lladdr",
-                    peer_mac,
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ]);
+                ns.ip(&["neigh", "add", &peer, "lladdr", peer_mac, "dev", dev, "nud", "permanent"]);
             }
         }
         a.ip(&["link", "set", if_a, "up"]);
         b.ip(&["link", "set", if_b, "up"]);
         let ifindex_a = a.ifindex(if_a);
         let ifindex_b = b.ifindex(if_b);
-        let pair = VethPair {
-            a,
-            b,
-            if_a,
-            if_b,
-            ifindex_a,
-            ifindex_b,
-            ip4_a,
-            ip4_b,
-            ip6_a,
-            ip6_b,
-            mac_a,
-            mac_b,
-        };
+        let pair = VethPair { a, b, if_a, if_b, ifindex_a, ifindex_b, ip4_a, ip4_b, ip6_a, ip6_b, mac_a, mac_b };
         pair.wait_ready();
         pair
     }
@@ -348,35 +294,21 @@ impl VethPair {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         let ready = |ns: &Netns, dev: &str| {
-            let json: Value =
-                serde_json::from_str(&ns.ip(&["-j", "addr", "show", "dev", dev])).expect("JSON");
+            let json: Value = serde_json::from_str(&ns.ip(&["-j", "addr", "show", "dev", dev])).expect("JSON");
             let link = &json[0];
             let up = link["operstate"] == "UP";
-            let v6: Vec<&Value> = link["addr_info"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|a| a["family"] == "inet6")
-                .collect();
-            up && !v6.is_empty()
-                && v6
-                    .iter()
-                    .all(|a| a["tentative"] != true && a["dadfailed"] != true)
+            let v6: Vec<&Value> =
+                link["addr_info"].as_array().into_iter().flatten().filter(|a| a["family"] == "inet6").collect();
+            up && !v6.is_empty() && v6.iter().all(|a| a["tentative"] != true && a["dadfailed"] != true)
         };
         while !(ready(&self.a, self.if_a) && ready(&self.b, self.if_b)) {
-            assert!(
-                Instant::now() < deadline,
-                "veth pair {} / {} not ready after 5 s",
-                self.a.name(),
-                self.b.name()
-            );
+            assert!(Instant::now() < deadline, "veth pair {} / {} not ready after 5 s", self.a.name(), self.b.name());
             thread::sleep(Duration::from_millis(10));
         }
         // The MLD reports for the solicited-node groups go out right after link-up (1 ms interval),
         // later on a loaded machine or in a slow guest: wait until nothing was sent for 200 ms.
         let tx = |ns: &Netns, dev: &str| {
-            let v: Value = serde_json::from_str(&ns.ip(&["-s", "-j", "link", "show", "dev", dev]))
-                .expect("JSON");
+            let v: Value = serde_json::from_str(&ns.ip(&["-s", "-j", "link", "show", "dev", dev])).expect("JSON");
             v[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or(0)
         };
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -458,11 +390,7 @@ fn echo(mut s: TcpStream, stop: Arc<AtomicBool>) {
                     break;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
             Err(_) => break,
         }
     }
@@ -475,9 +403,7 @@ pub fn tcp_listen(ns: &Netns, addr: impl Into<IpAddr>, port: u16) -> TcpServer {
     let listener = ns
         .run_in(|| TcpListener::bind(want))
         .unwrap_or_else(|e| panic!("listen on {want} in netns `{}`: {e}", ns.name()));
-    listener
-        .set_nonblocking(true)
-        .expect("nonblocking listener");
+    listener.set_nonblocking(true).expect("nonblocking listener");
     let addr = listener.local_addr().expect("local_addr");
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -491,9 +417,7 @@ pub fn tcp_listen(ns: &Netns, addr: impl Into<IpAddr>, port: u16) -> TcpServer {
                     let stop3 = stop2.clone();
                     conns.push(thread::spawn(move || echo(s, stop3)));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    thread::sleep(Duration::from_millis(5))
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
                 Err(_) => thread::sleep(Duration::from_millis(5)),
             }
         }
@@ -501,22 +425,12 @@ pub fn tcp_listen(ns: &Netns, addr: impl Into<IpAddr>, port: u16) -> TcpServer {
             let _ = c.join();
         }
     });
-    TcpServer {
-        addr,
-        stop,
-        accepted,
-        thread: Some(thread),
-    }
+    TcpServer { addr, stop, accepted, thread: Some(thread) }
 }
 
 /// From inside `ns`: connects to `addr:port`, sends `TCP_PAYLOAD`, reads the echo, closes.
 /// Every step is bounded by `timeout`.
-pub fn tcp_connect(
-    ns: &Netns,
-    addr: impl Into<IpAddr>,
-    port: u16,
-    timeout: Duration,
-) -> io::Result<()> {
+pub fn tcp_connect(ns: &Netns, addr: impl Into<IpAddr>, port: u16, timeout: Duration) -> io::Result<()> {
     let to = SocketAddr::new(addr.into(), port);
     ns.run_in(move || {
         let mut s = TcpStream::connect_timeout(&to, timeout)?;
@@ -526,10 +440,7 @@ pub fn tcp_connect(
         let mut back = vec![0u8; TCP_PAYLOAD.len()];
         s.read_exact(&mut back)?;
         if back != TCP_PAYLOAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("echo from {to} differs: {back:?}"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("echo from {to} differs: {back:?}")));
         }
         s.shutdown(Shutdown::Both)
     })
@@ -544,10 +455,7 @@ pub fn udp_send(
     to_port: u16,
     count: usize,
 ) -> io::Result<SocketAddr> {
-    let (from, to) = (
-        SocketAddr::new(from.into(), 0),
-        SocketAddr::new(to_addr.into(), to_port),
-    );
+    let (from, to) = (SocketAddr::new(from.into(), 0), SocketAddr::new(to_addr.into(), to_port));
     ns.run_in(move || {
         let s = UdpSocket::bind(from)?;
         for i in 0..count {
@@ -599,10 +507,7 @@ pub fn ping_replies(ns: &Netns, addr: impl Into<IpAddr>, count: u32) -> io::Resu
 }
 
 fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -615,24 +520,16 @@ fn sockaddr_of(addr: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let len = match addr {
         IpAddr::V4(a) => {
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            let sin = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-            };
+            let sin = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_addr = libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.octets()),
-            };
+            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) };
             std::mem::size_of::<libc::sockaddr_in>()
         }
         IpAddr::V6(a) => {
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            let sin6 = unsafe {
-                &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
+            let sin6 = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_addr = libc::in6_addr {
-                s6_addr: a.octets(),
-            };
+            sin6.sin6_addr = libc::in6_addr { s6_addr: a.octets() };
             std::mem::size_of::<libc::sockaddr_in6>()
         }
     };
@@ -699,11 +596,7 @@ fn icmp_echo(addr: IpAddr, count: u32) -> io::Result<u32> {
             if left.is_zero() {
                 break;
             }
-            let mut pfd = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
             if r < 0 {
@@ -717,14 +610,7 @@ fn icmp_echo(addr: IpAddr, count: u32) -> io::Result<u32> {
                 break;
             }
             // SAFETY: buf is valid for buf.len() bytes.
-            let n = unsafe {
-                libc::recv(
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n < 0 {
                 continue;
             }
@@ -785,10 +671,7 @@ pub fn leftovers(ns: &Netns) -> Vec<String> {
 
     let bt = ns.exec(&["bpftool", "-j", "net", "show"]);
     if !bt.status.success() {
-        out.push(format!(
-            "`bpftool net show` failed: {}",
-            String::from_utf8_lossy(&bt.stderr).trim()
-        ));
+        out.push(format!("`bpftool net show` failed: {}", String::from_utf8_lossy(&bt.stderr).trim()));
     } else {
         match serde_json::from_slice::<Value>(&bt.stdout) {
             Ok(json) => {
@@ -805,8 +688,8 @@ pub fn leftovers(ns: &Netns) -> Vec<String> {
     }
 
     let ifaces = ns.interfaces();
-    let qdiscs: Value = serde_json::from_str(&ns.exec_ok(&["tc", "-j", "qdisc", "show"]))
-        .unwrap_or(Value::Array(Vec::new()));
+    let qdiscs: Value =
+        serde_json::from_str(&ns.exec_ok(&["tc", "-j", "qdisc", "show"])).unwrap_or(Value::Array(Vec::new()));
     for q in qdiscs.as_array().into_iter().flatten() {
         let (Some(kind), Some(dev)) = (q["kind"].as_str(), q["dev"].as_str()) else {
             continue;
@@ -815,24 +698,17 @@ pub fn leftovers(ns: &Netns) -> Vec<String> {
             continue;
         }
         out.push(format!("{dev}: qdisc {kind}"));
-        let dirs: &[&str] = if kind == "clsact" {
-            &["ingress", "egress"]
-        } else {
-            &["ingress"]
-        };
+        let dirs: &[&str] = if kind == "clsact" { &["ingress", "egress"] } else { &["ingress"] };
         for dir in dirs {
             let f = ns.exec(&["tc", "-j", "filter", "show", "dev", dev, dir]);
-            let filters: Value =
-                serde_json::from_slice(&f.stdout).unwrap_or(Value::Array(Vec::new()));
+            let filters: Value = serde_json::from_slice(&f.stdout).unwrap_or(Value::Array(Vec::new()));
             let mut seen = BTreeSet::new();
             for f in filters.as_array().into_iter().flatten() {
                 let kind = f["kind"].as_str().unwrap_or("?").to_owned();
                 let pref = f["pref"].as_u64().unwrap_or(0);
                 let chain = f["chain"].as_u64().unwrap_or(0);
                 if seen.insert((pref, chain, kind.clone())) {
-                    out.push(format!(
-                        "{dev} {dir}: tc filter {kind} pref {pref} chain {chain}"
-                    ));
+                    out.push(format!("{dev} {dir}: tc filter {kind} pref {pref} chain {chain}"));
                 }
             }
         }
@@ -849,10 +725,7 @@ pub fn leftovers(ns: &Netns) -> Vec<String> {
             if idx == 0 {
                 continue;
             }
-            for (t, what) in [
-                (sys::BPF_TCX_INGRESS, "tcx ingress"),
-                (sys::BPF_TCX_EGRESS, "tcx egress"),
-            ] {
+            for (t, what) in [(sys::BPF_TCX_INGRESS, "tcx ingress"), (sys::BPF_TCX_EGRESS, "tcx egress")] {
                 let ids = query_progs(idx as i32, t);
                 if !ids.is_empty() {
                     lines.push(format!("{dev}: {what} prog ids {ids:?}"));
@@ -880,11 +753,7 @@ pub fn assert_clean(ns: &Netns) {
             return;
         }
         if Instant::now() > deadline {
-            panic!(
-                "netns `{}` still has BPF/TC attached after 5 s:\n  {}",
-                ns.name(),
-                left.join("\n  ")
-            );
+            panic!("netns `{}` still has BPF/TC attached after 5 s:\n  {}", ns.name(), left.join("\n  "));
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -919,34 +788,20 @@ pub fn load_trivial_prog(
             &mut opts,
         )
     };
-    assert!(
-        fd >= 0,
-        "loading a trivial BPF program: {}",
-        io::Error::from_raw_os_error(-fd)
-    );
+    assert!(fd >= 0, "loading a trivial BPF program: {}", io::Error::from_raw_os_error(-fd));
     // SAFETY: fd is a fresh program fd that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Creates a BPF link in `ns` (the ifindex is resolved there); closing the returned fd detaches.
 #[track_caller]
-fn link_in(
-    ns: &Netns,
-    prog: &OwnedFd,
-    ifindex: u32,
-    attach_type: libbpf_rs::libbpf_sys::bpf_attach_type,
-) -> OwnedFd {
+fn link_in(ns: &Netns, prog: &OwnedFd, ifindex: u32, attach_type: libbpf_rs::libbpf_sys::bpf_attach_type) -> OwnedFd {
     let prog = prog.as_raw_fd();
     // SAFETY: prog is a valid program fd; NULL opts are allowed.
     let fd = ns.run_in(|| unsafe {
         libbpf_rs::libbpf_sys::bpf_link_create(prog, ifindex as i32, attach_type, std::ptr::null())
     });
-    assert!(
-        fd >= 0,
-        "bpf_link_create in netns `{}`: {}",
-        ns.name(),
-        io::Error::from_raw_os_error(-fd)
-    );
+    assert!(fd >= 0, "bpf_link_create in netns `{}`: {}", ns.name(), io::Error::from_raw_os_error(-fd));
     // SAFETY: fd is a fresh link fd that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
@@ -963,28 +818,19 @@ pub fn attach_dummy_xdp(ns: &Netns, ifname: &str) -> OwnedFd {
 #[track_caller]
 pub fn attach_dummy_tcx(ns: &Netns, ifname: &str, ingress: bool) -> OwnedFd {
     use libbpf_rs::libbpf_sys as sys;
-    let t = if ingress {
-        sys::BPF_TCX_INGRESS
-    } else {
-        sys::BPF_TCX_EGRESS
-    };
+    let t = if ingress { sys::BPF_TCX_INGRESS } else { sys::BPF_TCX_EGRESS };
     let prog = load_trivial_prog(sys::BPF_PROG_TYPE_SCHED_CLS, t, -1);
     link_in(ns, &prog, ns.ifindex(ifname), t)
 }
 
 /// The running kernel's release (`uname -r`).
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
 }
 
 /// tcx links came in Linux 6.6; older kernels (the matrix's 5.10 and 6.1) have only clsact.
 pub fn kernel_has_tcx() -> bool {
     let r = kernel_release();
-    let mut it = r
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse::<u32>().ok());
+    let mut it = r.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
     (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (6, 6)
 }

@@ -27,10 +27,22 @@ pub enum Kernel {
 }
 
 const MODULES: &[&str] = &[
-    "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "9pnet",
-    "9pnet_virtio", "netfs", "fscache", "9p", "overlay",
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "9pnet",
+    "9pnet_virtio",
+    "netfs",
+    "fscache",
+    "9p",
+    "overlay",
     // The packet tools' suites: veth pairs, clsact (sch_ingress), tc's `bpf` and `u32` filters.
-    "veth", "sch_ingress", "cls_bpf", "cls_u32",
+    "veth",
+    "sch_ingress",
+    "cls_bpf",
+    "cls_u32",
 ];
 
 pub fn cache_dir() -> PathBuf {
@@ -52,8 +64,11 @@ fn sh(cmd: &mut Command) -> String {
 
 /// The host tools the runner needs, or a panic naming the package that brings them.
 pub fn check_host_tools() {
-    for (tool, pkg) in [("qemu-system-x86_64", "qemu-system-x86"), ("cpio", "cpio"), ("dpkg-deb", "dpkg"), ("apt-get", "apt")] {
-        let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    for (tool, pkg) in
+        [("qemu-system-x86_64", "qemu-system-x86"), ("cpio", "cpio"), ("dpkg-deb", "dpkg"), ("apt-get", "apt")]
+    {
+        let found =
+            Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
         assert!(found, "VM matrix: `{tool}` not found; install it: apt-get install -y --no-install-recommends {pkg}");
     }
     assert!(
@@ -141,7 +156,8 @@ impl Kernel {
             Kernel::Bookworm612 => r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
         };
         let out = sh(Command::new("apt-cache").args(self.apt_opts()).args(["search", "--names-only", pattern]));
-        let mut names: Vec<String> = out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect();
+        let mut names: Vec<String> =
+            out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect();
         names.sort_by_key(|n| version_key(n));
         names.pop().unwrap_or_else(|| {
             panic!("VM matrix: no package matches {pattern}; run `apt-get update` (a stale index lists no kernels)")
@@ -164,7 +180,12 @@ impl Kernel {
         if !root.join(".complete").exists() {
             let debs = cache_dir().join("debs");
             fs::create_dir_all(&debs).unwrap();
-            let have = |d: &Path| fs::read_dir(d).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with(&format!("{pkg}_")));
+            let have = |d: &Path| {
+                fs::read_dir(d)
+                    .unwrap()
+                    .flatten()
+                    .find(|e| e.file_name().to_string_lossy().starts_with(&format!("{pkg}_")))
+            };
             if have(&debs).is_none() {
                 sh(Command::new("apt-get").current_dir(&debs).args(self.apt_opts()).args(["download", &pkg]));
             }
@@ -201,7 +222,8 @@ fn read_module(path: &Path) -> Vec<u8> {
 /// Modules to load, dependencies first, with their decompressed contents.
 fn modules(moddir: &Path) -> Vec<(String, Vec<u8>)> {
     let builtin = fs::read_to_string(moddir.join("modules.builtin")).unwrap_or_default();
-    let is_builtin = |m: &str| builtin.lines().any(|l| l.rsplit('/').next().is_some_and(|f| f.split('.').next() == Some(m)));
+    let is_builtin =
+        |m: &str| builtin.lines().any(|l| l.rsplit('/').next().is_some_and(|f| f.split('.').next() == Some(m)));
     let mut files = BTreeMap::new();
     let mut stack = vec![moddir.join("kernel")];
     while let Some(d) = stack.pop() {
@@ -210,13 +232,19 @@ fn modules(moddir: &Path) -> Vec<(String, Vec<u8>)> {
             if p.is_dir() {
                 stack.push(p);
             } else if let Some(f) = p.file_name().and_then(|f| f.to_str())
-                && let Some((stem, _)) = f.split_once(".ko") {
-                    files.insert(stem.replace('-', "_"), p.clone());
-                }
+                && let Some((stem, _)) = f.split_once(".ko")
+            {
+                files.insert(stem.replace('-', "_"), p.clone());
+            }
         }
     }
     let mut order: Vec<(String, Vec<u8>)> = Vec::new();
-    fn visit(m: &str, files: &BTreeMap<String, PathBuf>, is_builtin: &dyn Fn(&str) -> bool, order: &mut Vec<(String, Vec<u8>)>) {
+    fn visit(
+        m: &str,
+        files: &BTreeMap<String, PathBuf>,
+        is_builtin: &dyn Fn(&str) -> bool,
+        order: &mut Vec<(String, Vec<u8>)>,
+    ) {
         if order.iter().any(|(n, _)| n == m) || is_builtin(m) {
             return;
         }
@@ -297,7 +325,10 @@ impl GuestRun {
     pub fn failure(&self) -> Option<String> {
         if self.console.contains("Kernel panic") {
             let tail: Vec<&str> = self.console.lines().rev().take(40).collect();
-            return Some(format!("kernel panic in the guest:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+            return Some(format!(
+                "kernel panic in the guest:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
         }
         match self.status {
             Some(_) => None,
@@ -344,12 +375,14 @@ pub fn run(kernel: Kernel, script: &str, env: &[(&str, String)], timeout: Durati
     }
     fs::write(initdir.join("modules/order"), order).unwrap();
     let initrd = work.path().join("initrd.gz");
-    sh(Command::new("sh").current_dir(&initdir).arg("-c").arg(format!(
-        "find . | cpio -o -H newc --quiet | gzip -1 > {}",
-        initrd.display()
-    )));
+    sh(Command::new("sh")
+        .current_dir(&initdir)
+        .arg("-c")
+        .arg(format!("find . | cpio -o -H newc --quiet | gzip -1 > {}", initrd.display())));
 
-    let mut cmd = String::from("set -u\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TRACEKIT_IN_VM=1\n");
+    let mut cmd = String::from(
+        "set -u\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TRACEKIT_IN_VM=1\n",
+    );
     for (k, v) in env {
         cmd.push_str(&format!("export {k}='{}'\n", v.replace('\'', r"'\''")));
     }

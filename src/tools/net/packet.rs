@@ -422,22 +422,8 @@ fn sock_state_name(ev: &PacketEvent) -> &'static str {
     if ev.sk_found == 0 {
         return "none";
     }
-    const NAMES: [&str; 13] = [
-        "none",
-        "ESTABLISHED",
-        "SYN_SENT",
-        "SYN_RECV",
-        "FIN_WAIT1",
-        "FIN_WAIT2",
-        "TIME_WAIT",
-        "CLOSE",
-        "CLOSE_WAIT",
-        "LAST_ACK",
-        "LISTEN",
-        "CLOSING",
-        "NEW_SYN_RECV",
-    ];
-    NAMES.get(usize::from(ev.sk_state)).copied().unwrap_or("UNKNOWN")
+    // the BPF_TCP_* numbering, which tcpstate names too
+    crate::tools::trace::tcpstate::state_name(i32::from(ev.sk_state))
 }
 
 fn addr(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {

@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 
 use clap::Args;
 
-use super::packet::{Columns, PacketFilter, PacketPrinter, PktSkel, PktSkelBuilder};
+use super::packet::{Columns, PacketFilter, PacketPrinter};
 use crate::error::Error;
 use crate::runtime::attach::netdev::Iface;
 use crate::runtime::attach::netns::Netns;
@@ -53,17 +53,11 @@ pub fn run(args: SockfilterArgs) -> Result<i32, Error> {
     ));
 
     let mut storage = MaybeUninit::uninit();
-    let mut open = rt.open("sockfilter", PktSkelBuilder::default(), &mut storage)?;
-    rt.configure_transport(&mut open, transport)?;
-    {
-        let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
-        filter.write(&mut ro.tk_pkt_filter, netns.inode);
+    let skel = super::open_load(&rt, Columns::Socket, &filter, netns.inode, transport, &mut storage, |f| {
         // On loopback every packet passes the packet socket twice, leaving and arriving:
         // keep one, as libpcap does.
-        ro.tk_pkt_filter.skip_lo_outgoing = 1;
-    }
-    super::load_only(&mut open, Columns::Socket);
-    let skel: PktSkel<'_> = rt.load("sockfilter", open)?;
+        f.skip_lo_outgoing = 1;
+    })?;
     let label = format!("socket filter on {on}");
     let printer = PacketPrinter::new(Columns::Socket, &netns, &skel.maps.tk_pkt_counts, label, false, None);
     let verbose = rt.out.verbose > 0;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use super::packet::{Columns, PacketFilter, PacketPrinter, PktSkel, PktSkelBuilder};
+use super::packet::{Columns, PacketFilter, PacketPrinter};
 use crate::error::Error;
 use crate::runtime::attach::netdev::{self, Iface, TcBackend, TcDir};
 use crate::runtime::attach::netns::Netns;
@@ -93,14 +93,7 @@ pub fn run(args: TcArgs) -> Result<i32, Error> {
     ));
 
     let mut storage = MaybeUninit::uninit();
-    let mut open = rt.open("tc", PktSkelBuilder::default(), &mut storage)?;
-    rt.configure_transport(&mut open, transport)?;
-    {
-        let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
-        filter.write(&mut ro.tk_pkt_filter, netns.inode);
-    }
-    super::load_only(&mut open, Columns::Tc);
-    let skel: PktSkel<'_> = rt.load("tc", open)?;
+    let skel = super::open_load(&rt, Columns::Tc, &filter, netns.inode, transport, &mut storage, |_| {})?;
     let label = format!("tc on {}", iface.name);
     let printer = PacketPrinter::new(Columns::Tc, &netns, &skel.maps.tk_pkt_counts, label, args.sock, args.interval);
     let verbose = rt.out.verbose > 0;

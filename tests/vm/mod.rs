@@ -321,26 +321,30 @@ pub struct GuestRun {
 }
 
 impl GuestRun {
-    /// A one-line reason when the guest itself failed (as opposed to the command).
+    /// A one-line reason when the guest itself failed (as opposed to the command), with the
+    /// kernel's first report (its stack says where it went wrong; the tail only repeats it).
     pub fn failure(&self) -> Option<String> {
-        if self.console.contains("Kernel panic") {
-            let tail: Vec<&str> = self.console.lines().rev().take(40).collect();
-            return Some(format!(
-                "kernel panic in the guest:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ));
-        }
-        match self.status {
-            Some(_) => None,
-            None => {
-                let tail: Vec<&str> = self.console.lines().rev().take(40).collect();
-                Some(format!(
-                    "the guest produced no exit status (hung and killed, or failed to boot); console tail:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                ))
-            }
+        let why = if self.console.contains("Kernel panic") {
+            "kernel panic in the guest"
+        } else if self.status.is_none() {
+            "the guest produced no exit status (hung and killed, or failed to boot)"
+        } else {
+            return None;
+        };
+        let lines: Vec<&str> = self.console.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        match first_kernel_report(&lines) {
+            Some(first) => Some(format!("{why}; first kernel report:\n{first}\n[…]\nconsole tail:\n{tail}")),
+            None => Some(format!("{why}; console tail:\n{tail}")),
         }
     }
+}
+
+/// The first warning, bug, lockup or hung-task report on the console, up to 60 lines.
+fn first_kernel_report(lines: &[&str]) -> Option<String> {
+    const STARTS: [&str; 5] = ["WARNING:", "BUG:", "INFO: task", "rcu: INFO:", "Oops"];
+    let start = lines.iter().position(|l| STARTS.iter().any(|s| l.contains(s)))?;
+    Some(lines[start..lines.len().min(start + 60)].join("\n"))
 }
 
 /// Boots `kernel` and runs `script` (bash) inside, with the host's root as its root and the
@@ -407,7 +411,7 @@ pub fn run(kernel: Kernel, script: &str, env: &[(&str, String)], timeout: Durati
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1 oops=panic loglevel=4 rdinit=/init"])
+        .args(["-append", "console=ttyS0 panic=-1 oops=panic softlockup_panic=1 loglevel=5 rdinit=/init"])
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .args(["-virtfs", "local,path=/,mount_tag=rootfs,security_model=none,readonly=on,multidevs=remap"])

@@ -106,13 +106,8 @@ impl Runtime {
         libbpf_log::install(out.verbose);
         kernel::check_privileges()?;
         kernel::raise_memlock();
-        if let Some(btf) = &out.btf
-            && !btf.is_file()
-        {
-            return Err(Error::usage(
-                format!("--btf file `{}` not found", btf.display()),
-                Some("give a kernel BTF file, e.g. from BTFHub for this kernel".to_owned()),
-            ));
+        if let Some(btf) = &out.btf {
+            btf::check_file(btf)?;
         }
         let filter = Filter::from_args(&task)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -162,6 +157,18 @@ impl Runtime {
             Transport::RingBuf { bytes: pages * PAGE }
         } else {
             let pages = self.out.buffer_pages.unwrap_or(DEFAULT_PERFBUF_PAGES).next_power_of_two();
+            if pages > cli::output::MAX_PERFBUF_PAGES {
+                return Err(Error::usage(
+                    format!(
+                        "--buffer-pages {} is more than the kernel accepts for a perf buffer: at most {} pages per CPU",
+                        self.out.buffer_pages.unwrap_or_default(),
+                        cli::output::MAX_PERFBUF_PAGES
+                    ),
+                    Some(
+                        "give a smaller --buffer-pages, or use the ring buffer (--transport ringbuf, 5.8+)".to_owned(),
+                    ),
+                ));
+            }
             Transport::PerfBuf { pages_per_cpu: pages }
         })
     }

@@ -108,6 +108,9 @@ fn report(e: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = runtime::cli::check_utf8(&std::env::args_os().collect::<Vec<_>>()) {
+        return ExitCode::from(report(&anyhow::Error::new(e)));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

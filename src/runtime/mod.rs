@@ -119,16 +119,16 @@ impl Runtime {
 
     /// Tools that count in kernel maps and print tables at the end or per interval (count,
     /// profile) have no event stream: the options about events are refused, not ignored.
-    pub fn counts_in_kernel(&self, tool: &str) -> Result<(), Error> {
+    pub fn counts_in_kernel(&self, tool: &str, what: &str) -> Result<(), Error> {
         let given = [
             (self.out.count.is_some(), "--count", "use --duration"),
-            (self.out.timestamp, "-T/--timestamp", "tables carry no per-event time; use --duration or --interval"),
+            (self.out.timestamp, "-T/--timestamp", "counts have no per-event time to print; drop -T"),
             (self.out.transport != TransportChoice::Auto, "--transport", "the counts are read from maps, not streamed"),
             (self.out.buffer_pages.is_some(), "--buffer-pages", "the counts are read from maps, not streamed"),
         ];
         match given.into_iter().find(|(on, ..)| *on) {
             Some((_, flag, hint)) => Err(Error::usage(
-                format!("{tool} counts events in the kernel and prints no events: {flag} does not apply"),
+                format!("{tool} counts {what} in the kernel and prints no events: {flag} does not apply"),
                 Some(hint.to_owned()),
             )),
             None => Ok(()),

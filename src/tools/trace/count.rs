@@ -56,7 +56,7 @@ pub struct CountArgs {
 
 pub fn run(args: CountArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
-    rt.counts_in_kernel("count")?;
+    rt.counts_in_kernel("count", "events")?;
     if args.folded && args.by != By::Stack {
         return Err(Error::usage("--folded prints stacks", Some("add --by stack".into())));
     }

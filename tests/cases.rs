@@ -31,7 +31,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -173,17 +173,28 @@ struct Outcome {
     status: Option<i32>,
     signal: Option<i32>,
     timed_out: bool,
+    /// A process that left the case's process group (setsid) still held stdout or stderr.
+    escaped: bool,
     elapsed: Duration,
     stdout: String,
     stderr: String,
 }
 
-fn reader(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+/// Reads a pipe to its end in a thread; the output arrives on the channel.
+fn reader(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = r.read_to_end(&mut buf);
-        buf
-    })
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// A pipe's text once its writers are gone; a process that left the case's process group
+/// (setsid) and still holds it open is reported instead of waited for.
+fn text_of(rx: &mpsc::Receiver<Vec<u8>>) -> Option<String> {
+    rx.recv_timeout(Duration::from_secs(2)).ok().map(|buf| String::from_utf8_lossy(&buf).into_owned())
 }
 
 fn kill_group(pgid: i32) {
@@ -208,6 +219,7 @@ fn run_case(case: &Case, env: &[(&str, String)]) -> Outcome {
                 status: None,
                 signal: None,
                 timed_out: false,
+                escaped: false,
                 elapsed: start.elapsed(),
                 stdout: String::new(),
                 stderr: format!("(runner: cannot start bash: {e})"),
@@ -234,15 +246,16 @@ fn run_case(case: &Case, env: &[(&str, String)]) -> Outcome {
     let elapsed = start.elapsed();
     // Whatever the command line left running (it holds the pipes open) goes too.
     kill_group(pgid);
-    let text = |h: thread::JoinHandle<Vec<u8>>| String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned();
     use std::os::unix::process::ExitStatusExt;
+    let (stdout, stderr) = (text_of(&out), text_of(&err));
     Outcome {
         status: status.and_then(|s| s.code()),
         signal: status.and_then(|s| s.signal()),
         timed_out,
         elapsed,
-        stdout: text(out),
-        stderr: text(err),
+        escaped: stdout.is_none() || stderr.is_none(),
+        stdout: stdout.unwrap_or_default(),
+        stderr: stderr.unwrap_or_default(),
     }
 }
 
@@ -257,6 +270,9 @@ fn check(case: &Case, o: &Outcome) -> Vec<String> {
             (None, Some(sig)) => bad.push(format!("killed by signal {sig}, expected exit {}", case.exit)),
             _ => bad.push(format!("no exit status, expected exit {}", case.exit)),
         }
+    }
+    if o.escaped {
+        bad.push("left a process outside its process group holding stdout or stderr open".to_owned());
     }
     for s in &case.stderr {
         if !o.stderr.contains(s.as_str()) {

@@ -147,7 +147,7 @@ pub fn tracepoints(tracefs: &Path, wanted: &[String], limit: usize) -> Result<Ve
                 Some("e.g. syscalls:sys_enter_openat; `tracekit list tracepoint` shows them".into()),
             ));
         }
-        if let Some(("ftrace", event)) = w.split_once(':')
+        if let Some((tracefs::FTRACE_CATEGORY, event)) = w.split_once(':')
             && !is_glob(w)
         {
             return Err(Error::usage(
@@ -158,9 +158,7 @@ pub fn tracepoints(tracefs: &Path, wanted: &[String], limit: usize) -> Result<Ve
             ));
         }
         if is_glob(w) {
-            // ftrace's own events (ftrace:function, …) are listed in tracefs but cannot be
-            // attached to; a glob never picks them.
-            let hits: Vec<_> = matching(&all, w)?.into_iter().filter(|n| !n.starts_with("ftrace:")).collect();
+            let hits = matching(&all, w)?;
             if hits.is_empty() {
                 return Err(Error::usage(
                     format!("no tracepoint matches `{w}`"),

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use tracekit::error::Error;
 use tracekit::{runtime, tools};
@@ -62,6 +62,10 @@ enum Command {
     Sockfilter(tools::net::sockfilter::SockfilterArgs),
     /// What can be traced: kernel functions, tracepoints, functions of a binary
     List(tools::meta::list::ListArgs),
+    /// Shell completions (bash, zsh, fish, …), generated from these options
+    Completions(tools::meta::docs::CompletionsArgs),
+    /// The man page (tracekit(1), or tracekit-TOOL(1)), in roff
+    Man(tools::meta::docs::ManArgs),
     /// Internal: the held start of `-- CMD` (see runtime/child.rs)
     #[command(name = "__exec-gate", hide = true)]
     ExecGate {
@@ -87,6 +91,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Tc(a) => tools::net::tc::run(a)?,
         Command::Sockfilter(a) => tools::net::sockfilter::run(a)?,
         Command::List(a) => tools::meta::list::run(&a)?,
+        Command::Completions(a) => tools::meta::docs::completions(&a, Cli::command())?,
+        Command::Man(a) => tools::meta::docs::man(&a, Cli::command())?,
         Command::ExecGate { fd, cmd } => runtime::child::exec_gate(fd, &cmd),
     })
 }
@@ -108,6 +114,9 @@ fn report(e: &anyhow::Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = runtime::cli::check_utf8(&std::env::args_os().collect::<Vec<_>>()) {
+        return ExitCode::from(report(&anyhow::Error::new(e)));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -15,7 +15,8 @@ use vm::Kernel;
 /// Suites run in every guest: the test targets of the same names, built by this `cargo test`, with
 /// their test threads. The tracing suites share the root namespace's probes and run one test at a
 /// time; the packet suites own their namespaces and run two at a time (the guest has two vCPUs,
-/// which halves their time under TCG).
+/// which halves their time under TCG). Not here: `cases` (the bad-input table checks arguments and
+/// messages, which do not change with the kernel; it runs on the host only).
 const SUITES: &[(&str, u32)] = &[
     ("tcpstate", 1),
     ("uprobe", 1),

@@ -65,6 +65,38 @@ fn name_of(t: &BtfType<'_>) -> String {
     t.name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+/// Checks the file of `--btf` before anything is loaded with it: libbpf's own answers for a
+/// directory, an empty file or garbage are EIO, "Unknown error 4001" and a verifier hint.
+pub fn check_file(path: &Path) -> Result<(), Error> {
+    let hint = || {
+        Some(
+            "give a kernel BTF file (raw BTF or an ELF with a .BTF section), e.g. from BTFHub for this kernel"
+                .to_owned(),
+        )
+    };
+    let shown = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::usage(format!("--btf file `{shown}` not found"), hint()));
+        }
+        Err(e) => return Err(Error::usage(format!("--btf file `{shown}`: {e}"), hint())),
+    };
+    if meta.is_dir() {
+        return Err(Error::usage(format!("--btf `{shown}` is a directory, not a BTF file"), hint()));
+    }
+    if !meta.is_file() {
+        return Err(Error::usage(format!("--btf `{shown}` is not a regular file"), hint()));
+    }
+    if meta.len() == 0 {
+        return Err(Error::usage(format!("--btf file `{shown}` is empty, not BTF"), hint()));
+    }
+    // libbpf reads raw BTF and ELF files with a .BTF section; anything else is not BTF.
+    Btf::from_path(path)
+        .map(drop)
+        .map_err(|e| Error::usage(format!("--btf file `{shown}` is not BTF (libbpf: {e})"), hint()))
+}
+
 impl KernelBtf {
     /// The running kernel's BTF, or the file given with --btf.
     pub fn load(custom: Option<&Path>) -> Result<Self, Error> {
@@ -72,11 +104,12 @@ impl KernelBtf {
             Some(p) => Btf::from_path(p),
             None => Btf::from_vmlinux(),
         };
-        btf.map(|btf| KernelBtf { btf }).map_err(|e| {
-            Error::runtime(
+        btf.map(|btf| KernelBtf { btf }).map_err(|e| match custom {
+            Some(p) => Error::usage(format!("--btf file `{}` is not BTF: {e}", p.display()), None),
+            None => Error::runtime(
                 format!("cannot read kernel BTF: {e}"),
                 Some("the kernel needs CONFIG_DEBUG_INFO_BTF (/sys/kernel/btf/vmlinux), or pass --btf FILE".into()),
-            )
+            ),
         })
     }
 
@@ -95,7 +128,29 @@ impl KernelBtf {
     }
 
     pub fn prototype(&self, name: &str) -> Option<Prototype> {
-        let func = self.func(name)?;
+        self.prototype_of(self.func(name)?, name)
+    }
+
+    /// Every function whose name `keep` accepts, with its prototype (its name alone when BTF
+    /// has none), sorted by name: one pass over BTF, since a lookup by name is itself a pass.
+    pub fn functions(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, Option<Prototype>)> {
+        let mut v: Vec<(String, Option<Prototype>)> = self
+            .btf
+            .type_by_kind::<Func<'_>>()
+            .filter_map(|f| {
+                let name = name_of(&f);
+                keep(&name).then(|| {
+                    let p = self.prototype_of(f, &name);
+                    (name, p)
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
+        v
+    }
+
+    fn prototype_of(&self, func: Func<'_>, name: &str) -> Option<Prototype> {
         let proto = FuncProto::try_from(func.referenced_type()).ok()?;
         let ret_ty = proto.referenced_type();
         let mut params = Vec::new();

@@ -80,8 +80,33 @@ impl GatedChild {
     }
 }
 
+/// The gate is tracekit's own child: its parent runs the same executable and FD is the
+/// inherited pipe. A user who types `tracekit __exec-gate …` gets neither.
+fn started_by_tracekit(fd: RawFd) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same_file = |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() };
+    let exe = |p: &str| std::fs::metadata(p).ok();
+    let parent_is_tracekit = match (exe("/proc/self/exe"), exe(&format!("/proc/{ppid}/exe"))) {
+        (Some(me), Some(parent)) => same_file(&me, &parent),
+        _ => false,
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat only writes st, and st is read only when it succeeded.
+    let is_pipe = unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0
+        // SAFETY: fstat returned 0, so st is filled.
+        && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFIFO;
+    parent_is_tracekit && is_pipe
+}
+
 /// The `__exec-gate FD -- CMD…` mode: wait for the release byte, then become CMD.
 pub fn exec_gate(fd: RawFd, cmd: &[OsString]) -> i32 {
+    if !started_by_tracekit(fd) {
+        eprintln!("error: `tracekit __exec-gate` is internal: tracekit runs it to start the command after `--`");
+        eprintln!("hint: run the command under a tool instead, e.g. `tracekit tcpstate -- CMD`");
+        return 2;
+    }
     // SAFETY: fd was inherited from the parent for exactly this use and nothing else owns it.
     let mut gate = unsafe { std::fs::File::from_raw_fd(fd) };
     let mut byte = [0u8; 1];

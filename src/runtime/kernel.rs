@@ -40,6 +40,19 @@ pub fn ensure_tracefs() -> Result<PathBuf, Error> {
     if let Some(dir) = tracefs_dir() {
         return Ok(dir);
     }
+    // Mounted but not readable (mode 700 for root; CAP_BPF and CAP_PERFMON do not open it):
+    // say so instead of trying to mount it again.
+    for dir in [TRACEFS, DEBUGFS_TRACING] {
+        if let Err(e) = fs::read_dir(Path::new(dir).join("events"))
+            && e.kind() == io::ErrorKind::PermissionDenied
+        {
+            return Err(Error::io_hint(
+                format!("tracefs is mounted on `{dir}` but this user cannot read it"),
+                e,
+                "run as root: CAP_BPF and CAP_PERFMON do not give read access to tracefs",
+            ));
+        }
+    }
     mount_tracefs().map_err(|e| {
         Error::io_hint(
             format!("tracefs is not mounted and mounting it on `{TRACEFS}` failed"),
@@ -105,6 +118,8 @@ pub struct CgroupTarget {
     pub level: u32,
 }
 
+/// `--cgroup PATH`: an absolute path as given, a relative one below the cgroup2 mount. It must
+/// be a directory of the cgroup2 file system (a v1 hierarchy's directory has other ids).
 pub fn resolve_cgroup(path: &Path) -> Result<CgroupTarget, Error> {
     let root = cgroup2_mount().ok_or_else(|| {
         Error::usage(
@@ -112,17 +127,52 @@ pub fn resolve_cgroup(path: &Path) -> Result<CgroupTarget, Error> {
             Some("mount it: mount -t cgroup2 none /sys/fs/cgroup/unified".to_owned()),
         )
     })?;
-    let full =
-        if path.starts_with(&root) { path.to_path_buf() } else { root.join(path.strip_prefix("/").unwrap_or(path)) };
-    let meta = fs::metadata(&full).map_err(|e| {
-        Error::usage(
-            format!("cgroup `{}` not found: {e}", full.display()),
-            Some(format!("give a directory below the cgroup v2 mount `{}`", root.display())),
-        )
+    let below = || Some(format!("give a directory of the cgroup v2 hierarchy, mounted at `{}`", root.display()));
+    let full = if path.is_absolute() { path.to_path_buf() } else { root.join(path) };
+    let shown = full.display();
+    let meta = fs::metadata(&full).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::usage(format!("cgroup `{shown}` not found"), below()),
+        _ => Error::usage(format!("cgroup `{shown}`: {e}"), below()),
     })?;
-    let rel = full.strip_prefix(&root).expect("joined below root");
+    if !meta.is_dir() {
+        return Err(Error::usage(format!("cgroup `{shown}` is not a directory, so not a cgroup"), below()));
+    }
+    match fs_magic(&full) {
+        Ok(CGROUP2_SUPER_MAGIC) => {}
+        Ok(CGROUP_SUPER_MAGIC) => {
+            return Err(Error::usage(format!("cgroup `{shown}` is a cgroup v1 directory, not cgroup v2"), below()));
+        }
+        Ok(_) => return Err(Error::usage(format!("`{shown}` is not a cgroup v2 directory"), below())),
+        Err(e) => return Err(Error::usage(format!("cgroup `{shown}`: {e}"), below())),
+    }
+    // The depth counts from the mount (bpf_get_current_ancestor_cgroup_id); symlinks and `..`
+    // resolved first.
+    let canon = fs::canonicalize(&full).map_err(|e| Error::usage(format!("cgroup `{shown}`: {e}"), below()))?;
+    let rel = canon.strip_prefix(&root).map_err(|_| {
+        Error::usage(format!("cgroup `{shown}` is not below the cgroup v2 mount `{}`", root.display()), below())
+    })?;
     let level = rel.components().count() as u32;
     Ok(CgroupTarget { id: meta.ino(), level })
+}
+
+const CGROUP_SUPER_MAGIC: i64 = 0x27e0eb;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// The file system type (statfs f_type) a path is on.
+fn fs_magic(path: &Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: c is a NUL-terminated path that outlives the call; st is written by statfs on
+    // success and only read then.
+    if unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so it filled st.
+    let f_type = unsafe { st.assume_init() }.f_type;
+    // f_type is i64 on x86-64 glibc but narrower elsewhere (musl, 32-bit).
+    #[allow(clippy::unnecessary_cast)]
+    Ok(f_type as i64)
 }
 
 /// Offset from CLOCK_MONOTONIC (bpf_ktime_get_ns) to CLOCK_REALTIME, in nanoseconds.

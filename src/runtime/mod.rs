@@ -106,13 +106,8 @@ impl Runtime {
         libbpf_log::install(out.verbose);
         kernel::check_privileges()?;
         kernel::raise_memlock();
-        if let Some(btf) = &out.btf
-            && !btf.is_file()
-        {
-            return Err(Error::usage(
-                format!("--btf file `{}` not found", btf.display()),
-                Some("give a kernel BTF file, e.g. from BTFHub for this kernel".to_owned()),
-            ));
+        if let Some(btf) = &out.btf {
+            btf::check_file(btf)?;
         }
         let filter = Filter::from_args(&task)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -120,6 +115,24 @@ impl Runtime {
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
             .map_err(|e| Error::runtime(format!("installing the signal handler: {e}"), None))?;
         Ok(Runtime { out, task, stack: false, probes: Probes::default(), filter, started, stop })
+    }
+
+    /// Tools that count in kernel maps and print tables at the end or per interval (count,
+    /// profile) have no event stream: the options about events are refused, not ignored.
+    pub fn counts_in_kernel(&self, tool: &str, what: &str) -> Result<(), Error> {
+        let given = [
+            (self.out.count.is_some(), "--count", "use --duration"),
+            (self.out.timestamp, "-T/--timestamp", "counts have no per-event time to print; drop -T"),
+            (self.out.transport != TransportChoice::Auto, "--transport", "the counts are read from maps, not streamed"),
+            (self.out.buffer_pages.is_some(), "--buffer-pages", "the counts are read from maps, not streamed"),
+        ];
+        match given.into_iter().find(|(on, ..)| *on) {
+            Some((_, flag, hint)) => Err(Error::usage(
+                format!("{tool} counts {what} in the kernel and prints no events: {flag} does not apply"),
+                Some(hint.to_owned()),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Prints a lifecycle line with -v.
@@ -162,6 +175,18 @@ impl Runtime {
             Transport::RingBuf { bytes: pages * PAGE }
         } else {
             let pages = self.out.buffer_pages.unwrap_or(DEFAULT_PERFBUF_PAGES).next_power_of_two();
+            if pages > cli::output::MAX_PERFBUF_PAGES {
+                return Err(Error::usage(
+                    format!(
+                        "--buffer-pages {} is more than the kernel accepts for a perf buffer: at most {} pages per CPU",
+                        self.out.buffer_pages.unwrap_or_default(),
+                        cli::output::MAX_PERFBUF_PAGES
+                    ),
+                    Some(
+                        "give a smaller --buffer-pages, or use the ring buffer (--transport ringbuf, 5.8+)".to_owned(),
+                    ),
+                ));
+            }
             Transport::PerfBuf { pages_per_cpu: pages }
         })
     }

@@ -61,6 +61,14 @@ pub fn kernel_functions(btf: &KernelBtf, wanted: &[String], limit: usize) -> Res
     let mut out: Vec<(String, Prototype)> = Vec::new();
     for w in wanted {
         let w = w.trim();
+        if w.is_empty() {
+            return Err(Error::usage(
+                "empty kernel function name",
+                Some(
+                    "give a function or a glob, e.g. do_sys_openat2 or 'tcp_v4_*' (see `tracekit list kernel`)".into(),
+                ),
+            ));
+        }
         if is_glob(w) {
             let hits = matching(names(), w)?;
             if hits.is_empty() {
@@ -91,11 +99,25 @@ pub fn kernel_functions(btf: &KernelBtf, wanted: &[String], limit: usize) -> Res
 /// its `__bpf_trace_NAME` wrapper.
 pub fn raw_tracepoints(btf: &KernelBtf, wanted: &[String], limit: usize) -> Result<Vec<(String, Prototype)>, Error> {
     let all = btf.tracepoint_names();
+    let too_many =
+        |n| at_most(n, limit, "raw tracepoints", "narrow the glob (see `tracekit list tracepoint '*:GLOB'`)");
     let mut out = Vec::new();
     for w in wanted {
+        if w.is_empty() {
+            return Err(Error::usage(
+                "empty raw tracepoint name",
+                Some("give a name or a glob, e.g. sched_switch or 'sched_*' (see `tracekit list tracepoint`)".into()),
+            ));
+        }
         let names: Vec<String> =
             if is_glob(w) { matching(&all, w)?.into_iter().cloned().collect() } else { vec![w.clone()] };
-        too_many_functions(names.len(), limit)?;
+        if names.is_empty() {
+            return Err(Error::usage(
+                format!("no raw tracepoint matches `{w}`"),
+                Some(format!("see `tracekit list tracepoint '*:{w}'` (raw tracepoints are the part after `:`)")),
+            ));
+        }
+        too_many(names.len())?;
         for n in names {
             let p = btf.tracepoint_prototype(&n).ok_or_else(|| {
                 let close = similar(all.iter().map(String::as_str), &n, 0.9, 3);
@@ -110,10 +132,7 @@ pub fn raw_tracepoints(btf: &KernelBtf, wanted: &[String], limit: usize) -> Resu
             out.push((n, p));
         }
     }
-    if out.is_empty() {
-        return Err(Error::usage("no raw tracepoint matches", Some("see `tracekit list tracepoint`".into())));
-    }
-    too_many_functions(out.len(), limit)?;
+    too_many(out.len())?;
     Ok(out)
 }
 
@@ -126,6 +145,16 @@ pub fn tracepoints(tracefs: &Path, wanted: &[String], limit: usize) -> Result<Ve
             return Err(Error::usage(
                 format!("bad tracepoint `{w}`: write CATEGORY:NAME"),
                 Some("e.g. syscalls:sys_enter_openat; `tracekit list tracepoint` shows them".into()),
+            ));
+        }
+        if let Some((tracefs::FTRACE_CATEGORY, event)) = w.split_once(':')
+            && !is_glob(w)
+        {
+            return Err(Error::usage(
+                format!("`{w}` is one of ftrace's own events, not a tracepoint: BPF cannot attach to it"),
+                Some(format!(
+                    "the `ftrace` category ({event}, …) is ftrace's record format; trace kernel function calls with `tracekit kprobe FUNC`"
+                )),
             ));
         }
         if is_glob(w) {

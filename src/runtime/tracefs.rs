@@ -157,11 +157,16 @@ pub fn load(tracefs: &Path, category: &str, event: &str) -> Result<Format, Strin
     parse(&format!("{category}:{event}"), &text)
 }
 
-/// Every `category:event` under tracefs, sorted.
+/// The category of ftrace's own record formats, which are not tracepoints.
+pub const FTRACE_CATEGORY: &str = "ftrace";
+
+/// Every `category:event` under tracefs that is a tracepoint, sorted.
 pub fn all_events(tracefs: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for cat in fs::read_dir(tracefs.join("events")).into_iter().flatten().flatten() {
-        if !cat.path().is_dir() {
+        // ftrace's own record formats (ftrace:function, …) have a `format` file but are not
+        // tracepoints: BPF cannot attach to them, so they are neither listed nor matched.
+        if !cat.path().is_dir() || cat.file_name() == FTRACE_CATEGORY {
             continue;
         }
         let c = cat.file_name().to_string_lossy().into_owned();

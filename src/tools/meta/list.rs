@@ -49,9 +49,8 @@ fn finish(r: io::Result<()>) -> Result<i32, Error> {
 fn kernel(args: &ListArgs) -> Result<i32, Error> {
     let btf = KernelBtf::load(None)?;
     let pat = pattern(args.glob.as_deref())?;
-    let names: Vec<String> =
-        btf.func_names().into_iter().filter(|n| pat.as_ref().is_none_or(|p| p.matches(n))).collect();
-    if names.is_empty() {
+    let funcs = btf.functions(|n| pat.as_ref().is_none_or(|p| p.matches(n)));
+    if funcs.is_empty() {
         return Err(Error::runtime(
             format!("no kernel function matches `{}`", args.glob.as_deref().unwrap_or("*")),
             Some("globs use * and ?, e.g. 'tcp_v4_*'".to_owned()),
@@ -59,8 +58,8 @@ fn kernel(args: &ListArgs) -> Result<i32, Error> {
     }
     let mut out = io::BufWriter::new(io::stdout().lock());
     let r = (|| -> io::Result<()> {
-        for n in &names {
-            let decl = btf.prototype(n).map_or_else(|| n.clone(), |p| p.c_decl);
+        for (n, proto) in funcs {
+            let decl = proto.map_or_else(|| n.clone(), |p| p.c_decl);
             if args.json {
                 writeln!(
                     out,

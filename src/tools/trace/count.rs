@@ -56,12 +56,7 @@ pub struct CountArgs {
 
 pub fn run(args: CountArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
-    if rt.out.count.is_some() {
-        return Err(Error::usage(
-            "count aggregates in the kernel: --count does not apply",
-            Some("use --duration".into()),
-        ));
-    }
+    rt.counts_in_kernel("count", "events")?;
     if args.folded && args.by != By::Stack {
         return Err(Error::usage("--folded prints stacks", Some("add --by stack".into())));
     }

@@ -56,12 +56,7 @@ fn online_cpus() -> Result<Vec<i32>, Error> {
 pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = true;
-    if rt.out.count.is_some() {
-        return Err(Error::usage(
-            "profile counts samples in the kernel: --count does not apply",
-            Some("use --duration".into()),
-        ));
-    }
+    rt.counts_in_kernel("profile", "samples")?;
     let cpus = rt.plan(|| {
         let cpus = online_cpus()?;
         rt.say(format_args!("plan: cpu-clock at {} Hz on {} CPUs", args.frequency, cpus.len()));

@@ -79,6 +79,14 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
         .iter()
         .map(|s| signature::parse(s).map_err(|e| Error::usage(format!("bad --sig `{s}`: {e}"), None)))
         .collect::<Result<Vec<_>, _>>()?;
+    for (i, (name, _)) in sigs.iter().enumerate() {
+        if let Some(j) = sigs[..i].iter().position(|(n, _)| n == name) {
+            return Err(Error::usage(
+                format!("two --sig for `{name}`: `{}` and `{}`", args.sigs[j], args.sigs[i]),
+                Some("give one --sig per function".into()),
+            ));
+        }
+    }
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = args.stack;
     let pid = match rt.filter.pids.as_slice() {
@@ -90,6 +98,20 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
         let sig_for =
             |f: &str| sigs.iter().find(|(n, _)| n == f).map(|(_, s)| s.clone()).or_else(|| signature::builtin(f));
         let syms = resolve::symbols(&rt, &specs, pid, MAX_PROBES)?;
+        if let Some((i, (name, _))) = sigs.iter().enumerate().find(|(_, (n, _))| !syms.iter().any(|s| &s.func == n)) {
+            let mut traced: Vec<&str> = syms.iter().map(|s| s.func.as_str()).take(5).collect();
+            if syms.len() > 5 {
+                traced.push("…");
+            }
+            return Err(Error::usage(
+                format!(
+                    "--sig `{}` is for `{name}`, which is not traced (traced: {})",
+                    args.sigs[i],
+                    traced.join(", ")
+                ),
+                Some("a --sig applies to the traced function of the same name".into()),
+            ));
+        }
         let probes: Vec<Probe> = syms.into_iter().map(|sym| Probe { sig: sig_for(&sym.func), sym }).collect();
         let cookies = rt.probes.get(Feature::AttachCookie).is_supported();
         if probes.len() > 1 && !cookies {

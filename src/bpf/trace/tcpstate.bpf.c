@@ -46,6 +46,18 @@ static __always_inline int wanted(__u16 family, __u16 sport, __u16 dport)
 	return tk_filter_allows();
 }
 
+/*
+ * The local port the socket had. On the way to CLOSE the kernel has already released the bound
+ * port (inet_put_port zeroes skc_num) when the tracepoint fires, but the source port
+ * (inet_sport, network order) is still set, as libbpf-tools tcpstates reads it.
+ */
+static __always_inline __u16 local_port(const struct sock *sk, __u16 num)
+{
+	if (num)
+		return num;
+	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+}
+
 /* Everything but the addresses, which the two hooks read differently. */
 static __always_inline struct tk_tcpstate_event *
 start_event(__u64 skaddr, int oldstate, int newstate, __u16 family, __u16 sport, __u16 dport)
@@ -84,7 +96,7 @@ int BPF_PROG(tp_btf__inet_sock_set_state, struct sock *sk, int oldstate, int new
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	family = sk->__sk_common.skc_family;
-	sport = sk->__sk_common.skc_num;
+	sport = local_port(sk, sk->__sk_common.skc_num);
 	dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (!wanted(family, sport, dport))
 		return 0;
@@ -111,13 +123,15 @@ SEC("tracepoint/sock/inet_sock_set_state")
 int tp__inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *args)
 {
 	struct tk_tcpstate_event *e;
-	__u16 family = args->family;
+	__u16 family = args->family, sport;
 
 	if (args->protocol != IPPROTO_TCP)
 		return 0;
-	if (!wanted(family, args->sport, args->dport))
+	/* the tracepoint's own sport is inet_sport as it was when the event was recorded */
+	sport = local_port(args->skaddr, args->sport);
+	if (!wanted(family, sport, args->dport))
 		return 0;
-	e = start_event((__u64)args->skaddr, args->oldstate, args->newstate, family, args->sport,
+	e = start_event((__u64)args->skaddr, args->oldstate, args->newstate, family, sport,
 			args->dport);
 	if (!e)
 		return 0;

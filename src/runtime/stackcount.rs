@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use libbpf_rs::{MapCore, MapFlags, MapMut};
 
-use super::output::{Sink, c_str};
+use super::output::{JSON_SCHEMA, Sink, c_str};
 use super::symbolize::{Stacks, stack_addrs};
 
 /// `struct tk_stack_key` of common.h (each skeleton generates its own copy of the type).
@@ -127,7 +128,7 @@ impl Mappings {
     }
 }
 
-/// One counted stack pair, symbolized: frames leaf first.
+/// One counted stack pair, symbolized: frames leaf first, an inline chain one frame per function.
 pub struct Stack {
     pub pid: u32,
     pub comm: String,
@@ -139,11 +140,11 @@ pub struct Stack {
 const EFAULT: i32 = 14;
 
 /// A stack's frames; a stack the kernel could not keep (table full, collision) says so.
-fn stack_names(id: i32, addrs: &[u64], name: impl Fn(u64) -> String) -> Vec<String> {
+fn stack_names(id: i32, addrs: &[u64], frames: impl Fn(u64) -> Vec<String>) -> Vec<String> {
     if id < 0 && id != -EFAULT {
         return vec!["[lost stack]".into()];
     }
-    addrs.iter().map(|&a| name(a)).collect()
+    addrs.iter().flat_map(|&a| frames(a)).collect()
 }
 
 /// The counts with their stacks named, largest first (kernel addresses in one batch, user ones
@@ -169,9 +170,9 @@ pub fn collect(counts: &MapMut<'_>, stacks: Option<&MapMut<'_>>, mappings: &mut 
     let mut kaddrs: Vec<u64> = raw.iter().flat_map(|r| r.2.iter().copied()).collect();
     kaddrs.sort_unstable();
     kaddrs.dedup();
-    // (pid or 0 for kernel, addr) → name
-    let mut names: HashMap<(u32, u64), String> =
-        kaddrs.iter().zip(symbolizer.kernel(&kaddrs)).map(|(a, n)| ((0, *a), n)).collect();
+    // (pid or 0 for kernel, addr) → frames
+    let mut names: HashMap<(u32, u64), Vec<String>> =
+        kaddrs.iter().zip(symbolizer.kernel_per_addr(&kaddrs)).map(|(a, n)| ((0, *a), n)).collect();
     // user: (pid, addr) → (file, offset), symbolized per file
     let mut per_file: HashMap<(u32, PathBuf), Vec<(u64, u64)>> = HashMap::new();
     for (key, _, _, uaddrs) in &raw {
@@ -185,11 +186,11 @@ pub fn collect(counts: &MapMut<'_>, stacks: Option<&MapMut<'_>>, mappings: &mut 
     for ((pid, path), entries) in per_file {
         let (addrs, offsets): (Vec<u64>, Vec<u64>) = entries.into_iter().unzip();
         let file = mappings.file(pid, &path);
-        for (addr, n) in addrs.iter().zip(symbolizer.file(&file, &offsets, &addrs)) {
+        for (addr, n) in addrs.iter().zip(symbolizer.file_per_addr(&file, &offsets, &addrs)) {
             names.insert((pid, *addr), n);
         }
     }
-    let name = |pid: u32, a: u64| names.get(&(pid, a)).cloned().unwrap_or_else(|| format!("{a:#x}"));
+    let name = |pid: u32, a: u64| names.get(&(pid, a)).cloned().unwrap_or_else(|| vec![format!("{a:#x}")]);
     // Different addresses in one function give different stack ids but the same names.
     let mut merged: HashMap<(u32, String, Vec<String>, Vec<String>), u64> = HashMap::new();
     for (key, count, k, u) in raw {
@@ -210,7 +211,8 @@ pub fn collect(counts: &MapMut<'_>, stacks: Option<&MapMut<'_>>, mappings: &mut 
 pub enum Style {
     /// Frames leaf first, then comm (pid) and the count: bpftrace's `@[kstack, ustack]` look.
     Table,
-    /// Brendan Gregg's folded format: `comm;root;…;leaf count`, kernel frames marked `_[k]`.
+    /// Brendan Gregg's folded format: `comm;root;…;leaf count` (an inlined function after its
+    /// caller), kernel frames marked `_[k]`.
     Folded,
     /// One `{"type":"stack",…}` object per stack.
     Json,
@@ -237,9 +239,7 @@ pub fn print(stacks: &[Stack], style: Style, sink: &mut Sink) -> io::Result<()> 
                     write!(w, ";{f}")?;
                 }
                 for f in s.kernel.iter().rev() {
-                    for part in f.split(';') {
-                        write!(w, ";{part}_[k]")?;
-                    }
+                    write!(w, ";{f}_[k]")?;
                 }
                 writeln!(w, " {}", s.count)?;
             }
@@ -269,4 +269,19 @@ pub fn print(stacks: &[Stack], style: Style, sink: &mut Sink) -> io::Result<()> 
         }
     }
     Ok(())
+}
+
+/// The last JSON line of a tool that counts in the kernel, in the shape every tool's summary
+/// has (`schema`, `events`, `lost`, `duration_s`): `events` counted since `started`, `lost`
+/// those that found the count table full; `extra` adds the tool's own numbers.
+pub fn summary(sink: &mut Sink, events: u64, lost: u64, started: Instant, extra: &[(&str, u64)]) -> io::Result<()> {
+    sink.obj_start("summary")?;
+    sink.field_u64("schema", JSON_SCHEMA.into())?;
+    sink.field_u64("events", events)?;
+    for (key, v) in extra {
+        sink.field_u64(key, *v)?;
+    }
+    sink.field_u64("lost", lost)?;
+    sink.field_f64("duration_s", started.elapsed().as_secs_f64(), 3)?;
+    sink.obj_end()
 }

@@ -7,16 +7,15 @@ use std::path::Path;
 use blazesym::symbolize::{Input, Symbolized, Symbolizer, source};
 use libbpf_rs::{MapCore, MapFlags, MapMut};
 
-/// The function and, where debug info has them, the functions inlined into it (innermost
-/// first), `;`-separated.
-pub fn frame_name(s: &Symbolized<'_>, addr: u64) -> String {
+/// The frames at one address in stack order (leaf first): where debug info has them, the
+/// functions inlined there, innermost first, then the function the code belongs to. blazesym
+/// reports the inline chain outermost first, so it is reversed here; each is a frame of its own.
+pub fn frames(s: &Symbolized<'_>, addr: u64) -> Vec<String> {
     match s {
         Symbolized::Sym(sym) => {
-            let mut parts: Vec<&str> = sym.inlined.iter().rev().map(|f| f.name.as_ref()).collect();
-            parts.push(sym.name.as_ref());
-            parts.join(";")
+            sym.inlined.iter().rev().map(|f| f.name.as_ref()).chain([sym.name.as_ref()]).map(str::to_owned).collect()
         }
-        Symbolized::Unknown(_) => format!("{addr:#x}"),
+        Symbolized::Unknown(_) => vec![format!("{addr:#x}")],
     }
 }
 
@@ -35,30 +34,57 @@ impl Stacks {
         Stacks { symbolizer: Symbolizer::new() }
     }
 
-    /// A name per address (`input` is what blazesym looks up: the addresses themselves, or
-    /// their file offsets); an address it cannot name, or a failed lookup, prints as hex.
-    fn names(&self, src: &source::Source<'_>, input: Input<&[u64]>, addrs: &[u64]) -> Vec<String> {
+    /// The frames of each address (`keys` are what blazesym looks up, as `input` says: the
+    /// addresses themselves, or their file offsets). An address it cannot name is one frame in
+    /// hex; a lookup that fails as a whole is retried address by address, so that one bad
+    /// address does not leave the whole stack in hex.
+    fn per_addr(
+        &self,
+        src: &source::Source<'_>,
+        input: fn(&[u64]) -> Input<&[u64]>,
+        keys: &[u64],
+        addrs: &[u64],
+    ) -> Vec<Vec<String>> {
+        match self.symbolizer.symbolize(src, input(keys)) {
+            Ok(syms) => addrs.iter().zip(syms).map(|(a, s)| frames(&s, *a)).collect(),
+            Err(_) if keys.len() > 1 => keys
+                .iter()
+                .zip(addrs)
+                .flat_map(|(k, a)| self.per_addr(src, input, std::slice::from_ref(k), std::slice::from_ref(a)))
+                .collect(),
+            Err(_) => addrs.iter().map(|a| vec![format!("{a:#x}")]).collect(),
+        }
+    }
+
+    /// The frames of each kernel address.
+    pub fn kernel_per_addr(&self, addrs: &[u64]) -> Vec<Vec<String>> {
         if addrs.is_empty() {
             return Vec::new();
         }
-        match self.symbolizer.symbolize(src, input) {
-            Ok(syms) => addrs.iter().zip(syms).map(|(a, s)| frame_name(&s, *a)).collect(),
-            Err(_) => addrs.iter().map(|a| format!("{a:#x}")).collect(),
-        }
+        self.per_addr(&source::Source::Kernel(source::Kernel::default()), |k| Input::AbsAddr(k), addrs, addrs)
     }
 
+    /// A kernel stack's frames, leaf first.
     pub fn kernel(&self, addrs: &[u64]) -> Vec<String> {
-        self.names(&source::Source::Kernel(source::Kernel::default()), Input::AbsAddr(addrs), addrs)
+        self.kernel_per_addr(addrs).concat()
     }
 
-    /// Through the running process's own mappings.
+    /// A user stack's frames, leaf first, through the running process's own mappings.
     pub fn user(&self, pid: u32, addrs: &[u64]) -> Vec<String> {
-        self.names(&source::Source::Process(source::Process::new(pid.into())), Input::AbsAddr(addrs), addrs)
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        self.per_addr(&source::Source::Process(source::Process::new(pid.into())), |k| Input::AbsAddr(k), addrs, addrs)
+            .concat()
     }
 
-    /// Through an ELF file: `offsets[i]` is where `addrs[i]` lies in `file`.
-    pub fn file(&self, file: &Path, offsets: &[u64], addrs: &[u64]) -> Vec<String> {
-        self.names(&source::Source::Elf(source::Elf::new(file)), Input::FileOffset(offsets), addrs)
+    /// The frames of each address through an ELF file: `offsets[i]` is where `addrs[i]` lies
+    /// in `file`.
+    pub fn file_per_addr(&self, file: &Path, offsets: &[u64], addrs: &[u64]) -> Vec<Vec<String>> {
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        self.per_addr(&source::Source::Elf(source::Elf::new(file)), |k| Input::FileOffset(k), offsets, addrs)
     }
 }
 

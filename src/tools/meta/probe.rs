@@ -30,14 +30,16 @@ pub fn run(args: &ProbeArgs) -> Result<i32, Error> {
     let mut out = io::stdout().lock();
     let write = |out: &mut io::StdoutLock<'_>| -> io::Result<()> {
         if args.json {
-            let mut obj = |kind: &str, name: &str, status: &str, detail: &str| {
-                let v = serde_json::json!({"type": kind, "name": name, "status": status, "detail": detail});
-                writeln!(out, "{v}")
-            };
-            obj("kernel", &release, "", "")?;
+            // The kernel line keeps the feature lines' fields (as first published) and adds
+            // the release and architecture on their own.
+            let (osrelease, arch) = (osrelease(), std::env::consts::ARCH);
+            let v = serde_json::json!({"type": "kernel", "name": release, "status": "", "detail": "", "release": osrelease, "arch": arch});
+            writeln!(out, "{v}")?;
             for &f in Feature::ALL {
                 let s = probes.get(f);
-                obj("feature", f.name(), s.label(), &s.detail())?;
+                let v =
+                    serde_json::json!({"type": "feature", "name": f.name(), "status": s.label(), "detail": s.detail()});
+                writeln!(out, "{v}")?;
             }
         } else {
             writeln!(out, "kernel {release}")?;
@@ -55,7 +57,10 @@ pub fn run(args: &ProbeArgs) -> Result<i32, Error> {
     }
 }
 
+fn osrelease() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
+}
+
 fn kernel_release() -> String {
-    let read = |p| std::fs::read_to_string(p).unwrap_or_default().trim().to_owned();
-    format!("{} ({})", read("/proc/sys/kernel/osrelease"), std::env::consts::ARCH)
+    format!("{} ({})", osrelease(), std::env::consts::ARCH)
 }

@@ -55,6 +55,7 @@ pub struct CountArgs {
 }
 
 pub fn run(args: CountArgs) -> Result<i32, Error> {
+    let started = Instant::now();
     let mut rt = Runtime::new(args.common.clone())?;
     rt.counts_in_kernel("count", "events")?;
     if args.folded && args.by != By::Stack {
@@ -87,6 +88,7 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
     }
     let mut sink = Sink::new(rt.out.json, rt.out.timestamp, kernel::monotonic_to_realtime_ns());
     let mut write_error = None;
+    let mut counted = 0;
     let mut next = args.interval.map(|i| Instant::now() + i);
     let mut mappings = Mappings::watching(rt.filter.pids.iter().copied().chain(child.as_ref().map(|c| c.pid())));
     rt.wait(child.as_mut(), || {
@@ -97,15 +99,17 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
             && Instant::now() >= *t
         {
             *t += i;
-            if let Err(e) = print(&skel, &mut sink, &args, &mut mappings, true) {
+            if let Err(e) = print(&skel, &mut sink, &args, &mut mappings, true, &mut counted) {
                 write_error.get_or_insert(e);
             }
         }
     });
     drop(link);
     let code = child.map_or(0, |c| c.finish());
-    let r = print(&skel, &mut sink, &args, &mut mappings, false).and_then(|()| sink.flush());
     let dropped = lost::read_drops(skel.drops_map());
+    let r = print(&skel, &mut sink, &args, &mut mappings, false, &mut counted)
+        .and_then(|()| if sink.json { stackcount::summary(&mut sink, counted, dropped, started, &[]) } else { Ok(()) })
+        .and_then(|()| sink.flush());
     if dropped > 0 {
         eprintln!("tracekit: {dropped} events not counted: the table was full");
     }
@@ -115,16 +119,19 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
     }
 }
 
-/// The counts, largest first; `reset` empties the table for the next interval.
+/// The counts, largest first; `reset` empties the table for the next interval. `counted` adds
+/// up the events of every table printed, for the summary.
 fn print(
     skel: &CountSkel<'_>,
     sink: &mut Sink,
     args: &CountArgs,
     mappings: &mut Mappings,
     reset: bool,
+    counted: &mut u64,
 ) -> io::Result<()> {
     let rows: Vec<Stack> =
         stackcount::collect(&skel.maps.counts, (args.by == By::Stack).then(|| skel.stacks_map()), mappings, reset);
+    *counted += rows.iter().map(|r| r.count).sum::<u64>();
     if args.by == By::Stack {
         let style = Style::of(args.folded, sink.json);
         stackcount::print(&rows, style, sink)?;

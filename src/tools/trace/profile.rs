@@ -6,6 +6,7 @@
 use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
+use std::time::Instant;
 
 use clap::Args;
 
@@ -54,6 +55,7 @@ fn online_cpus() -> Result<Vec<i32>, Error> {
 }
 
 pub fn run(args: ProfileArgs) -> Result<i32, Error> {
+    let started = Instant::now();
     let mut rt = Runtime::new(args.common.clone())?;
     rt.stack = true;
     rt.counts_in_kernel("profile", "samples")?;
@@ -91,22 +93,18 @@ pub fn run(args: ProfileArgs) -> Result<i32, Error> {
     let code = child.map_or(0, |c| c.finish());
     let stacks = stackcount::collect(&skel.maps.counts, Some(skel.stacks_map()), &mut mappings, false);
     let dropped = lost::read_drops(skel.drops_map());
-    print(&args, &rt, &stacks, dropped)?;
+    print(&args, &rt, &stacks, dropped, started)?;
     Ok(code)
 }
 
-fn print(args: &ProfileArgs, rt: &Runtime, stacks: &[Stack], dropped: u64) -> Result<(), Error> {
+fn print(args: &ProfileArgs, rt: &Runtime, stacks: &[Stack], dropped: u64, started: Instant) -> Result<(), Error> {
     let samples: u64 = stacks.iter().map(|s| s.count).sum();
     let mut sink = Sink::new(rt.out.json, false, 0);
     let style = Style::of(args.folded, rt.out.json);
     let r = stackcount::print(stacks, style, &mut sink).and_then(|()| {
         if rt.out.json {
-            sink.obj_start("summary")?;
-            sink.field_u64("schema", crate::runtime::output::JSON_SCHEMA.into())?;
-            sink.field_u64("samples", samples)?;
-            sink.field_u64("stacks", stacks.len() as u64)?;
-            sink.field_u64("lost", dropped)?;
-            sink.obj_end()?;
+            let extra = [("samples", samples), ("stacks", stacks.len() as u64)];
+            stackcount::summary(&mut sink, samples, dropped, started, &extra)?;
         }
         sink.flush()
     });

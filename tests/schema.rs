@@ -1,0 +1,255 @@
+//! Every tool's `--json` against the schema of README.md ("JSON schema (version 1)" and each
+//! tool's section): each tool runs briefly while the test makes a real event, every line must
+//! parse, have a `type` the tool may print, and carry that type's fields with their JSON types.
+//! The table below is written once and mirrors the README's.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::net::{self, VethPair};
+use common::{Finished, Tracer, require_root, run, skip, target_program};
+use serde_json::Value;
+
+/// The JSON type a field must have.
+#[derive(Debug, Clone, Copy)]
+enum Ty {
+    Str,
+    /// A non-negative integer.
+    UInt,
+    /// Any number (integer or fraction).
+    Num,
+    Obj,
+    /// An array of strings.
+    StrArr,
+    /// A value of any type, even null: only its presence is checked.
+    Any,
+}
+
+use Ty::*;
+
+fn has_type(v: &Value, ty: Ty) -> bool {
+    match ty {
+        Str => v.is_string(),
+        UInt => v.is_u64(),
+        Num => v.is_number(),
+        Obj => v.is_object(),
+        StrArr => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+        Any => true,
+    }
+}
+
+type Fields = &'static [(&'static str, Ty)];
+
+// The README's schema table, one constant per row (and per variant of a row).
+const TASK_EVENT: Fields =
+    &[("time_ns", UInt), ("pid", UInt), ("tid", UInt), ("uid", UInt), ("cpu", UInt), ("comm", Str)];
+const PACKET_EVENT: Fields = &[
+    ("time_ns", UInt),
+    ("iface", Str),
+    ("ifindex", UInt),
+    ("netns", UInt),
+    ("cpu", UInt),
+    ("dir", Str),
+    ("len", UInt),
+    ("hook", Str),
+    ("ethertype", UInt),
+    ("verdict", Str),
+];
+const COUNTERS: Fields = &[("seen", UInt), ("matched", UInt), ("pass", UInt), ("drop", UInt)];
+const LOST: Fields = &[("count", UInt), ("total", UInt)];
+const SUMMARY: Fields = &[("schema", UInt), ("events", UInt), ("lost", UInt), ("duration_s", Num)];
+const PROFILE_SUMMARY: Fields = &[("samples", UInt), ("stacks", UInt)];
+const COUNT: Fields = &[("comm", Str), ("count", UInt)];
+const STACK: Fields = &[("pid", UInt), ("comm", Str), ("count", UInt), ("kernel", StrArr), ("user", StrArr)];
+const KERNEL: Fields = &[("name", Str), ("release", Str), ("arch", Str), ("status", Str), ("detail", Str)];
+const FEATURE: Fields = &[("name", Str), ("status", Str), ("detail", Str)];
+const FUNCTION_IN_FILE: Fields =
+    &[("name", Str), ("binary", Str), ("addr", UInt), ("size", UInt), ("file_offset", UInt)];
+const FUNCTION_IN_KERNEL: Fields = &[("name", Str), ("kind", Str), ("prototype", Str)];
+const TRACEPOINT: Fields = &[("name", Str)];
+
+// The tools' own event fields (each tool's README section).
+const TCPSTATE: Fields = &[
+    ("family", Str),
+    ("laddr", Str),
+    ("lport", UInt),
+    ("raddr", Str),
+    ("rport", UInt),
+    ("oldstate", Str),
+    ("newstate", Str),
+    ("ms", Num),
+    ("skaddr", Str),
+];
+const TRACEPOINT_EVENT: Fields = &[("tracepoint", Str), ("fields", Obj)];
+const CALL: Fields = &[("func", Str), ("args", Obj)];
+const UPROBE: Fields = &[("probe", Str), ("func", Str), ("args", Obj)];
+const URETPROBE: Fields = &[("probe", Str), ("func", Str), ("ret", Any)];
+
+/// A line type a tool may print: its `type`, its fields, and whether at least one must come.
+struct Kind {
+    name: &'static str,
+    fields: Vec<Fields>,
+    required: bool,
+}
+
+fn kind(name: &'static str, fields: &[Fields], required: bool) -> Kind {
+    Kind { name, fields: fields.to_vec(), required }
+}
+
+/// A streaming tracing tool: its events, lost notices, the summary last.
+fn streaming(tool_fields: Fields) -> Vec<Kind> {
+    vec![
+        kind("event", &[TASK_EVENT, tool_fields], true),
+        kind("lost", &[LOST], false),
+        kind("summary", &[SUMMARY], true),
+    ]
+}
+
+fn packets() -> Vec<Kind> {
+    vec![
+        kind("event", &[PACKET_EVENT], true),
+        kind("counters", &[COUNTERS], true),
+        kind("lost", &[LOST], false),
+        kind("summary", &[SUMMARY], true),
+    ]
+}
+
+/// Checks every line of `out` against `kinds`; a tool with a summary ends with it.
+#[track_caller]
+fn check(tool: &str, out: &Finished, kinds: &[Kind]) {
+    assert!(out.status.success(), "{tool}: exit {:?}: {}", out.status, out.stderr);
+    assert!(!out.stdout.is_empty(), "{tool}: no output: {}", out.stderr);
+    let mut seen = vec![0usize; kinds.len()];
+    for line in &out.stdout {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{tool}: not JSON ({e}): {line}"));
+        let ty = v["type"].as_str().unwrap_or_else(|| panic!("{tool}: no string `type`: {line}"));
+        let i = kinds
+            .iter()
+            .position(|k| k.name == ty)
+            .unwrap_or_else(|| panic!("{tool}: type {ty:?} is not in the schema for this tool: {line}"));
+        seen[i] += 1;
+        for &(field, want) in kinds[i].fields.iter().flat_map(|f| f.iter()) {
+            let got = v.get(field).unwrap_or_else(|| panic!("{tool}: {ty} without `{field}`: {line}"));
+            assert!(has_type(got, want), "{tool}: {ty}.{field} should be {want:?}: {line}");
+        }
+    }
+    for (k, n) in kinds.iter().zip(&seen) {
+        assert!(!k.required || *n > 0, "{tool}: no {:?} line in {:#?}", k.name, out.stdout);
+    }
+    if let Some(i) = kinds.iter().position(|k| k.name == "summary") {
+        let last: Value = serde_json::from_str(out.stdout.last().unwrap()).unwrap();
+        assert_eq!(last["type"], "summary", "{tool}: the summary is the last line");
+        assert_eq!(seen[i], 1, "{tool}: one summary");
+        assert_eq!(last["schema"], 1);
+    }
+}
+
+/// A command for `-- CMD` that opens a file and prints nothing (CMD shares stdout).
+const OPENS: &[&str] = &["sh", "-c", "cat /etc/hostname >/dev/null; cat /etc/hostname >/dev/null"];
+
+fn with_cmd<'a>(args: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut v = args.to_vec();
+    v.push("--");
+    v.extend_from_slice(cmd);
+    v
+}
+
+#[test]
+fn probe_and_list() {
+    if !require_root("schema::probe_and_list") {
+        return;
+    }
+    check("probe", &run(&["probe", "--json"]), &[kind("kernel", &[KERNEL], true), kind("feature", &[FEATURE], true)]);
+    let prog = target_program();
+    check(
+        "list FILE",
+        &run(&["list", prog.to_str().unwrap(), "--json"]),
+        &[kind("function", &[FUNCTION_IN_FILE], true)],
+    );
+    check(
+        "list kernel",
+        &run(&["list", "kernel", "tcp_v4_conn*", "--json"]),
+        &[kind("function", &[FUNCTION_IN_KERNEL], true)],
+    );
+    check(
+        "list tracepoint",
+        &run(&["list", "tracepoint", "syscalls:sys_enter_open*", "--json"]),
+        &[kind("tracepoint", &[TRACEPOINT], true)],
+    );
+}
+
+#[test]
+fn tracing_tools() {
+    if !require_root("schema::tracing_tools") {
+        return;
+    }
+    let tp = with_cmd(&["tracepoint", "syscalls:sys_enter_openat", "--json", "--stack"], OPENS);
+    check("tracepoint", &run(&tp), &streaming(TRACEPOINT_EVENT));
+    let execs = ["sh", "-c", "/bin/true; /bin/true"];
+    check("tp_btf", &run(&with_cmd(&["tp_btf", "sched_process_exec", "--json"], &execs)), &streaming(CALL));
+    check("raw_tp", &run(&with_cmd(&["raw_tp", "sched_process_exec", "--json"], &execs)), &streaming(CALL));
+
+    let p = target_program().display().to_string();
+    let probe = format!("{p}:tk_add");
+    let sig = "int tk_add(int a, int b)";
+    let up = ["uprobe", probe.as_str(), "--sig", sig, "--json", "--", &p, "calls", "1"];
+    check("uprobe", &run(&up), &streaming(UPROBE));
+    let uret = ["uretprobe", probe.as_str(), "--sig", sig, "--json", "--", &p, "calls", "1"];
+    check("uretprobe", &run(&uret), &streaming(URETPROBE));
+
+    // A connection made by CMD itself (bash's /dev/tcp) to a listener the test holds.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{}", listener.local_addr().unwrap().port());
+    check("tcpstate", &run(&["tcpstate", "--json", "--", "bash", "-c", &connect]), &streaming(TCPSTATE));
+
+    let features = run(&["probe", "--json"]).json();
+    let kprobe = features.iter().find(|v| v["name"] == "kprobe").expect("probe lists kprobe");
+    if kprobe["status"] == "supported" {
+        check("kprobe", &run(&with_cmd(&["kprobe", "do_sys_openat2", "--json"], OPENS)), &streaming(CALL));
+    } else {
+        skip("schema::tracing_tools kprobe", &format!("kprobe is {} here: {}", kprobe["status"], kprobe["detail"]));
+    }
+}
+
+#[test]
+fn counting_tools() {
+    if !require_root("schema::counting_tools") {
+        return;
+    }
+    let summary = kind("summary", &[SUMMARY], true);
+    let out = run(&with_cmd(&["count", "syscalls:sys_enter_openat", "--json"], OPENS));
+    check("count", &out, &[kind("count", &[COUNT], true), kind("summary", &[SUMMARY], true)]);
+    let counted: u64 = out.json().iter().filter(|v| v["type"] == "count").map(|v| v["count"].as_u64().unwrap()).sum();
+    assert_eq!(out.summary()["events"], counted, "count's summary counts its rows");
+    let by_pid = run(&with_cmd(&["count", "syscalls:sys_enter_openat", "--json", "--by", "pid"], OPENS));
+    check(
+        "count --by pid",
+        &by_pid,
+        &[kind("count", &[COUNT, &[("pid", UInt)]], true), kind("summary", &[SUMMARY], true)],
+    );
+    let by_stack = run(&with_cmd(&["count", "syscalls:sys_enter_openat", "--json", "--by", "stack"], OPENS));
+    check("count --by stack", &by_stack, &[kind("stack", &[STACK], true), summary]);
+
+    let prog = target_program();
+    let out = run(&["profile", "-F", "99", "--json", "--", prog.to_str().unwrap(), "spin", "1"]);
+    check("profile", &out, &[kind("stack", &[STACK], true), kind("summary", &[SUMMARY, PROFILE_SUMMARY], true)]);
+    let s = out.summary();
+    assert_eq!(s["events"], s["samples"], "profile's events are its samples: {s}");
+}
+
+#[test]
+fn packet_tools() {
+    if !require_root("schema::packet_tools") {
+        return;
+    }
+    let pair = VethPair::new("schema");
+    let _srv = net::tcp_listen(&pair.b, pair.ip4_b, 8080);
+    for tool in ["xdp", "tc", "sockfilter"] {
+        let t = Tracer::start(&[tool, pair.if_b, "--netns", pair.b.name(), "--json", "--port", "8080"]);
+        net::tcp_connect(&pair.a, pair.ip4_b, 8080, Duration::from_secs(5)).expect("connect");
+        std::thread::sleep(Duration::from_millis(300));
+        check(tool, &t.stop(), &packets());
+    }
+}

@@ -40,6 +40,13 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// The tests that count samples of a spinning program take turns: run side by side on a small
+/// machine they would share the CPUs and each get too few samples.
+fn cpu_turn() -> std::sync::MutexGuard<'static, ()> {
+    static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    CPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn inline_program() -> PathBuf {
     static PROG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PROG.get_or_init(|| {
@@ -82,6 +89,7 @@ fn spinning_function_is_on_top() {
     if !require_root("spinning_function_is_on_top") {
         return;
     }
+    let _turn = cpu_turn();
     let prog = target_program();
     let out = run(&["profile", "-F", "199", "--folded", "--", prog.to_str().unwrap(), "spin", "2"]);
     assert!(out.status.success(), "{}", out.stderr);
@@ -99,6 +107,7 @@ fn kernel_frames_resolve_to_names() {
     if !require_root("kernel_frames_resolve_to_names") {
         return;
     }
+    let _turn = cpu_turn();
     let out = run(&[
         "profile",
         "-F",
@@ -125,6 +134,7 @@ fn json_and_table() {
     if !require_root("profile json_and_table") {
         return;
     }
+    let _turn = cpu_turn();
     let prog = target_program();
     let out = run(&["profile", "-F", "99", "--json", "--", prog.to_str().unwrap(), "spin", "1"]);
     assert!(out.status.success(), "{}", out.stderr);
@@ -148,6 +158,7 @@ fn inlined_frames_in_call_order() {
     if !require_root("inlined_frames_in_call_order") {
         return;
     }
+    let _turn = cpu_turn();
     let prog = inline_program();
     let comm: String = prog.file_name().unwrap().to_str().unwrap().chars().take(15).collect();
     let out = run(&["profile", "-F", "199", "--folded", "--", prog.to_str().unwrap(), "spin", "1.5"]);

@@ -72,6 +72,12 @@ struct Probe {
 }
 
 pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
+    if return_only && args.entry_only {
+        return Err(Error::usage(
+            "uretprobe traces returns only: --entry-only contradicts it",
+            Some("for arguments without return values, use `tracekit uprobe BINARY:SYMBOL --entry-only`".into()),
+        ));
+    }
     args.return_only |= return_only;
     let specs = args.specs.iter().map(|s| resolve::parse_spec(s)).collect::<Result<Vec<_>, _>>()?;
     let sigs = args

@@ -140,6 +140,7 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
             c.want_entry = want_entry as u32;
             c.want_return = want_return as u32;
             c.have_cookie = cookies as u32;
+            c.self_tgid = std::process::id();
             for (spec, sig) in c.probes.iter_mut().zip(&probes).filter_map(|(c, p)| Some((c, p.sig.as_ref()?))) {
                 for (slot, param) in spec.str_arg.iter_mut().zip(&sig.params) {
                     *slot = (param.kind == Kind::Str) as u8;

@@ -339,3 +339,64 @@ fn list_shows_functions() {
     assert_eq!(v["name"], "malloc");
     assert!(v["size"].as_u64().unwrap() > 0);
 }
+
+/// The lengths of tk_add's first two instructions, from the test program's ELF.
+fn first_instructions_of_tk_add() -> (u64, u64) {
+    use object::{Object, ObjectSegment, ObjectSymbol};
+    let data = std::fs::read(target_program()).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    let sym = file.symbols().find(|s| s.name() == Ok("tk_add")).expect("tk_add in .symtab");
+    let seg = file
+        .segments()
+        .find(|s| (s.address()..s.address() + s.size()).contains(&sym.address()))
+        .expect("tk_add in a segment");
+    let offset = sym.address() - seg.address() + seg.file_range().0;
+    let code = &data[offset as usize..(offset + sym.size()) as usize];
+    let mut decoder = iced_x86::Decoder::new(64, code, iced_x86::DecoderOptions::NONE);
+    let first = decoder.decode().len() as u64;
+    (first, decoder.decode().len() as u64)
+}
+
+/// Issue #12 item 1: an offset on an instruction boundary still attaches and fires (with the
+/// arguments still in their registers); one inside an instruction is refused.
+#[test]
+fn offset_on_an_instruction_boundary_attaches() {
+    if !require_root("offset_on_an_instruction_boundary_attaches") {
+        return;
+    }
+    let p = target_program().display().to_string();
+    let (first, second) = first_instructions_of_tk_add();
+    let spec = format!("{p}:tk_add+{first:#x}");
+    let out = run(&["uprobe", &spec, "--json", "--entry-only", "--", &p, "calls", "2"]);
+    assert!(out.status.success(), "{spec}: {}", out.stderr);
+    let events = out.events();
+    assert_eq!(events.len(), 4, "two threads, two rounds: {:#?}", out.stdout);
+    assert!(events.iter().all(|e| e["func"] == "tk_add"));
+    assert!(events.iter().any(|e| e["args"]["arg0"] == "0x1" && e["args"]["arg1"] == "0xfffffff9"), "{events:#?}");
+
+    // Inside the first instruction longer than a byte (`lea` here, at -O1).
+    let (start, len) = if first > 1 { (0, first) } else { (first, second) };
+    assert!(len > 1, "tk_add starts with two one-byte instructions");
+    let out = run(&["uprobe", &format!("{p}:tk_add+{:#x}", start + 1), "-d", "0.3"]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
+    assert!(out.stderr.contains("is inside an instruction of `tk_add`"), "{}", out.stderr);
+    let boundaries = format!("tk_add+{start:#x} and tk_add+{:#x}", start + len);
+    assert!(out.stderr.contains(&boundaries), "{boundaries}: {}", out.stderr);
+}
+
+/// Issue #12 item 2: glibc's strlen is an IFUNC; the probe goes to the implementation this CPU
+/// uses, so it sees tk_greet's real calls with their real argument (the resolver would see
+/// none of them).
+#[test]
+fn ifunc_strlen_traces_the_implementation() {
+    if !require_root("ifunc_strlen_traces_the_implementation") {
+        return;
+    }
+    let p = target_program().display().to_string();
+    let out = run(&["uprobe", "libc:strlen", "--entry-only", "--json", "--", &p, "calls", "3"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("strlen is an IFUNC: traced at the implementation this CPU uses"), "{}", out.stderr);
+    let events = out.events();
+    let calls_with = |s: &str| events.iter().filter(|e| e["func"] == "strlen" && e["args"]["s"] == s).count();
+    assert_eq!((calls_with("zero"), calls_with("threadone")), (3, 3), "{:#?}", out.stdout);
+}

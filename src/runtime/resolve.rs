@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::runtime::Runtime;
 use crate::runtime::btf::{KernelBtf, Prototype};
-use crate::runtime::target::{self, ElfInfo};
+use crate::runtime::target::{self, ElfInfo, Function, code};
 use crate::runtime::tracefs::{self, Format};
 
 pub fn is_glob(s: &str) -> bool {
@@ -239,12 +239,19 @@ pub struct Symbol {
 }
 
 /// `BINARY:SYMBOL[+OFFSET]` specs (symbols may be globs) → the functions to attach to, looked up
-/// in `pid`'s mount namespace when given.
+/// in `pid`'s mount namespace when given. An IFUNC is traced at the implementation this CPU
+/// uses (or refused), an offset must start an instruction, and two names for the same code are
+/// traced once.
 pub fn symbols(rt: &Runtime, specs: &[Spec], pid: Option<u32>, limit: usize) -> Result<Vec<Symbol>, Error> {
+    for &p in &rt.filter.pids {
+        target::user_process(p)?;
+    }
     let mut out = Vec::new();
+    let mut ifuncs = Vec::new();
     for spec in specs {
         let path = target::resolve_binary(&spec.binary, pid)?;
         let elf = ElfInfo::load(&path)?;
+        code::check_machine(&path)?;
         if is_glob(&spec.symbol) {
             let pat = pattern(&spec.symbol)?;
             let hits: Vec<_> = elf.functions.iter().filter(|f| pat.matches(&f.name)).collect();
@@ -254,9 +261,9 @@ pub fn symbols(rt: &Runtime, specs: &[Spec], pid: Option<u32>, limit: usize) -> 
                     Some(format!("see `tracekit list {}`", spec.binary)),
                 ));
             }
+            at_most(hits.len(), limit, "functions", "narrow the glob (see `tracekit list BINARY GLOB`)")?;
             for f in hits {
-                let (label, func) = (format!("{}:{}", spec.binary, f.name), f.name.clone());
-                out.push(Symbol { label, func, path: path.clone(), file_offset: f.file_offset + spec.offset });
+                out.push(place(rt, spec, &elf, f, &mut ifuncs)?);
             }
             continue;
         }
@@ -281,18 +288,97 @@ pub fn symbols(rt: &Runtime, specs: &[Spec], pid: Option<u32>, limit: usize) -> 
                 path.display(),
                 def_path.display()
             ));
+            let lib = ElfInfo::load(&def_path)?;
+            out.push(place(rt, spec, &lib, &f, &mut ifuncs)?);
+        } else {
+            out.push(place(rt, spec, &elf, &f, &mut ifuncs)?);
         }
-        if spec.offset != 0 && f.size != 0 && spec.offset >= f.size {
-            return Err(Error::usage(
-                format!("offset {:#x} is past the end of `{}` ({} bytes)", spec.offset, f.name, f.size),
-                None,
-            ));
+    }
+    let mut seen = std::collections::HashMap::new();
+    out.retain(|s| match seen.entry((s.path.clone(), s.file_offset)) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(s.func.clone());
+            true
         }
-        let label = format!("{}:{}", spec.binary, f.name);
-        out.push(Symbol { label, func: f.name, path: def_path, file_offset: f.file_offset + spec.offset });
+        std::collections::hash_map::Entry::Occupied(o) => {
+            eprintln!(
+                "tracekit: note: {} runs the same code as `{}`: traced once, its calls show as `{}`",
+                s.label,
+                o.get(),
+                o.get()
+            );
+            false
+        }
+    });
+    match ifuncs.as_slice() {
+        [] => {}
+        [one] => eprintln!("tracekit: note: {one}"),
+        many => eprintln!(
+            "tracekit: note: {} IFUNCs ({}) traced at the implementations this CPU uses (-v lists them)",
+            many.len(),
+            many.iter().map(|n| n.split_whitespace().next().unwrap_or_default()).take(5).collect::<Vec<_>>().join(", ")
+        ),
     }
     at_most(out.len(), limit, "functions", "narrow the glob (see `tracekit list BINARY GLOB`)")?;
     Ok(out)
+}
+
+/// Where the probe for `f` of `elf` goes: at the spec's offset into `f`, or into the
+/// implementation an IFUNC resolves to; the offset checked against the instructions there.
+fn place(rt: &Runtime, spec: &Spec, elf: &ElfInfo, f: &Function, ifuncs: &mut Vec<String>) -> Result<Symbol, Error> {
+    let label = format!("{}:{}", spec.binary, f.name);
+    let code = if f.ifunc { implementation(elf, f)? } else { f.clone() };
+    if f.ifunc {
+        let what = if code.name == f.name {
+            format!("at file offset {:#x}", code.file_offset)
+        } else {
+            format!("`{}` at file offset {:#x}", code.name, code.file_offset)
+        };
+        rt.say(format_args!(
+            "{label} is an IFUNC: tracing the implementation this CPU uses, {what} (the resolver is at {:#x})",
+            f.file_offset
+        ));
+        ifuncs.push(format!("{} is an IFUNC: traced at the implementation this CPU uses, {what}", f.name));
+    }
+    code::check_offset(&elf.path, &code, spec.offset)?;
+    Ok(Symbol { label, func: f.name.clone(), path: elf.path.clone(), file_offset: code.file_offset + spec.offset })
+}
+
+/// The implementation IFUNC `f` resolves to, named when `elf` has a symbol for it; or a usage
+/// error naming the candidates: tracing the resolver would show calls that never happen.
+fn implementation(elf: &ElfInfo, f: &Function) -> Result<Function, Error> {
+    match code::resolve_ifunc(&elf.path, &f.name) {
+        Ok(file_offset) => Ok(elf
+            .functions
+            .iter()
+            .find(|g| g.file_offset == file_offset && !g.ifunc)
+            .cloned()
+            .unwrap_or(Function { file_offset, size: 0, addr: 0, ifunc: false, ..f.clone() })),
+        Err(why) => {
+            let candidates: Vec<String> = elf
+                .functions
+                .iter()
+                .filter(|g| !g.ifunc && g.name.starts_with(&format!("__{}_", f.name)))
+                .map(|g| format!("`{}`", g.name))
+                .collect();
+            let hint = if candidates.is_empty() {
+                format!(
+                    "`{}` has no symbols for its implementations (stripped): trace a caller instead",
+                    elf.path.display()
+                )
+            } else {
+                format!("trace one of its implementations by name: {}", candidates.join(", "))
+            };
+            Err(Error::usage(
+                format!(
+                    "`{}` in `{}` is an IFUNC (its code only picks an implementation when the library loads), and which implementation this process uses is unknown: {why}",
+                    f.name,
+                    elf.path.display()
+                ),
+                Some(hint),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

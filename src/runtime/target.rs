@@ -9,6 +9,8 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use crate::error::Error;
 
+pub mod code;
+
 /// One function defined in an ELF file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
@@ -17,6 +19,8 @@ pub struct Function {
     pub size: u64,
     /// Where the function's code is in the file: what a uprobe attaches at.
     pub file_offset: u64,
+    /// An STT_GNU_IFUNC: this code is the resolver that picks the real implementation.
+    pub ifunc: bool,
 }
 
 #[derive(Debug)]
@@ -79,6 +83,8 @@ impl ElfInfo {
                 addr: sym.address(),
                 size: sym.size(),
                 file_offset,
+                ifunc: matches!(sym.flags(), object::SymbolFlags::Elf { st_info, .. }
+                    if st_info & 0xf == object::elf::STT_GNU_IFUNC),
             });
         }
         functions.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
@@ -136,33 +142,96 @@ fn in_root(pid: Option<u32>, path: &Path) -> PathBuf {
 /// BINARY of a `BINARY:SYMBOL` spec: a path, a program on PATH, or a library name resolved as
 /// the dynamic loader would (`libc` → `libc.so.6`). With `pid`, inside that process's root.
 pub fn resolve_binary(name: &str, pid: Option<u32>) -> Result<PathBuf, Error> {
+    if let Some(pid) = pid {
+        user_process(pid)?;
+    }
     if name.contains('/') {
         let p = in_root(pid, Path::new(name));
-        return if p.exists() {
-            Ok(p)
-        } else {
-            Err(Error::usage(
-                format!("binary `{name}` not found"),
-                Some(match pid {
-                    Some(pid) => format!("the path is looked up inside process {pid}'s root (/proc/{pid}/root)"),
-                    None => "check the path".to_owned(),
-                }),
-            ))
+        return match fs::metadata(&p) {
+            Ok(_) => Ok(p),
+            Err(e) => Err(unreachable_path(name, pid, e)),
         };
     }
-    if let Some(p) = pid.and_then(|p| library_in_process(name, p)) {
-        return Ok(p);
+    if let Some(pid) = pid {
+        let mapped = library_in_process(name, pid).map_err(|e| unreachable_path(name, Some(pid), e))?;
+        if let Some(p) = mapped {
+            return Ok(p);
+        }
     }
     if let Some(p) = on_path(name, pid) {
         return Ok(p);
     }
     if let Some(p) = library_on_disk(name, pid) {
+        if let Some(pid) = pid {
+            eprintln!(
+                "tracekit: note: process {pid} does not map `{name}` now: tracing `{}` for when it loads it",
+                p.display()
+            );
+        }
         return Ok(p);
     }
     Err(Error::usage(
         format!("binary or library `{name}` not found"),
-        Some("give a path (/usr/bin/foo), a program on PATH, or a library name (libc, libssl)".to_owned()),
+        Some(match pid {
+            Some(pid) => format!(
+                "process {pid} does not map a library named `{name}` (see /proc/{pid}/maps), and none is on PATH or in the library directories of its root"
+            ),
+            None => "give a path (/usr/bin/foo), a program on PATH, or a library name (libc, libssl)".to_owned(),
+        }),
     ))
+}
+
+/// Why BINARY (looked up in `pid`'s root when given) cannot be reached: a missing file, a
+/// symlink loop, or a process whose root or maps tracekit may not read.
+fn unreachable_path(name: &str, pid: Option<u32>, e: std::io::Error) -> Error {
+    let inside = |pid| format!("the path is looked up inside process {pid}'s root (/proc/{pid}/root)");
+    match (e.kind(), e.raw_os_error(), pid) {
+        (_, Some(libc::ELOOP), _) => Error::usage(
+            format!("binary `{name}` is a symlink loop (too many levels of symbolic links)"),
+            Some(format!("see where it points: `namei {name}`")),
+        ),
+        (std::io::ErrorKind::PermissionDenied, _, Some(pid)) => Error::usage(
+            format!("permission denied looking into process {pid} (its /proc/{pid}/root and maps) for `{name}`"),
+            Some(format!(
+                "process {pid} is outside tracekit's reach (another user namespace, or ptrace rules): give the binary's path as tracekit sees it, without -p"
+            )),
+        ),
+        (std::io::ErrorKind::PermissionDenied, _, None) => {
+            Error::usage(format!("permission denied reading `{name}`"), Some("check its permissions".to_owned()))
+        }
+        (std::io::ErrorKind::NotFound, _, _) => Error::usage(
+            format!("binary `{name}` not found"),
+            Some(pid.map_or_else(|| "check the path".to_owned(), inside)),
+        ),
+        _ => Error::io(format!("cannot reach `{name}`"), e),
+    }
+}
+
+/// Refuses a pid that is not a running user process: one that does not exist, or a kernel
+/// thread (no user space: a uprobe filtered on it never fires).
+pub fn user_process(pid: u32) -> Result<(), Error> {
+    let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::usage(
+                format!("process {pid} does not exist"),
+                Some("give the pid of a running process (see `ps -e`)".to_owned()),
+            ));
+        }
+        Err(e) => return Err(Error::io(format!("reading /proc/{pid}/stat"), e)),
+    };
+    // `pid (comm) state ppid pgrp session tty tpgid flags …`; comm may hold spaces and `)`.
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let (comm, rest) = stat.rsplit_once(')').map_or(("", ""), |(head, rest)| (head, rest));
+    let comm = comm.split_once('(').map_or("", |(_, c)| c);
+    let flags: u64 = rest.split_whitespace().nth(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    if flags & PF_KTHREAD != 0 {
+        return Err(Error::usage(
+            format!("process {pid} ({comm}) is a kernel thread: it has no user space to probe"),
+            Some("give the pid of a user process (see `ps -e`)".to_owned()),
+        ));
+    }
+    Ok(())
 }
 
 fn on_path(name: &str, pid: Option<u32>) -> Option<PathBuf> {
@@ -185,12 +254,13 @@ fn library_matches(file: &str, name: &str) -> bool {
 }
 
 /// The library a running process has mapped (what it really uses).
-fn library_in_process(name: &str, pid: u32) -> Option<PathBuf> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    maps.lines()
+fn library_in_process(name: &str, pid: u32) -> std::io::Result<Option<PathBuf>> {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    Ok(maps
+        .lines()
         .filter_map(|l| l.split_whitespace().nth(5))
         .find(|p| Path::new(p).file_name().and_then(|f| f.to_str()).is_some_and(|f| library_matches(f, name)))
-        .map(|p| in_root(Some(pid), Path::new(p)))
+        .map(|p| in_root(Some(pid), Path::new(p))))
 }
 
 const ARCH_LIB_DIRS: &[&str] = &[
@@ -261,7 +331,7 @@ pub fn find_definition(elf: &ElfInfo, symbol: &str, pid: Option<u32>) -> Option<
         return None;
     }
     elf.needed.iter().find_map(|lib| {
-        let path = pid.and_then(|p| library_in_process(lib, p)).or_else(|| library_on_disk(lib, pid))?;
+        let path = pid.and_then(|p| library_in_process(lib, p).ok().flatten()).or_else(|| library_on_disk(lib, pid))?;
         let info = ElfInfo::load(&path).ok()?;
         info.find(symbol).cloned().map(|f| (path, f))
     })

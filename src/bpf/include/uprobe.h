@@ -23,7 +23,7 @@ struct tk_uprobe_config {
 	__u32 want_entry;     /* arguments (entry probe attached) */
 	__u32 want_return;    /* return value (return probe attached) */
 	__u32 have_cookie;    /* bpf_get_attach_cookie() tells the probe apart (5.15+) */
-	__u32 _pad;
+	__u32 self_tgid;      /* tracekit itself: never traced (0 = off) */
 };
 
 #define TK_UPROBE_F_ENTRY 1   /* args are valid */

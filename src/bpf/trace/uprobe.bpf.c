@@ -69,6 +69,9 @@ static __always_inline struct tk_uprobe_event *begin(struct pt_regs *ctx, __u32 
 
 	if (!tk_filter_allows())
 		return NULL;
+	/* tracekit calls what it traces (memcpy, strlen): each event it prints would make more. */
+	if (tk_uprobe.self_tgid && bpf_get_current_pid_tgid() >> 32 == tk_uprobe.self_tgid)
+		return NULL;
 	e = tk_scratch_get();
 	if (e)
 		*id = probe_id(ctx);

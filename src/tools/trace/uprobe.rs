@@ -72,6 +72,12 @@ struct Probe {
 }
 
 pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
+    if return_only && args.entry_only {
+        return Err(Error::usage(
+            "uretprobe traces returns only: --entry-only contradicts it",
+            Some("for arguments without return values, use `tracekit uprobe BINARY:SYMBOL --entry-only`".into()),
+        ));
+    }
     args.return_only |= return_only;
     let specs = args.specs.iter().map(|s| resolve::parse_spec(s)).collect::<Result<Vec<_>, _>>()?;
     let sigs = args
@@ -134,6 +140,7 @@ pub fn run(mut args: UprobeArgs, return_only: bool) -> Result<i32, Error> {
             c.want_entry = want_entry as u32;
             c.want_return = want_return as u32;
             c.have_cookie = cookies as u32;
+            c.self_tgid = std::process::id();
             for (spec, sig) in c.probes.iter_mut().zip(&probes).filter_map(|(c, p)| Some((c, p.sig.as_ref()?))) {
                 for (slot, param) in spec.str_arg.iter_mut().zip(&sig.params) {
                     *slot = (param.kind == Kind::Str) as u8;

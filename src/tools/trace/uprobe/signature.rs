@@ -54,6 +54,7 @@ const BUILTIN: &[&str] = &[
     "int system(const char *command)",
     "int execve(const char *pathname, void *argv, void *envp)",
     "int puts(const char *s)",
+    "size_t strlen(const char *s)",
 ];
 
 /// The built-in signature of a function, by name.

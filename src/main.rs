@@ -118,6 +118,13 @@ fn main() -> ExitCode {
         return ExitCode::from(report(&anyhow::Error::new(e)));
     }
     let cli = Cli::parse();
+    // Ctrl-C and SIGTERM end the run from here on, whatever setup step is under way (see
+    // runtime/signals.rs). Not in the exec gate: CMD gets the default dispositions.
+    if !matches!(cli.command, Command::ExecGate { .. })
+        && let Err(e) = runtime::signals::install()
+    {
+        return ExitCode::from(report(&anyhow::Error::new(e)));
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => ExitCode::from(report(&e)),

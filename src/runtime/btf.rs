@@ -114,6 +114,10 @@ impl KernelBtf {
     }
 
     fn func(&self, name: &str) -> Option<Func<'_>> {
+        // libbpf-rs panics on a name with a NUL (it makes a C string of it); no BTF name has one.
+        if name.contains('\0') {
+            return None;
+        }
         self.btf
             .type_by_name::<Func<'_>>(name)
             .or_else(|| self.btf.type_by_kind::<Func<'_>>().find(|f| f.name().is_some_and(|n| n == name)))
@@ -185,6 +189,9 @@ impl KernelBtf {
     /// Older kernels' BTF (Debian's 5.10) has no `__bpf_trace_` wrappers, only the
     /// `btf_trace_NAME` typedef, whose parameters are unnamed: they become `arg0`, `arg1`, ….
     fn tracepoint_typedef(&self, name: &str) -> Option<Prototype> {
+        if name.contains('\0') {
+            return None;
+        }
         let td = self.btf.type_by_name::<BtfType<'_>>(&format!("btf_trace_{name}"))?;
         let proto = FuncProto::try_from(td.skip_mods_and_typedefs().next_type()?).ok()?;
         let mut params = Vec::new();

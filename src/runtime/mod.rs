@@ -15,6 +15,7 @@ pub mod lost;
 pub mod output;
 pub mod probe;
 pub mod resolve;
+pub mod signals;
 pub mod skel;
 pub mod stackcount;
 pub mod symbolize;
@@ -110,10 +111,9 @@ impl Runtime {
             btf::check_file(btf)?;
         }
         let filter = Filter::from_args(&task)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-            .map_err(|e| Error::runtime(format!("installing the signal handler: {e}"), None))?;
+        // main installs it first thing; this covers the library's other users (tests, benches).
+        signals::install()?;
+        let stop = signals::stop_flag();
         Ok(Runtime { out, task, stack: false, probes: Probes::default(), filter, started, stop })
     }
 
@@ -232,6 +232,8 @@ impl Runtime {
 
     /// Loads an opened, configured skeleton; a rejection carries the verifier log's tail.
     pub fn load<'o, O: OpenSkel<'o>>(&self, tool: &'static str, open: O) -> Result<O::Output, Error> {
+        // From here on there is something to undo: a signal stops the run loop instead.
+        signals::setup_done();
         let t = Instant::now();
         match open.load() {
             Ok(skel) => {

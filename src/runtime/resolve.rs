@@ -26,10 +26,52 @@ pub fn matching<'n>(names: &'n [String], glob: &str) -> Result<Vec<&'n String>, 
     Ok(names.iter().filter(|n| pat.matches(n)).collect())
 }
 
-/// Up to `n` names closest to `want` (Jaro-Winkler above `min`), closest first.
+/// Names longer than this get no "did you mean": no one mistypes a name that long, and the
+/// comparison costs its length times each candidate's.
+const MAX_SUGGEST_LEN: usize = 256;
+
+/// Characters of a name counted in 256 buckets (by code point, modulo 256: two characters
+/// sharing a bucket only raise the count of common characters, so bounds stay upper bounds).
+fn char_counts(s: &str) -> ([u16; 256], usize) {
+    let mut counts = [0u16; 256];
+    let mut len = 0;
+    for c in s.chars() {
+        let b = &mut counts[(c as u32 & 0xff) as usize];
+        *b = b.saturating_add(1);
+        len += 1;
+    }
+    (counts, len)
+}
+
+/// Whether two names can score above `min`, from a bound cheaper than the score (which costs
+/// one name's length times the other's). Jaro is (m/|a| + m/|b| + (m-t)/m) / 3 with m the
+/// matching characters, at most the characters the two have in common, and Winkler's prefix
+/// bonus adds at most 0.4 of what is left: jw <= 0.6 * jaro + 0.4.
+fn can_match(want: &([u16; 256], usize), name: &str, min: f64) -> bool {
+    let (counts, len) = char_counts(name);
+    let common: usize = want.0.iter().zip(&counts).map(|(a, b)| usize::from(*a.min(b))).sum();
+    if common == 0 || len == 0 {
+        return false;
+    }
+    let m = common as f64;
+    let jaro_bound = (m / want.1 as f64 + m / len as f64 + 1.0) / 3.0;
+    0.6 * jaro_bound + 0.4 > min
+}
+
+/// Up to `n` names closest to `want` (Jaro-Winkler above `min`), closest first. Bounded: a
+/// name past [`MAX_SUGGEST_LEN`] gets none, and a candidate is scored only when its length
+/// and characters leave it a chance (a 4x longer name never reaches 0.85).
 pub fn similar<'n>(names: impl IntoIterator<Item = &'n str>, want: &str, min: f64, n: usize) -> Vec<&'n str> {
-    let mut scored: Vec<(f64, &str)> =
-        names.into_iter().map(|s| (strsim::jaro_winkler(want, s), s)).filter(|(s, _)| *s > min).collect();
+    let counts = char_counts(want);
+    if counts.1 == 0 || counts.1 > MAX_SUGGEST_LEN {
+        return Vec::new();
+    }
+    let mut scored: Vec<(f64, &str)> = names
+        .into_iter()
+        .filter(|s| can_match(&counts, s, min))
+        .map(|s| (strsim::jaro_winkler(want, s), s))
+        .filter(|(s, _)| *s > min)
+        .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
     scored.dedup_by(|a, b| a.1 == b.1);
     scored.into_iter().take(n).map(|(_, s)| s).collect()
@@ -393,6 +435,20 @@ mod tests {
         assert_eq!(did_you_mean(&[]), None);
         assert!(at_most(17, 16, "functions", "narrow").unwrap_err().to_string().contains("at most 16"));
         assert!(is_glob("tcp_*") && !is_glob("tcp_v4_connect"));
+    }
+
+    #[test]
+    fn did_you_mean_is_bounded() {
+        // Long mangled names against a long typo: each would cost ~50k comparisons.
+        let names: Vec<String> =
+            (0..30_000).map(|i| format!("_ZN4core3ptr{i}drop_in_place{}", "x".repeat(150))).collect();
+        let t = std::time::Instant::now();
+        assert!(similar(names.iter().map(String::as_str), &format!("_ZN{}", "b".repeat(200)), 0.85, 3).is_empty());
+        assert!(similar(names.iter().map(String::as_str), &"a".repeat(100_000), 0.9, 3).is_empty());
+        assert!(t.elapsed().as_secs_f64() < 2.0, "{:?}", t.elapsed());
+        // The bound loses nothing that scores: a close name of a different length still comes.
+        let close = format!("_ZN4core3ptr7drop_in_place{}", "x".repeat(140));
+        assert_eq!(similar(names.iter().map(String::as_str), &close, 0.85, 1), [names[7].as_str()]);
     }
 
     #[test]

@@ -38,9 +38,7 @@ pub struct ElfInfo {
 
 impl ElfInfo {
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let data = fs::read(path).map_err(|e| {
-            Error::io_hint(format!("cannot read `{}`", path.display()), e, "check the path and its permissions")
-        })?;
+        let data = Mapped::open(path)?;
         let not_elf = |why: String| {
             Error::runtime(
                 format!("`{}` is not an ELF file we can trace: {why}", path.display()),
@@ -111,6 +109,91 @@ impl ElfInfo {
     }
 }
 
+/// Smallest file with an ELF header (Elf64_Ehdr).
+const ELF_HEADER_LEN: u64 = 64;
+
+/// An ELF file mapped read-only: the kernel pages in what the parser touches, so a 1 GB
+/// binary costs no 1 GB read, and no `fs::read` can run away on something that never ends.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    /// Maps `path` if it is a regular file big enough for an ELF header. Opened non-blocking
+    /// and checked with fstat on the open file: a FIFO (whose open would wait for a writer
+    /// forever), a device (/dev/zero never ends) or a directory is refused before any read.
+    fn open(path: &Path) -> Result<Self, Error> {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let file =
+            fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).map_err(
+                |e| {
+                    Error::io_hint(format!("cannot read `{}`", path.display()), e, "check the path and its permissions")
+                },
+            )?;
+        let meta = file.metadata().map_err(|e| Error::io(format!("cannot stat `{}`", path.display()), e))?;
+        let ft = meta.file_type();
+        if !ft.is_file() {
+            let what = if ft.is_dir() {
+                "a directory"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_char_device() || ft.is_block_device() {
+                "a device"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "a special file"
+            };
+            return Err(Error::usage(
+                format!("`{}` is not a regular file (it is {what}): only ELF files can be traced", path.display()),
+                Some("give an executable or shared library".to_owned()),
+            ));
+        }
+        if meta.len() < ELF_HEADER_LEN {
+            return Err(Error::runtime(
+                format!(
+                    "`{}` is not an ELF file we can trace: {} bytes, too small for an ELF header",
+                    path.display(),
+                    meta.len()
+                ),
+                Some("give an executable or shared library (check with `file`)".to_owned()),
+            ));
+        }
+        let len = usize::try_from(meta.len()).map_err(|_| {
+            Error::usage(format!("`{}` is too large to map ({} bytes)", path.display(), meta.len()), None)
+        })?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh private read-only mapping of `len` (> 0) bytes of an open regular file;
+        // the kernel picks the address. Nothing writes through it, and the file may be closed
+        // afterwards (the mapping keeps its own reference). A file truncated by someone else
+        // while mapped would fault on access, as for every mmap reader (perf, gdb, blazesym).
+        let ptr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(Error::io(format!("cannot map `{}`", path.display()), std::io::Error::last_os_error()));
+        }
+        Ok(Mapped { ptr, len })
+    }
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is a live PROT_READ mapping owned by self (unmapped only in
+        // drop), and u8 has no alignment or validity requirements.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `open`, unmapped once; no slice of it outlives
+        // self (Deref borrows from self).
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
 /// `malloc@@GLIBC_2.2.5` → `malloc`.
 fn strip_version(name: &str) -> &str {
     name.split_once('@').map_or(name, |(n, _)| n)
@@ -142,6 +225,14 @@ fn in_root(pid: Option<u32>, path: &Path) -> PathBuf {
 /// BINARY of a `BINARY:SYMBOL` spec: a path, a program on PATH, or a library name resolved as
 /// the dynamic loader would (`libc` → `libc.so.6`). With `pid`, inside that process's root.
 pub fn resolve_binary(name: &str, pid: Option<u32>) -> Result<PathBuf, Error> {
+    if name.trim().is_empty() {
+        return Err(Error::usage(
+            "the binary or library name is empty",
+            Some("give a path (/usr/bin/foo), a program on PATH, or a library name (libc, libssl)".to_owned()),
+        ));
+    }
+    // Checked first: every lookup below goes through /proc/PID, and a missing process (or a
+    // kernel thread) would otherwise read as a missing binary.
     if let Some(pid) = pid {
         user_process(pid)?;
     }
@@ -319,7 +410,10 @@ fn library_on_disk(name: &str, pid: Option<u32>) -> Option<PathBuf> {
 fn is_elf(p: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    fs::File::open(p).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"\x7fELF"
+    // Regular files only: a FIFO in a library directory must not block the search.
+    fs::metadata(p).is_ok_and(|m| m.is_file())
+        && fs::File::open(p).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+        && &magic == b"\x7fELF"
 }
 
 /// Where SYMBOL really is: in BINARY, or in the library BINARY imports it from.

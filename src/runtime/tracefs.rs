@@ -56,7 +56,7 @@ impl Field {
             FieldKind::StrPtr if raw == 0 => Shown::Null,
             FieldKind::StrPtr | FieldKind::StrLoc => string().unwrap_or(Shown::Hex(raw)),
             FieldKind::CharArray => {
-                let bytes = data.get(self.offset..self.offset + self.size).unwrap_or(&[]);
+                let bytes = data.get(self.offset..self.offset.saturating_add(self.size)).unwrap_or(&[]);
                 Shown::Str(c_str(bytes), false)
             }
             FieldKind::Ptr | FieldKind::Bytes => Shown::Hex(raw),
@@ -67,7 +67,7 @@ impl Field {
 fn read_uint(data: &[u8], off: usize, size: usize) -> u64 {
     let mut b = [0u8; 8];
     let n = size.min(8);
-    if let Some(src) = data.get(off..off + n) {
+    if let Some(src) = data.get(off..off.saturating_add(n)) {
         b[..n].copy_from_slice(src);
     }
     u64::from_le_bytes(b)
@@ -122,10 +122,10 @@ fn parse_field(line: &str) -> Option<Field> {
     }
     let decl = decl?;
     // `char comm[16]`, `__data_loc char[] filename`, `const char * filename`, `int dfd`
-    let (ty, name) = match decl.rsplit_once(|c: char| c.is_whitespace() || c == '*') {
-        Some((t, n)) => (decl[..t.len() + 1].trim().to_owned(), n.trim().to_owned()),
-        None => return None,
-    };
+    // The type keeps its `*`; the separator may be any whitespace, several bytes long.
+    let (sep_at, sep) = decl.char_indices().rfind(|&(_, c)| c.is_whitespace() || c == '*')?;
+    let (ty, name) = decl.split_at(sep_at + sep.len_utf8());
+    let (ty, name) = (ty.trim().to_owned(), name.trim().to_owned());
     let (name, array) = match name.split_once('[') {
         Some((n, _)) => (n.to_owned(), true),
         None => (name, false),
@@ -147,7 +147,7 @@ pub fn parse(name: &str, text: &str) -> Result<Format, String> {
         .filter_map(parse_field)
         .filter(|f| !f.name.starts_with("common_"))
         .collect();
-    let size = fields.iter().map(|f| f.offset + f.size).max().unwrap_or(8);
+    let size = fields.iter().map(|f| f.offset.saturating_add(f.size)).max().unwrap_or(8);
     Ok(Format { name: name.to_owned(), id, fields, size })
 }
 
@@ -217,5 +217,16 @@ print fmt: \"dfd: 0x%08lx\"\n";
         let f = parse_field("field:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;").unwrap();
         assert_eq!(f.kind, FieldKind::Ptr);
         assert!(parse("x:y", "no id here").is_err());
+    }
+
+    #[test]
+    fn non_ascii_whitespace_separates_too() {
+        // U+00A0 and U+3000 are whitespace of 2 and 3 bytes: slicing one byte past them panicked.
+        let f = parse_field("field:int\u{a0}dfd;\toffset:16;\tsize:8;\tsigned:1;").unwrap();
+        assert_eq!((f.name.as_str(), f.c_type.as_str()), ("dfd", "int"));
+        let f = parse_field("field:const char *\u{3000}name;\toffset:8;\tsize:8;\tsigned:0;").unwrap();
+        assert_eq!((f.name.as_str(), f.kind), ("name", FieldKind::StrPtr));
+        let huge = format!("ID: 1\n\tfield:int x;\toffset:{};\tsize:8;\tsigned:0;\n", usize::MAX);
+        assert_eq!(parse("x:y", &huge).unwrap().size, usize::MAX, "no overflow");
     }
 }

@@ -104,7 +104,9 @@ pub fn parse(proto: &str) -> Result<(String, Signature), String> {
 /// `const char *prompt` → (`const char *`, `prompt`); `int` alone → (`int`, ``).
 fn split_decl(decl: &str) -> Option<(String, String)> {
     let decl = decl.trim();
-    let name_start = decl.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+    // Past the last character that cannot be in a name (which may be several bytes long).
+    let name_start =
+        decl.char_indices().rfind(|&(_, c)| !(c.is_alphanumeric() || c == '_')).map_or(0, |(i, c)| i + c.len_utf8());
     let (ty, name) = decl.split_at(name_start);
     if ty.trim().is_empty() {
         // a lone word: a type without a name
@@ -311,6 +313,15 @@ mod tests {
         assert!(parse("int f(int a").unwrap_err().contains(")"));
         assert!(parse("frobnicate_t f(int a)").unwrap_err().contains("unknown type"));
         assert!(parse("int f(int a, int b, int c, int d, int e, int f, int g)").unwrap_err().contains("six"));
+    }
+
+    #[test]
+    fn non_ascii_separators_are_not_split_inside() {
+        // U+00A0 is two bytes: slicing one byte past it panicked.
+        let (name, sig) = parse("int\u{a0}f(int\u{a0}a)").unwrap();
+        assert_eq!((name.as_str(), sig.params.len()), ("f", 1));
+        assert_eq!(sig.params[0].name, "a");
+        assert!(parse("int·f(int a)").unwrap_err().contains("unknown type"), "U+00B7 is no separator");
     }
 
     #[test]

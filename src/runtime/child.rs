@@ -10,11 +10,14 @@ use std::io::{self, PipeWriter, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
 /// Exit status of the gate when tracekit went away before releasing it.
 const GATE_ABANDONED: i32 = 125;
+/// How long CMD has to exit after SIGTERM before it and its descendants get SIGKILL.
+const TERM_GRACE: Duration = Duration::from_millis(1500);
 
 pub struct GatedChild {
     child: Child,
@@ -64,20 +67,59 @@ impl GatedChild {
         self.status
     }
 
-    /// Ends CMD if it still runs (tracing stopped first: Ctrl-C, --duration, --count) and
-    /// returns the exit code tracekit passes on: CMD's code, or 128 + signal.
+    /// Returns the exit code tracekit passes on: CMD's own (its code, or 128 + signal) when CMD
+    /// ended first; 0 when tracing stopped first (Ctrl-C, --duration, --count, a closed stdout)
+    /// and tracekit ends CMD itself: SIGTERM, then after a grace period (cut short by a second
+    /// Ctrl-C) SIGKILL to CMD and every descendant, so that an ignored SIGTERM cannot hold
+    /// tracekit (and its programs in the kernel) forever.
     pub fn finish(mut self) -> i32 {
         self.gate.take();
+        if let Some(s) = self.exited() {
+            return s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
+        }
+        let pid = self.child.id();
+        let signals_before = super::stop_requests();
+        // SAFETY: kill() with a pid we spawned and have not reaped yet.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + TERM_GRACE;
+        while self.exited().is_none() && Instant::now() < deadline && super::stop_requests() == signals_before {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if self.exited().is_none() {
-            // SAFETY: kill() with a pid we spawned and have not reaped yet.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            self.status = self.child.wait().ok();
+            // Descendants first, found while CMD still holds them as its children.
+            for p in descendants(pid).into_iter().chain([pid]) {
+                // SAFETY: kill() has no memory preconditions; CMD is unreaped, so its pid is
+                // still its own, and its descendants were just found alive below it.
+                unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+            }
+            let _ = self.child.wait();
         }
-        match self.status {
-            Some(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
-            None => 1,
-        }
+        0
     }
+}
+
+/// Every process below `root` in the process tree (from /proc/PID/stat's ppid field).
+fn descendants(root: u32) -> Vec<u32> {
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so split after the last `)`.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let procs: Vec<(u32, u32)> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, parent_of(pid)?)))
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(procs.iter().filter(|&&(_, pp)| pp == parent).map(|&(p, _)| p));
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// The gate is tracekit's own child: its parent runs the same executable and FD is the

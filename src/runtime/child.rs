@@ -69,8 +69,8 @@ impl GatedChild {
 
     /// Returns the exit code tracekit passes on: CMD's own (its code, or 128 + signal) when CMD
     /// ended first; 0 when tracing stopped first (Ctrl-C, --duration, --count, a closed stdout)
-    /// and tracekit ends CMD itself: SIGTERM, then after a grace period (cut short by a second
-    /// Ctrl-C) SIGKILL to CMD and every descendant, so that an ignored SIGTERM cannot hold
+    /// and tracekit ends CMD itself: SIGTERM to CMD and every descendant, then after a grace
+    /// period (cut short by a second Ctrl-C) SIGKILL, so that an ignored SIGTERM cannot hold
     /// tracekit (and its programs in the kernel) forever.
     pub fn finish(mut self) -> i32 {
         self.gate.take();
@@ -79,22 +79,28 @@ impl GatedChild {
         }
         let pid = self.child.id();
         let signals_before = super::stop_requests();
-        // SAFETY: kill() with a pid we spawned and have not reaped yet.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        // The whole tree, as systemd or timeout(1) would end a service or a process group: a
+        // shell's children would otherwise outlive it (and hold tracekit's stdout open).
+        signal_tree(pid, libc::SIGTERM);
         let deadline = Instant::now() + TERM_GRACE;
         while self.exited().is_none() && Instant::now() < deadline && super::stop_requests() == signals_before {
             std::thread::sleep(Duration::from_millis(10));
         }
         if self.exited().is_none() {
-            // Descendants first, found while CMD still holds them as its children.
-            for p in descendants(pid).into_iter().chain([pid]) {
-                // SAFETY: kill() has no memory preconditions; CMD is unreaped, so its pid is
-                // still its own, and its descendants were just found alive below it.
-                unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
-            }
+            signal_tree(pid, libc::SIGKILL);
             let _ = self.child.wait();
         }
         0
+    }
+}
+
+/// Sends `sig` to `root` (our unreaped child) and every process below it, descendants first,
+/// found while they are still below it.
+fn signal_tree(root: u32, sig: libc::c_int) {
+    for p in descendants(root).into_iter().chain([root]) {
+        // SAFETY: kill() has no memory preconditions; root is unreaped, so its pid is still
+        // its own, and its descendants were just found alive below it.
+        unsafe { libc::kill(p as libc::pid_t, sig) };
     }
 }
 

@@ -23,6 +23,8 @@ pub struct GatedChild {
     child: Child,
     gate: Option<PipeWriter>,
     status: Option<ExitStatus>,
+    /// Tracing ended before CMD did (Ctrl-C, --duration, --count, closed stdout, -p exits).
+    tracing_ended: bool,
 }
 
 impl GatedChild {
@@ -44,7 +46,7 @@ impl GatedChild {
         }
         let child = c.spawn().map_err(|e| Error::io("starting `-- CMD`", e))?;
         drop(reader);
-        Ok(GatedChild { child, gate: Some(writer), status: None })
+        Ok(GatedChild { child, gate: Some(writer), status: None, tracing_ended: false })
     }
 
     pub fn pid(&self) -> u32 {
@@ -67,15 +69,20 @@ impl GatedChild {
         self.status
     }
 
+    /// Tracing stopped for its own reason: CMD's status is no longer what tracekit passes on.
+    pub fn tracing_ended(&mut self) {
+        self.tracing_ended = true;
+    }
+
     /// Returns the exit code tracekit passes on: CMD's own (its code, or 128 + signal) when CMD
-    /// ended first; 0 when tracing stopped first (Ctrl-C, --duration, --count, a closed stdout)
+    /// ended first; 0 when tracing stopped first (even if CMD has exited since) (Ctrl-C, --duration, --count, a closed stdout)
     /// and tracekit ends CMD itself: SIGTERM to CMD and every descendant, then after a grace
     /// period (cut short by a second Ctrl-C) SIGKILL, so that an ignored SIGTERM cannot hold
     /// tracekit (and its programs in the kernel) forever.
     pub fn finish(mut self) -> i32 {
         self.gate.take();
         if let Some(s) = self.exited() {
-            return s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
+            return if self.tracing_ended { 0 } else { s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)) };
         }
         let pid = self.child.id();
         let signals_before = super::stop_requests();

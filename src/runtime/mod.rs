@@ -357,6 +357,11 @@ impl Runtime {
         drop(source);
         drop(links);
         drop(follow_links);
+        if state.borrow().done
+            && let Some(c) = child.as_mut()
+        {
+            c.tracing_ended();
+        }
 
         let lost = lost_total(skel, &perf_lost);
         let mut st = state.into_inner();
@@ -451,20 +456,24 @@ impl Until {
     }
 
     /// How long to wait before looking again, or None once the run is over.
-    fn next_wait(&self, rt: &Runtime, child: Option<&mut GatedChild>) -> Option<Duration> {
+    /// Tracing's own ends are looked at before CMD's: a Ctrl-C that also killed CMD (the
+    /// terminal signals the whole process group) ended the run, not CMD.
+    fn next_wait(&self, rt: &Runtime, mut child: Option<&mut GatedChild>) -> Option<Duration> {
+        let now = Instant::now();
         if stop_requests() > 0
-            || child.is_some_and(|c| c.exited().is_some())
+            || self.deadline.is_some_and(|d| d <= now)
             || rt.pids.all_exited()
             || watch::stdout_closed()
         {
+            if let Some(c) = child.as_deref_mut() {
+                c.tracing_ended();
+            }
             return None;
         }
-        let now = Instant::now();
-        match self.deadline {
-            Some(d) if d <= now => None,
-            Some(d) => Some(POLL_INTERVAL.min(d - now)),
-            None => Some(POLL_INTERVAL),
+        if child.is_some_and(|c| c.exited().is_some()) {
+            return None;
         }
+        Some(self.deadline.map_or(POLL_INTERVAL, |d| POLL_INTERVAL.min(d - now)))
     }
 }
 

@@ -103,6 +103,7 @@ pub struct Runtime {
 impl Runtime {
     /// A task tool's runtime: validates the options and installs the Ctrl-C / SIGTERM handler.
     pub fn new(args: CommonArgs) -> Result<Self, Error> {
+        check_command_given(&args.task)?;
         Self::with(args.out, args.task)
     }
 
@@ -120,7 +121,6 @@ impl Runtime {
         if let Some(btf) = &out.btf {
             btf::check_file(btf)?;
         }
-        check_command_given(&task)?;
         let filter = Filter::from_args(&task)?;
         let pids = watch::PidWatch::open(&task)?;
         ctrlc::set_handler(|| {

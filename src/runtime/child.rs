@@ -85,12 +85,12 @@ impl GatedChild {
             return if self.tracing_ended { 0 } else { s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)) };
         }
         let pid = self.child.id();
-        let signals_before = super::stop_requests();
         // The whole tree, as systemd or timeout(1) would end a service or a process group: a
         // shell's children would otherwise outlive it (and hold tracekit's stdout open).
         signal_tree(pid, libc::SIGTERM);
         let deadline = Instant::now() + TERM_GRACE;
-        while self.exited().is_none() && Instant::now() < deadline && super::stop_requests() == signals_before {
+        // A second Ctrl-C (or SIGTERM), before or during the grace, ends it.
+        while self.exited().is_none() && Instant::now() < deadline && super::stop_requests() < 2 {
             std::thread::sleep(Duration::from_millis(10));
         }
         if self.exited().is_none() {

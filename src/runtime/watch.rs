@@ -136,3 +136,37 @@ fn thread_group_of(tid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(pids: &[u32]) -> TaskArgs {
+        TaskArgs { pids: pids.to_vec(), ..TaskArgs::default() }
+    }
+
+    #[test]
+    fn pids_are_checked_and_watched() {
+        let me = std::process::id();
+        let watch = PidWatch::open(&task(&[me])).expect("our own pid exists");
+        assert!(!watch.all_exited());
+        assert!(!PidWatch::default().all_exited(), "no -p: never over");
+        let e = PidWatch::open(&task(&[u32::MAX])).unwrap_err().to_string();
+        assert!(e.contains("pid_max"), "{e}");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let watch = PidWatch::open(&task(&[pid])).expect("the child is there until reaped");
+        child.wait().unwrap();
+        assert!(watch.all_exited());
+        let e = PidWatch::open(&task(&[pid])).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        assert_eq!(thread_group_of(me), Some(me));
+    }
+
+    #[test]
+    fn pid_and_command_together_are_refused() {
+        let mut t = task(&[1]);
+        t.command = vec!["true".into()];
+        assert!(PidWatch::open(&t).unwrap_err().to_string().contains("-- CMD"));
+    }
+}

@@ -2,6 +2,7 @@
 //! dispatches; every tool lives in `tools/`, the shared machinery in `runtime/`.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -117,7 +118,10 @@ fn main() -> ExitCode {
     if let Err(e) = runtime::cli::check_utf8(&std::env::args_os().collect::<Vec<_>>()) {
         return ExitCode::from(report(&anyhow::Error::new(e)));
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
+    };
     // Ctrl-C and SIGTERM end the run from here on, whatever setup step is under way (see
     // runtime/signals.rs). Not in the exec gate: CMD gets the default dispositions.
     if !matches!(cli.command, Command::ExecGate { .. })
@@ -129,4 +133,16 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => ExitCode::from(report(&e)),
     }
+}
+
+/// What `Cli::parse` does, except that a failed write of the help or version (`--help >
+/// /dev/full`) is an error (exit 1), not a silent success.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    let printed = e.print().and_then(|()| std::io::stdout().flush()).and_then(|()| std::io::stderr().flush());
+    if let Err(w) = printed {
+        let _ =
+            writeln!(std::io::stderr(), "error: writing the {}: {w}", if e.use_stderr() { "message" } else { "help" });
+        return ExitCode::from(1);
+    }
+    ExitCode::from(e.exit_code().clamp(0, 255) as u8)
 }

@@ -368,6 +368,91 @@ fn cleanup_after_child_exit() {
     assert_released(&ids, "end of -- CMD");
 }
 
+// ---- exits that used to never happen (issue #12 items 5, 7, 8, 11) ----
+// Tracer::start appends -v, which after `--` lands in CMD: these pass -v before `--` themselves
+// and run CMD as `sh -c SCRIPT`, for which the trailing -v is only $0.
+
+/// Waits for `t` to exit by itself; asserts status 0 and that nothing it held stays loaded.
+#[track_caller]
+fn ends_clean(t: common::Tracer, within: Duration, how: &str) -> Duration {
+    let ids = t.ids.clone();
+    let started = Instant::now();
+    let out = t.wait(within);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{how}: {}", out.stderr);
+    assert_released(&ids, how);
+    took
+}
+
+#[test]
+fn cmd_ignoring_sigterm_is_killed_after_a_grace() {
+    if !require_root("cmd_ignoring_sigterm_is_killed_after_a_grace") {
+        return;
+    }
+    // --duration ends the run; CMD ignores SIGTERM: SIGKILL after the grace, status 0.
+    let t = Tracer::start(&["tcpstate", "-v", "-d", "0.5", "--", "sh", "-c", "trap '' TERM; sleep 30"]);
+    let took = ends_clean(t, Duration::from_secs(8), "CMD ignoring SIGTERM");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+}
+
+#[test]
+fn second_ctrl_c_cuts_the_grace_short() {
+    if !require_root("second_ctrl_c_cuts_the_grace_short") {
+        return;
+    }
+    let t = Tracer::start(&["tcpstate", "-v", "--", "sh", "-c", "trap '' TERM INT; sleep 30"]);
+    t.signal(libc::SIGINT);
+    thread::sleep(Duration::from_millis(200));
+    let second = Instant::now();
+    t.signal(libc::SIGINT);
+    ends_clean(t, Duration::from_secs(8), "second Ctrl-C");
+    // The grace is 1.5 s; after the second Ctrl-C only the SIGKILL and the detach remain.
+    assert!(second.elapsed() < Duration::from_secs(1), "took {:?} after the second Ctrl-C", second.elapsed());
+}
+
+#[test]
+fn duration_ending_cmd_exits_zero() {
+    if !require_root("duration_ending_cmd_exits_zero") {
+        return;
+    }
+    let t = Tracer::start(&["tcpstate", "-v", "-d", "0.5", "--", "sh", "-c", "sleep 5"]);
+    let took = ends_clean(t, Duration::from_secs(5), "--duration before CMD's end");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn closed_stdout_ends_the_aggregating_tools() {
+    if !require_root("closed_stdout_ends_the_aggregating_tools") {
+        return;
+    }
+    for args in [
+        &["count", "syscalls:sys_enter_openat", "-i", "0.5"][..],
+        &["count", "syscalls:sys_enter_openat"],
+        &["profile"],
+    ] {
+        let mut t = Tracer::start_opts(args, false);
+        drop(t.stdout_raw.take());
+        ends_clean(t, Duration::from_secs(5), &format!("{args:?} with its reader gone"));
+    }
+}
+
+#[test]
+fn exit_of_every_pid_ends_the_run() {
+    if !require_root("exit_of_every_pid_ends_the_run") {
+        return;
+    }
+    for tool in
+        [&["tracepoint", "syscalls:sys_enter_openat"][..], &["count", "syscalls:sys_enter_openat"], &["profile"]]
+    {
+        let mut target = Command::new("sleep").arg("1").spawn().unwrap();
+        let pid = target.id().to_string();
+        let args: Vec<&str> = tool.iter().copied().chain(["-p", &pid]).collect();
+        let t = Tracer::start(&args);
+        ends_clean(t, Duration::from_secs(5), &format!("{tool:?} -p of a process that exits"));
+        target.wait().unwrap();
+    }
+}
+
 // ---- bad input ----
 
 #[test]

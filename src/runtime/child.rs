@@ -10,16 +10,21 @@ use std::io::{self, PipeWriter, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
 /// Exit status of the gate when tracekit went away before releasing it.
 const GATE_ABANDONED: i32 = 125;
+/// How long CMD has to exit after SIGTERM before it and its descendants get SIGKILL.
+const TERM_GRACE: Duration = Duration::from_millis(1500);
 
 pub struct GatedChild {
     child: Child,
     gate: Option<PipeWriter>,
     status: Option<ExitStatus>,
+    /// Tracing ended before CMD did (Ctrl-C, --duration, --count, closed stdout, -p exits).
+    tracing_ended: bool,
 }
 
 impl GatedChild {
@@ -41,7 +46,7 @@ impl GatedChild {
         }
         let child = c.spawn().map_err(|e| Error::io("starting `-- CMD`", e))?;
         drop(reader);
-        Ok(GatedChild { child, gate: Some(writer), status: None })
+        Ok(GatedChild { child, gate: Some(writer), status: None, tracing_ended: false })
     }
 
     pub fn pid(&self) -> u32 {
@@ -64,20 +69,70 @@ impl GatedChild {
         self.status
     }
 
-    /// Ends CMD if it still runs (tracing stopped first: Ctrl-C, --duration, --count) and
-    /// returns the exit code tracekit passes on: CMD's code, or 128 + signal.
+    /// Tracing stopped for its own reason: CMD's status is no longer what tracekit passes on.
+    pub fn tracing_ended(&mut self) {
+        self.tracing_ended = true;
+    }
+
+    /// Returns the exit code tracekit passes on: CMD's own (its code, or 128 + signal) when CMD
+    /// ended first; 0 when tracing stopped first (even if CMD has exited since) (Ctrl-C, --duration, --count, a closed stdout)
+    /// and tracekit ends CMD itself: SIGTERM to CMD and every descendant, then after a grace
+    /// period (cut short by a second Ctrl-C) SIGKILL, so that an ignored SIGTERM cannot hold
+    /// tracekit (and its programs in the kernel) forever.
     pub fn finish(mut self) -> i32 {
         self.gate.take();
+        if let Some(s) = self.exited() {
+            return if self.tracing_ended { 0 } else { s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)) };
+        }
+        let pid = self.child.id();
+        // The whole tree, as systemd or timeout(1) would end a service or a process group: a
+        // shell's children would otherwise outlive it (and hold tracekit's stdout open).
+        signal_tree(pid, libc::SIGTERM);
+        let deadline = Instant::now() + TERM_GRACE;
+        // A second Ctrl-C (or SIGTERM), before or during the grace, ends it.
+        while self.exited().is_none() && Instant::now() < deadline && super::stop_requests() < 2 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if self.exited().is_none() {
-            // SAFETY: kill() with a pid we spawned and have not reaped yet.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            self.status = self.child.wait().ok();
+            signal_tree(pid, libc::SIGKILL);
+            let _ = self.child.wait();
         }
-        match self.status {
-            Some(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
-            None => 1,
-        }
+        0
     }
+}
+
+/// Sends `sig` to `root` (our unreaped child) and every process below it, descendants first,
+/// found while they are still below it.
+fn signal_tree(root: u32, sig: libc::c_int) {
+    for p in descendants(root).into_iter().chain([root]) {
+        // SAFETY: kill() has no memory preconditions; root is unreaped, so its pid is still
+        // its own, and its descendants were just found alive below it.
+        unsafe { libc::kill(p as libc::pid_t, sig) };
+    }
+}
+
+/// Every process below `root` in the process tree (from /proc/PID/stat's ppid field).
+fn descendants(root: u32) -> Vec<u32> {
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid …`: comm may hold spaces and parentheses, so split after the last `)`.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let procs: Vec<(u32, u32)> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, parent_of(pid)?)))
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(procs.iter().filter(|&&(_, pp)| pp == parent).map(|&(p, _)| p));
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// The gate is tracekit's own child: its parent runs the same executable and FD is the

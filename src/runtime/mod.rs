@@ -22,11 +22,11 @@ pub mod symbolize;
 pub mod target;
 pub mod tracefs;
 pub mod value;
+pub mod watch;
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::{Duration, Instant};
 
 use std::mem::MaybeUninit;
@@ -49,6 +49,8 @@ const DEFAULT_PERFBUF_PAGES: u32 = 64;
 /// Longest sleep between checks of Ctrl-C, --duration, the child and a closed stdout.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+pub use signals::stop_requests;
 
 /// How one tool turns its event into a table row or JSON fields.
 pub trait Printer {
@@ -88,12 +90,14 @@ pub struct Runtime {
     pub probes: Probes,
     pub filter: Filter,
     started: Instant,
-    stop: Arc<AtomicBool>,
+    /// The `-p` processes: the run ends once all of them have exited.
+    pids: watch::PidWatch,
 }
 
 impl Runtime {
     /// A task tool's runtime: validates the options and installs the Ctrl-C / SIGTERM handler.
     pub fn new(args: CommonArgs) -> Result<Self, Error> {
+        check_command_given(&args.task)?;
         Self::with(args.out, args.task)
     }
 
@@ -104,6 +108,7 @@ impl Runtime {
 
     fn with(out: OutputArgs, task: TaskArgs) -> Result<Self, Error> {
         let started = Instant::now();
+        watch::check_stdout_open()?;
         libbpf_log::install(out.verbose);
         kernel::check_privileges()?;
         kernel::raise_memlock();
@@ -111,10 +116,10 @@ impl Runtime {
             btf::check_file(btf)?;
         }
         let filter = Filter::from_args(&task)?;
+        let pids = watch::PidWatch::open(&task)?;
         // main installs it first thing; this covers the library's other users (tests, benches).
         signals::install()?;
-        let stop = signals::stop_flag();
-        Ok(Runtime { out, task, stack: false, probes: Probes::default(), filter, started, stop })
+        Ok(Runtime { out, task, stack: false, probes: Probes::default(), filter, started, pids })
     }
 
     /// Tools that count in kernel maps and print tables at the end or per interval (count,
@@ -299,7 +304,13 @@ impl Runtime {
             if state.borrow().done {
                 break;
             }
-            let Some(timeout) = until.next_wait(&self.stop, child.as_mut()) else { break };
+            let Some(timeout) = until.next_wait(self, child.as_mut()) else {
+                // A closed stdout: the buffered tail has no reader either.
+                if watch::stdout_closed() {
+                    state.borrow_mut().done = true;
+                }
+                break;
+            };
             if let Err(e) = source.poll(timeout)
                 && !state.borrow().done
                 && e.kind() != libbpf_rs::ErrorKind::Interrupted
@@ -315,10 +326,6 @@ impl Runtime {
                     announced_first = true;
                     self.say(format_args!("first event after {:.2} ms", (t - self.started).as_secs_f64() * 1e3));
                 }
-            }
-            if stdout_closed() {
-                state.borrow_mut().done = true;
-                break;
             }
             if Instant::now() >= next_lost_check {
                 next_lost_check += LOST_CHECK_INTERVAL;
@@ -344,6 +351,11 @@ impl Runtime {
         drop(source);
         drop(links);
         drop(follow_links);
+        if state.borrow().done
+            && let Some(c) = child.as_mut()
+        {
+            c.tracing_ended();
+        }
 
         let lost = lost_total(skel, &perf_lost);
         let mut st = state.into_inner();
@@ -403,18 +415,31 @@ impl Runtime {
         Ok((Some(c), links))
     }
 
-    /// Blocks until Ctrl-C/SIGTERM, --duration or the end of `-- CMD`, calling `tick` at most
-    /// every poll interval (for tools that aggregate in the kernel instead of streaming).
+    /// Blocks until Ctrl-C/SIGTERM, --duration, the end of `-- CMD` or of every `-p` process, or
+    /// a closed stdout, calling `tick` at most every poll interval (for tools that aggregate in
+    /// the kernel instead of streaming).
     pub fn wait(&self, mut child: Option<&mut GatedChild>, mut tick: impl FnMut()) {
         let until = Until::new(self.out.duration);
-        while let Some(t) = until.next_wait(&self.stop, child.as_deref_mut()) {
+        while let Some(t) = until.next_wait(self, child.as_deref_mut()) {
             std::thread::sleep(t);
             tick();
         }
     }
 }
 
-/// When a run ends: Ctrl-C/SIGTERM, --duration, or the end of `-- CMD`.
+/// A bare `--` (nothing after it) would silently mean "trace everything".
+fn check_command_given(task: &TaskArgs) -> Result<(), Error> {
+    if task.command.is_empty() && std::env::args_os().last().is_some_and(|a| a == "--") {
+        return Err(Error::usage(
+            "`--` must be followed by the command to run",
+            Some("write `-- CMD [ARGS...]`, or drop `--` to trace every process".to_owned()),
+        ));
+    }
+    Ok(())
+}
+
+/// When a run ends: Ctrl-C/SIGTERM, --duration, the end of `-- CMD` or of every `-p` process,
+/// or a closed stdout.
 struct Until {
     deadline: Option<Instant>,
 }
@@ -425,16 +450,24 @@ impl Until {
     }
 
     /// How long to wait before looking again, or None once the run is over.
-    fn next_wait(&self, stop: &AtomicBool, child: Option<&mut GatedChild>) -> Option<Duration> {
-        if stop.load(Ordering::Relaxed) || child.is_some_and(|c| c.exited().is_some()) {
+    /// Tracing's own ends are looked at before CMD's: a Ctrl-C that also killed CMD (the
+    /// terminal signals the whole process group) ended the run, not CMD.
+    fn next_wait(&self, rt: &Runtime, mut child: Option<&mut GatedChild>) -> Option<Duration> {
+        let now = Instant::now();
+        if stop_requests() > 0
+            || self.deadline.is_some_and(|d| d <= now)
+            || rt.pids.all_exited()
+            || watch::stdout_closed()
+        {
+            if let Some(c) = child.as_deref_mut() {
+                c.tracing_ended();
+            }
             return None;
         }
-        let now = Instant::now();
-        match self.deadline {
-            Some(d) if d <= now => None,
-            Some(d) => Some(POLL_INTERVAL.min(d - now)),
-            None => Some(POLL_INTERVAL),
+        if child.is_some_and(|c| c.exited().is_some()) {
+            return None;
         }
+        Some(self.deadline.map_or(POLL_INTERVAL, |d| POLL_INTERVAL.min(d - now)))
     }
 }
 
@@ -456,15 +489,6 @@ fn emit_summary(sink: &mut Sink, events: u64, lost: u64, secs: f64) -> io::Resul
     sink.field_u64("lost", lost)?;
     sink.field_f64("duration_s", secs, 3)?;
     sink.obj_end()
-}
-
-/// A reader gone from the other end of a pipe shows as POLLERR on our end: stop then,
-/// even if no event comes to fail a write.
-fn stdout_closed() -> bool {
-    let mut p = libc::pollfd { fd: libc::STDOUT_FILENO, events: 0, revents: 0 };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n > 0 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 struct StreamState<'s, P: Printer> {

@@ -4,24 +4,27 @@
 //! nothing exists in the kernel that tracekit would have to undo, so a signal ends the process
 //! at once, whatever the main thread is doing (a slow BTF walk, a hung read): exit status
 //! [`INTERRUPTED`]. From [`setup_done`] on (called just before the first skeleton is loaded),
-//! a signal only sets the stop flag: the run loop sees it, detaches everything and exits 0.
+//! a signal only counts a stop request: the run loop sees the first, detaches everything and
+//! exits 0; a second cuts short the grace a `-- CMD` gets to exit (runtime/child.rs).
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::Error;
 
-/// The exit status of a run that a signal ended during setup, before anything was loaded:
-/// 128 + SIGINT, as a shell reports a command that Ctrl-C interrupted.
-pub const INTERRUPTED: u8 = 130;
+/// The exit status of a run that a signal ended during setup, before anything was loaded: 0, as
+/// for a signal at any later moment (README "Exit status": Ctrl-C and SIGTERM are how a user
+/// ends a run, not a failure).
+pub const INTERRUPTED: u8 = 0;
 
 /// True until [`setup_done`]. A mutex, not an atomic: the handler holds it while it exits, so
 /// the main thread cannot leave setup (and start loading) between the handler's check and the
 /// process's end.
 static IN_SETUP: Mutex<bool> = Mutex::new(true);
 
-/// Set by a signal once setup is done; the run loop polls it.
-static STOP: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+/// Ctrl-C / SIGTERM received once setup is done: the first ends the run (cleanly, CMD given a
+/// grace period), a second cuts the grace short.
+static STOP_REQUESTS: AtomicU32 = AtomicU32::new(0);
 
 static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
 
@@ -32,7 +35,7 @@ fn on_signal() {
         // stuck in a step that never checks a flag. The guard stays held until the process ends.
         std::process::exit(i32::from(INTERRUPTED));
     }
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    STOP_REQUESTS.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Installs the handler (once; later calls return the first call's result).
@@ -49,7 +52,7 @@ pub fn setup_done() {
     *IN_SETUP.lock().unwrap_or_else(|e| e.into_inner()) = false;
 }
 
-/// The flag a signal sets once setup is done.
-pub fn stop_flag() -> Arc<AtomicBool> {
-    STOP.clone()
+/// How many times Ctrl-C or SIGTERM arrived after setup.
+pub fn stop_requests() -> u32 {
+    STOP_REQUESTS.load(Ordering::SeqCst)
 }

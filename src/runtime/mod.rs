@@ -49,6 +49,11 @@ const DEFAULT_PERFBUF_PAGES: u32 = 64;
 /// Longest sleep between checks of Ctrl-C, --duration, the child and a closed stdout.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const LOST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// libbpf's ring-buffer poll keeps reading while the producer keeps writing: under a flood it
+/// would never return, and Ctrl-C, --duration and the end of CMD would never be seen. The
+/// handler ends a poll after this many events (the event is kept; only the poll returns),
+/// so the run loop checks them at least this often.
+const PAUSE_EVERY: u32 = 4096;
 
 pub use signals::stop_requests;
 
@@ -274,6 +279,8 @@ impl Runtime {
             events: 0,
             limit: self.out.count,
             done: false,
+            since_pause: 0,
+            paused: false,
             write_error: None,
             malformed: 0,
             first_event: None,
@@ -311,8 +318,11 @@ impl Runtime {
                 }
                 break;
             };
-            if let Err(e) = source.poll(timeout)
+            let polled = source.poll(timeout);
+            let paused = std::mem::take(&mut state.borrow_mut().paused);
+            if let Err(e) = polled
                 && !state.borrow().done
+                && !paused
                 && e.kind() != libbpf_rs::ErrorKind::Interrupted
             {
                 return Err(Error::runtime(format!("reading events: {e}"), None));
@@ -343,14 +353,19 @@ impl Runtime {
                 }
             }
         }
-        // Events already in the buffer are still delivered (a child's last events, the tail
-        // before Ctrl-C), unless the consumer is gone or --count was reached.
-        if !state.borrow().done {
-            let _ = source.consume();
-        }
-        drop(source);
+        // Detached first, so that no new event comes in; then the events already in the buffer
+        // are still delivered (a child's last events, the tail before Ctrl-C), unless the
+        // consumer is gone or --count was reached. Each consume stops at a pause; the buffer
+        // only shrinks now, so this ends.
         drop(links);
         drop(follow_links);
+        while !state.borrow().done {
+            let _ = source.consume();
+            if !std::mem::take(&mut state.borrow_mut().paused) {
+                break;
+            }
+        }
+        drop(source);
         if state.borrow().done
             && let Some(c) = child.as_mut()
         {
@@ -498,6 +513,10 @@ struct StreamState<'s, P: Printer> {
     limit: Option<u64>,
     /// No more events wanted: --count reached or stdout closed.
     done: bool,
+    /// Events handled since the last pause (see [`PAUSE_EVERY`]).
+    since_pause: u32,
+    /// The last poll ended at a pause, not at an error.
+    paused: bool,
     write_error: Option<io::Error>,
     malformed: u64,
     first_event: Option<Instant>,
@@ -569,6 +588,12 @@ impl<P: Printer> StreamState<'_, P> {
         self.events += 1;
         if self.limit.is_some_and(|n| self.events >= n) {
             self.done = true;
+        }
+        self.since_pause += 1;
+        if !self.done && self.since_pause >= PAUSE_EVERY {
+            self.since_pause = 0;
+            self.paused = true;
+            return false;
         }
         !self.done
     }

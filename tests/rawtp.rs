@@ -65,11 +65,8 @@ fn tp_btf_agrees_with_tcpstate() {
     // The kernel zeroes skc_num when it unhashes a socket, before the move to CLOSE: that
     // transition is matched by the socket's address, seen with the port earlier.
     let generic_events = g.events();
-    let sockets: BTreeSet<&str> = generic_events
-        .iter()
-        .filter(|e| e["args"][&field] == port)
-        .filter_map(|e| e["args"][&sk].as_str())
-        .collect();
+    let sockets: BTreeSet<&str> =
+        generic_events.iter().filter(|e| e["args"][&field] == port).filter_map(|e| e["args"][&sk].as_str()).collect();
     let mut from_generic: BTreeMap<(i64, i64), u32> = BTreeMap::new();
     // A freed socket's memory may come back as another test's socket: each ends at its CLOSE.
     let mut closed = BTreeSet::new();

@@ -90,12 +90,6 @@ fn matrix_row(kernel: Kernel) {
     let _turn = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let mut script = String::from("tracekit=$TRACEKIT_BIN\necho '== tracekit probe'\n$tracekit probe\nrc=0\n");
     for (suite, threads) in SUITES {
-        // The packet suites run on 5.10 (no tcx: the clsact backend and its sweep) and 6.12
-        // (tcx); 6.1 has 5.10's TC and XDP forms, and leaving it out keeps CI well in its time.
-        if *threads > 1 && matches!(kernel, Kernel::Bookworm61) {
-            script.push_str(&format!("echo 'SKIP {suite} on 6.1: same XDP/TC forms as 5.10, which runs it'\n"));
-            continue;
-        }
         // 5.10 runs the packet suites one test at a time: there a native XDP attach or detach
         // rewrites the XDP dispatcher's code (6.2 moved it to static calls), and one test's
         // attach while another's flood runs XDP on the other vCPU left that vCPU looping in

@@ -139,7 +139,10 @@ fn main() -> ExitCode {
 /// /dev/full`) is an error (exit 1), not a silent success.
 fn clap_exit(e: &clap::Error) -> ExitCode {
     let printed = e.print().and_then(|()| std::io::stdout().flush()).and_then(|()| std::io::stderr().flush());
-    if let Err(w) = printed {
+    // A reader that took what it wanted (`tracekit --help | head`) is not an error, as for events.
+    if let Err(w) = printed
+        && w.kind() != std::io::ErrorKind::BrokenPipe
+    {
         let _ =
             writeln!(std::io::stderr(), "error: writing the {}: {w}", if e.use_stderr() { "message" } else { "help" });
         return ExitCode::from(1);

@@ -343,12 +343,16 @@ pub fn symbols(rt: &Runtime, specs: &[Spec], pid: Option<u32>, limit: usize) -> 
             true
         }
         std::collections::hash_map::Entry::Occupied(o) => {
-            eprintln!(
-                "tracekit: note: {} runs the same code as `{}`: traced once, its calls show as `{}`",
-                s.label,
-                o.get(),
-                o.get()
-            );
+            // An alias (another name for the same code) is worth a note; the same function
+            // given twice is not.
+            if s.func != *o.get() {
+                eprintln!(
+                    "tracekit: note: {} runs the same code as `{}`: traced once, its calls show as `{}`",
+                    s.label,
+                    o.get(),
+                    o.get()
+                );
+            }
             false
         }
     });

@@ -18,6 +18,8 @@ use crate::error::Error;
 const GATE_ABANDONED: i32 = 125;
 /// How long CMD has to exit after SIGTERM before it and its descendants get SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(1500);
+/// After CMD died of SIGINT, SIGTERM or SIGHUP, how long tracekit waits for its own copy of the signal.
+const SIGNAL_SIBLING_WAIT: Duration = Duration::from_millis(250);
 
 pub struct GatedChild {
     child: Child,
@@ -82,6 +84,16 @@ impl GatedChild {
     pub fn finish(mut self) -> i32 {
         self.gate.take();
         if let Some(s) = self.exited() {
+            // CMD died of the signal a terminal sends the whole process group: tracekit's own
+            // copy may still be on its way to the counter (the handler runs on its own
+            // thread), and then the run was ended by Ctrl-C, not by CMD.
+            if !self.tracing_ended && matches!(s.signal(), Some(libc::SIGINT | libc::SIGTERM | libc::SIGHUP)) {
+                let deadline = Instant::now() + SIGNAL_SIBLING_WAIT;
+                while super::stop_requests() == 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                self.tracing_ended = super::stop_requests() > 0;
+            }
             return if self.tracing_ended { 0 } else { s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)) };
         }
         let pid = self.child.id();

@@ -13,6 +13,7 @@ pub mod libbpf_log;
 mod lifecycle;
 pub mod lost;
 pub mod output;
+pub mod pcap;
 pub mod probe;
 pub mod resolve;
 pub mod signals;

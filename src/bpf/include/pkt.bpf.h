@@ -399,6 +399,25 @@ static __always_inline void tk_pkt_parse(const struct tk_pkt_ctx *c, const enum 
 		tk_pkt_parse_ip6(c, src, off, p);
 }
 
+/* The user's tcpdump expression (`tracekit xdp IFACE tcp port 80`): before load, tracekit
+ * replaces this function's body with the expression, compiled by libpcap to classic BPF and
+ * translated to eBPF (src/runtime/pcap). Non-zero: the packet matches. The frame starts at
+ * its Ethernet header: at `data` for XDP, at offset 0 of the skb for tc, at the MAC header
+ * for a socket filter; `len` is the frame's whole length. Not inlined, so that it can be
+ * found and replaced; the placeholder uses every argument, so every call passes them all. */
+static __noinline int tk_pcap_filter(void *ctx, void *data, void *data_end, __u32 len)
+{
+	return ctx != 0 && data != data_end && len != 0;
+}
+
+/* Whether the tcpdump expression, if any, matches the frame. */
+static __always_inline bool tk_pcap_allows(const struct tk_pkt_ctx *c, __u32 len)
+{
+	if (!tk_pkt_filter.pcap)
+		return true;
+	return tk_pcap_filter(c->ctx, c->data, c->data_end, len) != 0;
+}
+
 /* Whether the packet filter of rodata lets p through (every part off when zero). */
 static __always_inline bool tk_pkt_filter_allows(const struct tk_pkt *p)
 {

@@ -140,6 +140,7 @@ struct tk_pkt_filter {
 	__u8 drop;              /* --drop (xdp): matched packets get XDP_DROP */
 	__u8 sock;              /* --sock: look up the local TCP socket of each TCP packet */
 	__u8 skip_lo_outgoing;  /* sockfilter: skip packets leaving lo (each is seen leaving and arriving) */
+	__u8 pcap;              /* a tcpdump expression was given: tk_pcap_filter() was replaced by it */
 };
 
 #endif

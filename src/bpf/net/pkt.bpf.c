@@ -41,7 +41,7 @@ int xdp__observe(struct xdp_md *ctx)
 
 	tk_pkt_count(cnt, TK_CNT_SEEN);
 	tk_pkt_parse(&c, TK_SRC_XDP, 0, &p);
-	if (!tk_pkt_filter_allows(&p))
+	if (!tk_pkt_filter_allows(&p) || !tk_pcap_allows(&c, tk_xdp_len(ctx, &c)))
 		return XDP_PASS;
 	tk_pkt_count(cnt, TK_CNT_MATCHED);
 	verdict = tk_pkt_filter.drop ? TK_VERDICT_DROP : TK_VERDICT_PASS;
@@ -75,7 +75,7 @@ static __always_inline int tk_tc_observe(struct __sk_buff *skb, const __u8 dir)
 
 	tk_pkt_count(cnt, TK_CNT_SEEN);
 	tk_pkt_parse(&c, TK_SRC_SKB, skb->vlan_present ? skb->vlan_tci : 0, &p);
-	if (!tk_pkt_filter_allows(&p))
+	if (!tk_pkt_filter_allows(&p) || !tk_pcap_allows(&c, skb->len))
 		return TK_TC_NEXT;
 	tk_pkt_count(cnt, TK_CNT_MATCHED);
 	tk_pkt_count(cnt, TK_CNT_PASS);
@@ -120,7 +120,7 @@ int sock__observe(struct __sk_buff *skb)
 	cnt = tk_pkt_counters();
 	tk_pkt_count(cnt, TK_CNT_SEEN);
 	tk_pkt_parse(&c, TK_SRC_SKB_MAC, skb->vlan_present ? skb->vlan_tci : 0, &p);
-	if (!tk_pkt_filter_allows(&p))
+	if (!tk_pkt_filter_allows(&p) || !tk_pcap_allows(&c, skb->len))
 		return 0;
 	tk_pkt_count(cnt, TK_CNT_MATCHED);
 	tk_pkt_count(cnt, TK_CNT_PASS);

@@ -122,6 +122,11 @@ pub struct NetArgs {
     /// Only packets to this address or prefix
     #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_host)]
     pub dst: Option<HostPrefix>,
+
+    /// Only packets this tcpdump expression selects (man 7 pcap-filter), run in the kernel;
+    /// several words are joined as tcpdump joins them: `tcp port 80 and not host 10.0.0.1`
+    #[arg(value_name = "EXPRESSION", num_args = 0..)]
+    pub expression: Vec<String>,
 }
 
 #[cfg(test)]

@@ -11,7 +11,11 @@ use std::mem::MaybeUninit;
 use libbpf_rs::OpenObject;
 use packet::{Columns, OpenPktSkel, PacketFilter, PktSkel, PktSkelBuilder, types};
 
+use libbpf_rs::skel::OpenSkel;
+
 use crate::error::Error;
+use crate::runtime::pcap::inject;
+use crate::runtime::pcap::translate::{PacketAccess, translate};
 use crate::runtime::{Runtime, Transport};
 
 /// Opens the packet object, writes the transport and the packet filter (`tune` may adjust it),
@@ -30,13 +34,39 @@ pub fn open_load<'o>(
         Columns::Tc => "tc",
         Columns::Socket => "sockfilter",
     };
+    // The expression's translation is checked before anything is opened: what it cannot
+    // take is a usage error naming the construct.
+    if let Some((text, classic)) = &filter.pcap {
+        let access = match hook {
+            Columns::Xdp => PacketAccess::Direct,
+            Columns::Tc => PacketAccess::SkbLoadBytes,
+            Columns::Socket => PacketAccess::SkbLoadBytesFromMac,
+        };
+        translate(classic, access).map_err(|u| {
+            Error::usage(
+                format!("the filter expression `{text}` cannot run in the kernel: libpcap compiled it to {}", u.0),
+                Some("write the test another way, or use --port/--host/--proto".to_owned()),
+            )
+        })?;
+        inject::register()?;
+    }
     let mut open = rt.open(tool, PktSkelBuilder::default(), storage)?;
     rt.configure_transport(&mut open, transport)?;
     let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
     filter.write(&mut ro.tk_pkt_filter, netns_inode);
     tune(&mut ro.tk_pkt_filter);
     load_only(&mut open, hook);
-    rt.load(tool, open)
+    if let Some((_, classic)) = &filter.pcap {
+        inject::arm(open.open_object(), classic.clone())?;
+    }
+    let loaded = rt.load(tool, open);
+    let why = inject::disarm();
+    match (loaded, why) {
+        (Err(_), Some(why)) => {
+            Err(Error::runtime(format!("putting the filter expression into the program: {why}"), None))
+        }
+        (loaded, _) => loaded,
+    }
 }
 
 /// Loads only the programs of one hook: the object has one per hook, a tool uses one.

@@ -16,6 +16,7 @@ use crate::runtime::attach::netns::Netns;
 use crate::runtime::cli::net::{HostPrefix, NetArgs, Proto};
 use crate::runtime::fastfmt;
 use crate::runtime::output::{EventHeader, PacketHeader, Sink};
+use crate::runtime::pcap::{self, ClassicInsn};
 
 /// `write!` into a [`Text`] through fmt::Write (the io::Write in scope is for the sink).
 macro_rules! twrite {
@@ -36,6 +37,8 @@ pub struct PacketFilter {
     host: Option<(HostPrefix, types::tk_host_side)>,
     pub drop: bool,
     pub sock: bool,
+    /// The tcpdump expression and what libpcap compiled it to.
+    pub pcap: Option<(String, Vec<ClassicInsn>)>,
 }
 
 impl PacketFilter {
@@ -91,7 +94,14 @@ impl PacketFilter {
             }
             _ => {}
         }
-        Ok(PacketFilter { family, proto: a.proto, ports: a.ports.clone(), host, drop, sock })
+        let pcap = match pcap::expression(&a.expression) {
+            Some(text) => {
+                let classic = pcap::compile(&text, pcap::LINKTYPE_ETHERNET)?;
+                Some((text, classic))
+            }
+            None => None,
+        };
+        Ok(PacketFilter { family, proto: a.proto, ports: a.ports.clone(), host, drop, sock, pcap })
     }
 
     pub fn write(&self, f: &mut types::tk_pkt_filter, netns_inode: u64) {
@@ -105,6 +115,7 @@ impl PacketFilter {
             f.host_prefix = h.prefix;
             f.host_side = side.0 as u8;
         }
+        f.pcap = self.pcap.is_some() as u8;
         f.drop = self.drop as u8;
         f.sock = self.sock as u8;
         // Namespace inodes are 32-bit in practice (proc_inum): what the header carries.
@@ -130,6 +141,9 @@ impl PacketFilter {
                 _ => "host",
             };
             parts.push(format!("{side} {}/{}", h.addr, h.prefix));
+        }
+        if let Some((text, classic)) = &self.pcap {
+            parts.push(format!("`{text}` ({} classic BPF instructions)", classic.len()));
         }
         if parts.is_empty() { "every packet".to_owned() } else { parts.join(", ") }
     }

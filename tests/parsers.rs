@@ -207,3 +207,40 @@ fn reported_panics() {
     let fmt = "ID: 1\n\tfield:int\u{a0}dfd;\toffset:16;\tsize:8;\tsigned:1;\n";
     assert_eq!(tracefs::parse("x:y", fmt).unwrap().fields[0].name, "dfd");
 }
+
+proptest! {
+    #![proptest_config(Config { cases: 2000, ..Config::default() })]
+
+    /// Any classic BPF program (what libpcap hands over is trusted no further than this): the
+    /// translation returns instructions or names what it cannot take; every jump it emits
+    /// lands inside the result.
+    #[test]
+    fn any_classic_program_translates_or_is_refused(
+        prog in proptest::collection::vec((any::<u16>(), any::<u8>(), any::<u8>(), any::<u32>()), 0..40)
+    ) {
+        use tracekit::runtime::pcap::ClassicInsn;
+        use tracekit::runtime::pcap::translate::{PacketAccess, translate};
+        let prog: Vec<ClassicInsn> = prog.into_iter().map(|(code, jt, jf, k)| ClassicInsn { code, jt, jf, k }).collect();
+        for access in [PacketAccess::Direct, PacketAccess::SkbLoadBytes, PacketAccess::SkbLoadBytesFromMac] {
+            if let Ok(out) = translate(&prog, access) {
+                for (at, i) in out.iter().enumerate() {
+                    let class = i.code & 0x07;
+                    let op = i.code & 0xf0;
+                    if (class == 0x05 || class == 0x06) && op != 0x80 && op != 0x90 {
+                        let to = at as i64 + 1 + i64::from(i.off);
+                        prop_assert!((0..out.len() as i64).contains(&to), "jump at {at} to {to}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Expression words from the command line: joining and the first-word test never panic.
+    #[test]
+    fn expression_words_never_panic(words in proptest::collection::vec("\\PC*", 0..5)) {
+        let _ = tracekit::runtime::pcap::expression(&words);
+        for w in &words {
+            let _ = tracekit::runtime::pcap::starts_expression(w);
+        }
+    }
+}

@@ -112,6 +112,57 @@ fn open_library() -> Result<libloading::Library, Error> {
     ))
 }
 
+/// Words that begin a tcpdump expression (pcap-filter(7)'s primitives, qualifiers and
+/// operators), for a tool whose interface is optional (`tracekit sockfilter tcp port 80`).
+const FIRST_WORDS: &[&str] = &[
+    "not",
+    "!",
+    "(",
+    "ip",
+    "ip6",
+    "arp",
+    "rarp",
+    "tcp",
+    "udp",
+    "icmp",
+    "icmp6",
+    "sctp",
+    "igmp",
+    "pim",
+    "vrrp",
+    "ah",
+    "esp",
+    "host",
+    "net",
+    "port",
+    "portrange",
+    "src",
+    "dst",
+    "ether",
+    "vlan",
+    "mpls",
+    "len",
+    "greater",
+    "less",
+    "proto",
+    "gateway",
+    "broadcast",
+    "multicast",
+    "inbound",
+    "outbound",
+    "pppoed",
+    "pppoes",
+    "geneve",
+    "stp",
+    "llc",
+];
+
+/// Whether `word`, given where an interface may stand, begins a tcpdump expression instead.
+pub fn starts_expression(word: &str) -> bool {
+    let head = word.split(['[', ' ']).next().unwrap_or_default();
+    FIRST_WORDS.contains(&head) || word.starts_with('(') || word.starts_with('!')
+}
+
 /// The words of a tcpdump expression given as several arguments (`tcp port 80`), joined as
 /// tcpdump joins them; None when there are none.
 pub fn expression(words: &[String]) -> Option<String> {

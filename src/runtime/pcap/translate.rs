@@ -379,7 +379,10 @@ fn packet_load(
     access: PacketAccess,
 ) -> Result<(), String> {
     if k >= ANCILLARY_BASE {
-        return Err("a load of the kernel's ancillary data (SKF_AD_*), which only live captures use".into());
+        return Err(
+            "a test of what only a live capture knows (the kernel's ancillary data: direction for `inbound`/`outbound`, interface, VLAN metadata)"
+                .into(),
+        );
     }
     match access {
         PacketAccess::Direct => {

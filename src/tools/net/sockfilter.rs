@@ -16,6 +16,7 @@ use crate::runtime::attach::netdev::Iface;
 use crate::runtime::attach::netns::Netns;
 use crate::runtime::attach::socket;
 use crate::runtime::cli::net::NetArgs;
+use crate::runtime::pcap;
 use crate::runtime::{OutputArgs, Runtime};
 
 #[derive(Debug, Clone, Args)]
@@ -23,7 +24,8 @@ use crate::runtime::{OutputArgs, Runtime};
     tracekit sockfilter                        # every interface\n    \
     tracekit sockfilter lo --port 8080         # loopback, port 8080 either way\n    \
     tracekit sockfilter eth0 -6 --proto icmp6  # ICMPv6 on eth0\n    \
-    tracekit sockfilter --netns blue -j        # every interface of namespace `blue`")]
+    tracekit sockfilter --netns blue -j        # every interface of namespace `blue`\n    \
+    tracekit sockfilter tcp port 53            # tcpdump's filter language, every interface")]
 pub struct SockfilterArgs {
     /// Interface to watch (default: every interface of the namespace)
     #[arg(value_name = "IFACE")]
@@ -36,10 +38,15 @@ pub struct SockfilterArgs {
     pub out: OutputArgs,
 }
 
-pub fn run(args: SockfilterArgs) -> Result<i32, Error> {
-    let filter = PacketFilter::from_args(&args.net, false, false)?;
+pub fn run(mut args: SockfilterArgs) -> Result<i32, Error> {
     let mut rt = Runtime::for_packets(args.out.clone())?;
     let netns = rt.step("netns", || Netns::resolve(args.net.netns.as_deref()))?;
+    // The interface is optional: `tracekit sockfilter tcp port 80` is an expression on every
+    // interface, unless an interface has that name.
+    if let Some(word) = args.iface.take_if(|w| pcap::starts_expression(w) && Iface::resolve(w, &netns).is_err()) {
+        args.net.expression.insert(0, word);
+    }
+    let filter = PacketFilter::from_args(&args.net, false, false)?;
     let iface = match &args.iface {
         Some(name) => Some(rt.step("interface", || Iface::resolve(name, &netns))?),
         None => None,

@@ -34,7 +34,8 @@ pub enum Backend {
     tracekit tc eth0                           # both directions\n    \
     tracekit tc eth0 --egress --proto udp      # what leaves, UDP only\n    \
     tracekit tc eth0 --sock --port 5432        # with the socket of each packet\n    \
-    tracekit tc veth0 --netns blue -j -n 100   # 100 packets as NDJSON, in namespace `blue`")]
+    tracekit tc veth0 --netns blue -j -n 100   # 100 packets as NDJSON, in namespace `blue`\n    \
+    tracekit tc eth0 udp port 53 and not host 10.0.0.1  # tcpdump's filter language")]
 pub struct TcArgs {
     /// Interface to attach to
     #[arg(value_name = "IFACE")]

@@ -33,7 +33,8 @@ pub enum Mode {
     tracekit xdp eth0 --proto tcp --port 443   # HTTPS only, filtered in the kernel\n    \
     tracekit xdp eth0 --sock --port 8080       # which local socket gets each packet\n    \
     tracekit xdp eth0 --drop --src 10.0.0.9    # drop that host's packets (counted)\n    \
-    tracekit xdp veth0 --netns blue -j         # inside namespace `blue`, as NDJSON")]
+    tracekit xdp veth0 --netns blue -j         # inside namespace `blue`, as NDJSON\n    \
+    tracekit xdp eth0 'tcp[tcpflags] & tcp-syn != 0'  # tcpdump's filter language")]
 pub struct XdpArgs {
     /// Interface to attach to
     #[arg(value_name = "IFACE")]

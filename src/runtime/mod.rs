@@ -76,6 +76,14 @@ pub trait Printer {
     fn stack_ids(_ev: &Self::Event) -> Option<(u32, i32, i32)> {
         None
     }
+    /// Whether events are printed (as rows or JSON); a capture to stdout (`-w -`) prints none.
+    fn prints_events(&self) -> bool {
+        true
+    }
+    /// The bytes an event record carries after the event itself (a packet's frame with `-w`).
+    fn trailer(&mut self, _ev: &Self::Event, _bytes: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
     /// Called after every poll (at most every 100 ms), for tools that print counters with
     /// `--interval`.
     fn tick(&mut self, _out: &mut Sink) -> io::Result<()> {
@@ -294,7 +302,7 @@ impl Runtime {
         self.attached();
         {
             let mut st = state.borrow_mut();
-            if !st.sink.json {
+            if !st.sink.json && st.printer.prints_events() {
                 let st = &mut *st;
                 let r = st.sink.table_header(st.printer.columns()).and_then(|()| st.sink.flush());
                 st.note_write(r);
@@ -571,8 +579,12 @@ impl<P: Printer> StreamState<'_, P> {
         if self.first_event.is_none() {
             self.first_event = Some(Instant::now());
         }
+        let trailer = data.get(size_of::<P::Event>()..).unwrap_or_default();
+        let r = if !trailer.is_empty() { self.printer.trailer(&ev, trailer) } else { Ok(()) };
         let hdr = self.printer.header(&ev);
-        let r = if self.sink.json {
+        let r = if r.is_err() || !self.printer.prints_events() {
+            r
+        } else if self.sink.json {
             self.sink
                 .event_start(&hdr)
                 .and_then(|()| self.printer.json(&ev, &mut self.sink))

@@ -520,7 +520,8 @@ static __always_inline void tk_pkt_fill(struct tk_pkt_event *e, const struct tk_
 	e->hdr.len = len;
 	e->hdr.dir = dir;
 	e->hdr.hook = hook;
-	__builtin_memset(e->hdr._pad, 0, sizeof(e->hdr._pad));
+	e->hdr._pad = 0;
+	e->hdr.caplen = 0;
 	e->pkt = *p;
 	e->mark = mark;
 	e->sk_cookie = 0;
@@ -529,6 +530,78 @@ static __always_inline void tk_pkt_fill(struct tk_pkt_event *e, const struct tk_
 	e->sk_state = TK_SOCK_NONE;
 	e->sk_found = 0;
 	e->_pad = 0;
+}
+
+/* ---- captures (-w): the event followed by the frame's first bytes ---- */
+
+struct tk_capture {
+	struct tk_pkt_event event;
+	__u8 frame[TK_CAPTURE_MAX];
+};
+
+/* One per CPU: packet programs run in softirq (or with bottom halves off) and never nest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tk_capture);
+} tk_capture_buf SEC(".maps");
+
+/* The capture record to fill, or NULL when -w is off (or the lookup fails). */
+static __always_inline struct tk_capture *tk_capture_slot(void)
+{
+	__u32 zero = 0;
+
+	if (!tk_pkt_filter.snaplen)
+		return NULL;
+	return bpf_map_lookup_elem(&tk_capture_buf, &zero);
+}
+
+/* How many bytes of a frame of `len` to copy: snaplen, at most TK_CAPTURE_MAX, bounded for
+ * the verifier. */
+static __always_inline __u64 tk_caplen(__u32 len)
+{
+	__u64 n = len < tk_pkt_filter.snaplen ? len : tk_pkt_filter.snaplen;
+
+	if (n > TK_CAPTURE_MAX)
+		n = TK_CAPTURE_MAX;
+	return n;
+}
+
+/* Whether *n is a length to copy, 1..TK_CAPTURE_MAX, checked so that the verifier learns both
+ * bounds on the register passed to the copy helper: two separate tests (clang would fold them
+ * into one unsigned test of n - 1, which the verifier cannot follow back to n), the lower one
+ * signed (every verifier turns `s> 0` into a minimum of 1). */
+static __always_inline bool tk_caplen_ok(__u64 *n)
+{
+	__u64 v = *n;
+
+	asm volatile("" : "+r"(v));
+	if (v > TK_CAPTURE_MAX)
+		return false;
+	asm volatile("" : "+r"(v));
+	if ((__s64)v <= 0)
+		return false;
+	*n = v;
+	return true;
+}
+
+/* Sends the event and its `caplen` frame bytes already in `cap` as one record (the variable
+ * size is why it is built in the per-CPU buffer and copied out, on both transports). */
+static __always_inline void tk_capture_send(void *ctx, struct tk_capture *cap, __u32 caplen)
+{
+	__u64 size;
+
+	if (caplen > TK_CAPTURE_MAX)
+		caplen = TK_CAPTURE_MAX;
+	cap->event.hdr.caplen = caplen;
+	size = sizeof(cap->event) + caplen;
+	if (tk_transport.use_perfbuf) {
+		if (bpf_perf_event_output(ctx, &tk_events, BPF_F_CURRENT_CPU, cap, size) < 0)
+			tk_count_drop();
+	} else if (bpf_ringbuf_output(&tk_events, cap, size, tk_wakeup_flags(cap, size)) < 0) {
+		tk_count_drop();
+	}
 }
 
 #endif

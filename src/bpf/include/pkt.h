@@ -6,6 +6,9 @@
 #define TK_PKT_H
 
 #define TK_PKT_MAX_PORTS 8
+/* Most frame bytes one event carries (-w): the capture buffer is a per-CPU map value, which
+ * the kernel limits to 32 KiB; the event itself comes first. */
+#define TK_CAPTURE_MAX (32 * 1024 - 128)
 
 /* Where a packet was seen. */
 enum tk_dir {
@@ -79,7 +82,8 @@ struct tk_pkt_hdr {
 	__u32 len;              /* length on the wire (the whole frame, not just the parsed part) */
 	__u8 dir;               /* enum tk_dir */
 	__u8 hook;              /* enum tk_pkt_hook */
-	__u8 _pad[6];
+	__u16 _pad;
+	__u32 caplen;           /* -w: bytes of the frame that follow the event (0: none) */
 };
 
 /* One packet, parsed. Addresses and ports in network byte order as on the wire... except the
@@ -141,6 +145,7 @@ struct tk_pkt_filter {
 	__u8 sock;              /* --sock: look up the local TCP socket of each TCP packet */
 	__u8 skip_lo_outgoing;  /* sockfilter: skip packets leaving lo (each is seen leaving and arriving) */
 	__u8 pcap;              /* a tcpdump expression was given: tk_pcap_filter() was replaced by it */
+	__u32 snaplen;          /* -w: copy up to this many bytes of each matched frame (0: none) */
 };
 
 #endif

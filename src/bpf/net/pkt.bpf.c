@@ -26,6 +26,17 @@ static __always_inline __u32 tk_xdp_len(struct xdp_md *ctx, const struct tk_pkt_
 	return c->data_end - c->data;
 }
 
+/* The frame's first n bytes into dst (-w); how many were copied. bpf_xdp_load_bytes (5.18+)
+ * reads multi-buffer frames whole; before it, the linear part is all there is. */
+static __always_inline __u32 tk_xdp_copy(struct xdp_md *ctx, const struct tk_pkt_ctx *c, void *dst, __u64 n)
+{
+	if (!tk_caplen_ok(&n))
+		return 0;
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_xdp_load_bytes))
+		return bpf_xdp_load_bytes(ctx, 0, dst, n) < 0 ? 0 : n;
+	return bpf_probe_read_kernel(dst, n, c->data) < 0 ? 0 : n;
+}
+
 SEC("xdp")
 int xdp__observe(struct xdp_md *ctx)
 {
@@ -35,6 +46,7 @@ int xdp__observe(struct xdp_md *ctx)
 		.data_end = (void *)(long)ctx->data_end,
 	};
 	struct tk_pkt_counters *cnt = tk_pkt_counters();
+	struct tk_capture *cap;
 	struct tk_pkt_event *e;
 	struct tk_pkt p TK_ALIGNED;
 	__u8 verdict;
@@ -47,13 +59,18 @@ int xdp__observe(struct xdp_md *ctx)
 	verdict = tk_pkt_filter.drop ? TK_VERDICT_DROP : TK_VERDICT_PASS;
 	tk_pkt_count(cnt, verdict == TK_VERDICT_DROP ? TK_CNT_DROP : TK_CNT_PASS);
 
-	e = tk_reserve(sizeof(*e));
+	cap = tk_capture_slot();
+	e = cap ? &cap->event : tk_reserve(sizeof(*e));
 	if (e) {
-		tk_pkt_fill(e, &p, ctx->ingress_ifindex, tk_xdp_len(ctx, &c), TK_DIR_INGRESS,
-			    TK_HOOK_XDP, 0, verdict);
+		__u32 len = tk_xdp_len(ctx, &c);
+
+		tk_pkt_fill(e, &p, ctx->ingress_ifindex, len, TK_DIR_INGRESS, TK_HOOK_XDP, 0, verdict);
 		if (tk_pkt_filter.sock)
 			tk_pkt_sock(ctx, &p, TK_DIR_INGRESS, false, e);
-		tk_submit(ctx, e, sizeof(*e));
+		if (cap)
+			tk_capture_send(ctx, cap, tk_xdp_copy(ctx, &c, cap->frame, tk_caplen(len)));
+		else
+			tk_submit(ctx, e, sizeof(*e));
 	}
 	return verdict == TK_VERDICT_DROP ? XDP_DROP : XDP_PASS;
 }
@@ -70,6 +87,7 @@ static __always_inline int tk_tc_observe(struct __sk_buff *skb, const __u8 dir)
 		.data_end = (void *)(long)skb->data_end,
 	};
 	struct tk_pkt_counters *cnt = tk_pkt_counters();
+	struct tk_capture *cap;
 	struct tk_pkt_event *e;
 	struct tk_pkt p TK_ALIGNED;
 
@@ -80,12 +98,21 @@ static __always_inline int tk_tc_observe(struct __sk_buff *skb, const __u8 dir)
 	tk_pkt_count(cnt, TK_CNT_MATCHED);
 	tk_pkt_count(cnt, TK_CNT_PASS);
 
-	e = tk_reserve(sizeof(*e));
+	cap = tk_capture_slot();
+	e = cap ? &cap->event : tk_reserve(sizeof(*e));
 	if (e) {
 		tk_pkt_fill(e, &p, skb->ifindex, skb->len, dir, TK_HOOK_TC, skb->mark, TK_VERDICT_PASS);
 		if (tk_pkt_filter.sock)
 			tk_pkt_sock(skb, &p, dir, true, e);
-		tk_submit(skb, e, sizeof(*e));
+		if (cap) {
+			__u64 n = tk_caplen(skb->len);
+
+			if (!tk_caplen_ok(&n) || bpf_skb_load_bytes(skb, 0, cap->frame, n) < 0)
+				n = 0;
+			tk_capture_send(skb, cap, n);
+		} else {
+			tk_submit(skb, e, sizeof(*e));
+		}
 	}
 	return TK_TC_NEXT;
 }
@@ -109,6 +136,7 @@ int sock__observe(struct __sk_buff *skb)
 {
 	struct tk_pkt_ctx c = { .ctx = skb };
 	struct tk_pkt_counters *cnt;
+	struct tk_capture *cap;
 	struct tk_pkt_event *e;
 	struct tk_pkt p TK_ALIGNED;
 	__u8 dir = skb->pkt_type == TK_PACKET_OUTGOING ? TK_DIR_EGRESS : TK_DIR_INGRESS;
@@ -125,11 +153,21 @@ int sock__observe(struct __sk_buff *skb)
 	tk_pkt_count(cnt, TK_CNT_MATCHED);
 	tk_pkt_count(cnt, TK_CNT_PASS);
 
-	e = tk_reserve(sizeof(*e));
+	cap = tk_capture_slot();
+	e = cap ? &cap->event : tk_reserve(sizeof(*e));
 	if (e) {
 		tk_pkt_fill(e, &p, skb->ifindex, skb->len, dir, TK_HOOK_SOCKET, skb->mark,
 			    TK_VERDICT_PASS);
-		tk_submit(skb, e, sizeof(*e));
+		if (cap) {
+			__u64 n = tk_caplen(skb->len);
+
+			if (!tk_caplen_ok(&n) ||
+			    bpf_skb_load_bytes_relative(skb, 0, cap->frame, n, BPF_HDR_START_MAC) < 0)
+				n = 0;
+			tk_capture_send(skb, cap, n);
+		} else {
+			tk_submit(skb, e, sizeof(*e));
+		}
 	}
 	return 0;
 }

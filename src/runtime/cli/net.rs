@@ -123,6 +123,19 @@ pub struct NetArgs {
     #[arg(long, value_name = "ADDR[/LEN]", value_parser = parse_host)]
     pub dst: Option<HostPrefix>,
 
+    /// Write the matched packets to FILE in pcapng (`-` for stdout), as tcpdump -w; no rows
+    /// are printed unless --print
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<std::path::PathBuf>,
+
+    /// With -w: bytes of each packet to keep (tcpdump's -s; at most 32640 per packet)
+    #[arg(short = 's', long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..), requires = "write")]
+    pub snaplen: Option<u32>,
+
+    /// With -w FILE: print the packets too
+    #[arg(long, requires = "write")]
+    pub print: bool,
+
     /// Only packets this tcpdump expression selects (man 7 pcap-filter), run in the kernel;
     /// several words are joined as tcpdump joins them: `tcp port 80 and not host 10.0.0.1`
     #[arg(value_name = "EXPRESSION", num_args = 0..)]

@@ -1,5 +1,6 @@
 //! The packet tools: XDP, TC and socket-filter observers on one shared BPF object.
 
+pub mod capture;
 pub mod packet;
 pub mod skels;
 pub mod sockfilter;

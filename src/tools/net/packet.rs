@@ -18,6 +18,19 @@ use crate::runtime::fastfmt;
 use crate::runtime::output::{EventHeader, PacketHeader, Sink};
 use crate::runtime::pcap::{self, ClassicInsn};
 
+use super::capture::{Capture, DEFAULT_SNAPLEN};
+
+/// Most bytes of one packet a capture keeps (TK_CAPTURE_MAX in pkt.h: the frame part of the
+/// capture record).
+pub const TK_CAPTURE_MAX: u32 = (size_of::<types::tk_capture>() - size_of::<PacketEvent>()) as u32;
+
+impl PacketFilter {
+    /// Opens the `-w` capture, if any.
+    pub fn open_capture(&self) -> Result<Option<Capture>, Error> {
+        self.write.as_deref().map(|p| Capture::create(p, self.snaplen)).transpose()
+    }
+}
+
 /// `write!` into a [`Text`] through fmt::Write (the io::Write in scope is for the sink).
 macro_rules! twrite {
     ($t:expr, $($arg:tt)*) => {
@@ -39,11 +52,15 @@ pub struct PacketFilter {
     pub sock: bool,
     /// The tcpdump expression and what libpcap compiled it to.
     pub pcap: Option<(String, Vec<ClassicInsn>)>,
+    /// `-w FILE`, its snapshot length and `--print`.
+    pub write: Option<std::path::PathBuf>,
+    pub snaplen: u32,
+    pub print: bool,
 }
 
 impl PacketFilter {
     /// Checks the net options against each other (usage errors, exit 2).
-    pub fn from_args(a: &NetArgs, drop: bool, sock: bool) -> Result<Self, Error> {
+    pub fn from_args(a: &NetArgs, json: bool, drop: bool, sock: bool) -> Result<Self, Error> {
         let max_ports = types::tk_pkt_filter::default().ports.len();
         if a.ports.len() > max_ports {
             return Err(Error::usage(
@@ -101,7 +118,38 @@ impl PacketFilter {
             }
             None => None,
         };
-        Ok(PacketFilter { family, proto: a.proto, ports: a.ports.clone(), host, drop, sock, pcap })
+        if a.write.as_deref() == Some(std::path::Path::new("-")) {
+            if a.print || json {
+                return Err(Error::usage(
+                    "-w - writes the capture to stdout: --print and --json have nowhere to go",
+                    Some("write the capture to a file (-w FILE --print), or drop --print/--json".to_owned()),
+                ));
+            }
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                return Err(Error::usage(
+                    "-w - would write a binary capture to the terminal",
+                    Some("pipe it: `tracekit xdp eth0 -w - | tcpdump -n -r -`, or give a file".to_owned()),
+                ));
+            }
+        }
+        let snaplen = a.snaplen.unwrap_or(DEFAULT_SNAPLEN);
+        if a.snaplen.is_some_and(|s| s > TK_CAPTURE_MAX) {
+            eprintln!(
+                "tracekit: note: a packet's capture keeps at most {TK_CAPTURE_MAX} bytes (-s {snaplen} asks for more)"
+            );
+        }
+        Ok(PacketFilter {
+            family,
+            proto: a.proto,
+            ports: a.ports.clone(),
+            host,
+            drop,
+            sock,
+            pcap,
+            write: a.write.clone(),
+            snaplen,
+            print: a.print,
+        })
     }
 
     pub fn write(&self, f: &mut types::tk_pkt_filter, netns_inode: u64) {
@@ -116,6 +164,7 @@ impl PacketFilter {
             f.host_side = side.0 as u8;
         }
         f.pcap = self.pcap.is_some() as u8;
+        f.snaplen = if self.write.is_some() { self.snaplen.min(TK_CAPTURE_MAX) } else { 0 };
         f.drop = self.drop as u8;
         f.sock = self.sock as u8;
         // Namespace inodes are 32-bit in practice (proc_inum): what the header carries.
@@ -141,6 +190,9 @@ impl PacketFilter {
                 _ => "host",
             };
             parts.push(format!("{side} {}/{}", h.addr, h.prefix));
+        }
+        if let Some(path) = &self.write {
+            parts.push(format!("written to {} (snaplen {})", path.display(), self.snaplen.min(TK_CAPTURE_MAX)));
         }
         if let Some((text, classic)) = &self.pcap {
             parts.push(format!("`{text}` ({} classic BPF instructions)", classic.len()));
@@ -233,6 +285,11 @@ pub struct PacketPrinter<'a> {
     next_interval: Instant,
     /// What the counters say at the end (`tracekit: xdp on tkv1: …`).
     label: String,
+    /// `-w`: the capture file, and whether events are printed too (`--print`).
+    capture: Option<Capture>,
+    print: bool,
+    /// CLOCK_MONOTONIC → CLOCK_REALTIME, for the capture's timestamps.
+    realtime_offset_ns: i128,
 }
 
 impl<'a> PacketPrinter<'a> {
@@ -252,6 +309,24 @@ impl<'a> PacketPrinter<'a> {
             interval,
             next_interval: Instant::now() + interval.unwrap_or(Duration::MAX / 4),
             label,
+            capture: None,
+            print: true,
+            realtime_offset_ns: crate::runtime::kernel::monotonic_to_realtime_ns(),
+        }
+    }
+
+    /// Writes matched packets into `capture` (`-w`); with `print` false, prints no events.
+    pub fn with_capture(mut self, capture: Option<Capture>, print: bool) -> Self {
+        self.print = capture.is_none() || print;
+        self.capture = capture;
+        self
+    }
+
+    fn hook(&self) -> &'static str {
+        match self.columns {
+            Columns::Xdp => "xdp",
+            Columns::Tc => "tc",
+            Columns::Socket => "socket",
         }
     }
 
@@ -351,14 +426,7 @@ impl Printer for PacketPrinter<'_> {
 
     fn json(&mut self, ev: &PacketEvent, out: &mut Sink) -> io::Result<()> {
         let p = &ev.pkt;
-        out.field_str(
-            "hook",
-            match self.columns {
-                Columns::Xdp => "xdp",
-                Columns::Tc => "tc",
-                Columns::Socket => "socket",
-            },
-        )?;
+        out.field_str("hook", self.hook())?;
         out.field_u64("ethertype", p.ethertype.into())?;
         if p.vlan != 0 {
             out.field_u64("vlan", p.vlan.into())?;
@@ -414,6 +482,22 @@ impl Printer for PacketPrinter<'_> {
         Ok(())
     }
 
+    fn prints_events(&self) -> bool {
+        self.print
+    }
+
+    fn trailer(&mut self, ev: &PacketEvent, bytes: &[u8]) -> io::Result<()> {
+        let hook = self.hook();
+        let sock = self.sock && ev.pkt.proto == 6;
+        let Some(capture) = self.capture.as_mut() else { return Ok(()) };
+        // perf buffer records are padded to 8 bytes: the event says how many are the frame's
+        let frame = &bytes[..(ev.hdr.caplen as usize).min(bytes.len())];
+        let name = self.names.get(ev.hdr.ifindex);
+        let name = std::str::from_utf8(&name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())]).unwrap_or("?");
+        let sock = sock.then(|| sock_state_name(ev));
+        capture.write(ev, frame, ev.hdr.ts_ns as i128 + self.realtime_offset_ns, name, hook, sock)
+    }
+
     fn tick(&mut self, out: &mut Sink) -> io::Result<()> {
         let Some(every) = self.interval else { return Ok(()) };
         if Instant::now() < self.next_interval {
@@ -424,11 +508,14 @@ impl Printer for PacketPrinter<'_> {
     }
 
     fn finish(&mut self, out: &mut Sink) -> io::Result<()> {
+        if let Some(c) = self.capture.as_mut() {
+            c.flush()?;
+        }
         self.write_counters(out)
     }
 }
 
-fn verdict_name(v: u8) -> &'static str {
+pub fn verdict_name(v: u8) -> &'static str {
     if v == (types::tk_verdict::TK_VERDICT_DROP.0 as u8) { "drop" } else { "pass" }
 }
 

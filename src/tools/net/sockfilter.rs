@@ -46,7 +46,7 @@ pub fn run(mut args: SockfilterArgs) -> Result<i32, Error> {
     if let Some(word) = args.iface.take_if(|w| pcap::starts_expression(w) && Iface::resolve(w, &netns).is_err()) {
         args.net.expression.insert(0, word);
     }
-    let filter = PacketFilter::from_args(&args.net, false, false)?;
+    let filter = PacketFilter::from_args(&args.net, args.out.json, false, false)?;
     let iface = match &args.iface {
         Some(name) => Some(rt.step("interface", || Iface::resolve(name, &netns))?),
         None => None,
@@ -66,7 +66,8 @@ pub fn run(mut args: SockfilterArgs) -> Result<i32, Error> {
         f.skip_lo_outgoing = 1;
     })?;
     let label = format!("socket filter on {on}");
-    let printer = PacketPrinter::new(Columns::Socket, &netns, &skel.maps.tk_pkt_counts, label, false, None);
+    let printer = PacketPrinter::new(Columns::Socket, &netns, &skel.maps.tk_pkt_counts, label, false, None)
+        .with_capture(filter.open_capture()?, filter.print);
     let verbose = rt.out.verbose > 0;
     rt.stream(&skel, transport, printer, |skel| {
         let att = socket::attach_packet_socket(skel.progs.sock__observe.as_fd(), iface.as_ref(), &netns)?;

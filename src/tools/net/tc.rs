@@ -69,7 +69,7 @@ pub struct TcArgs {
 }
 
 pub fn run(args: TcArgs) -> Result<i32, Error> {
-    let filter = PacketFilter::from_args(&args.net, false, args.sock)?;
+    let filter = PacketFilter::from_args(&args.net, args.out.json, false, args.sock)?;
     let mut rt = Runtime::for_packets(args.out.clone())?;
     let netns = rt.step("netns", || Netns::resolve(args.net.netns.as_deref()))?;
     let iface = rt.step("interface", || Iface::resolve(&args.iface, &netns))?;
@@ -96,7 +96,8 @@ pub fn run(args: TcArgs) -> Result<i32, Error> {
     let mut storage = MaybeUninit::uninit();
     let skel = super::open_load(&rt, Columns::Tc, &filter, netns.inode, transport, &mut storage, |_| {})?;
     let label = format!("tc on {}", iface.name);
-    let printer = PacketPrinter::new(Columns::Tc, &netns, &skel.maps.tk_pkt_counts, label, args.sock, args.interval);
+    let printer = PacketPrinter::new(Columns::Tc, &netns, &skel.maps.tk_pkt_counts, label, args.sock, args.interval)
+        .with_capture(filter.open_capture()?, filter.print);
     let verbose = rt.out.verbose > 0;
     rt.stream(&skel, transport, printer, |skel| {
         let mut held = Vec::new();

@@ -64,7 +64,7 @@ pub struct XdpArgs {
 }
 
 pub fn run(args: XdpArgs) -> Result<i32, Error> {
-    let filter = PacketFilter::from_args(&args.net, args.drop, args.sock)?;
+    let filter = PacketFilter::from_args(&args.net, args.out.json, args.drop, args.sock)?;
     let mut rt = Runtime::for_packets(args.out.clone())?;
     let netns = rt.step("netns", || Netns::resolve(args.net.netns.as_deref()))?;
     let iface = rt.step("interface", || Iface::resolve(&args.iface, &netns))?;
@@ -87,7 +87,8 @@ pub fn run(args: XdpArgs) -> Result<i32, Error> {
     let mut storage = MaybeUninit::uninit();
     let skel = super::open_load(&rt, Columns::Xdp, &filter, netns.inode, transport, &mut storage, |_| {})?;
     let label = format!("xdp on {}", iface.name);
-    let printer = PacketPrinter::new(Columns::Xdp, &netns, &skel.maps.tk_pkt_counts, label, args.sock, args.interval);
+    let printer = PacketPrinter::new(Columns::Xdp, &netns, &skel.maps.tk_pkt_counts, label, args.sock, args.interval)
+        .with_capture(filter.open_capture()?, filter.print);
     let verbose = rt.out.verbose > 0;
     rt.stream(&skel, transport, printer, |skel| {
         let prog = &skel.progs.xdp__observe;

@@ -353,3 +353,157 @@ fn expression_and_options_combine() {
     let summary = out.summary();
     assert_eq!(summary["events"], 4, "{summary}");
 }
+
+// ---------------------------------------------------------------- captures (-w)
+
+/// One packet of a pcapng file: (interface name, bytes, original length, comment, epb_flags).
+struct Captured {
+    iface: String,
+    data: Vec<u8>,
+    original_len: u32,
+    comment: String,
+    flags: u32,
+}
+
+fn read_pcapng(path: &std::path::Path) -> Vec<Captured> {
+    use pcap_file::pcapng::Block;
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
+    use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
+    let mut reader = pcap_file::pcapng::PcapNgReader::new(std::fs::File::open(path).unwrap()).expect("a pcapng file");
+    let (mut names, mut packets) = (Vec::new(), Vec::new());
+    while let Some(block) = reader.next_block() {
+        match block.expect("a valid block") {
+            Block::InterfaceDescription(idb) => names.push(
+                idb.options
+                    .iter()
+                    .find_map(|o| match o {
+                        InterfaceDescriptionOption::IfName(n) => Some(n.to_string()),
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
+            ),
+            Block::EnhancedPacket(epb) => packets.push(Captured {
+                iface: names[epb.interface_id as usize].clone(),
+                data: epb.data.to_vec(),
+                original_len: epb.original_len,
+                comment: epb
+                    .options
+                    .iter()
+                    .find_map(|o| match o {
+                        EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
+                flags: epb
+                    .options
+                    .iter()
+                    .find_map(|o| match o {
+                        EnhancedPacketOption::Flags(f) => Some(*f),
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
+            }),
+            _ => {}
+        }
+    }
+    packets
+}
+
+/// `tcpdump -r` and `tshark -r` both read the file and count `want` packets.
+fn peers_read(path: &std::path::Path, want: usize) {
+    let tcpdump =
+        Command::new("tcpdump").arg("-r").arg(path).arg("-nn").output().expect("tcpdump (apt-get install tcpdump)");
+    assert!(tcpdump.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&tcpdump.stderr));
+    let lines = String::from_utf8_lossy(&tcpdump.stdout).lines().filter(|l| !l.starts_with(' ')).count();
+    assert_eq!(lines, want, "tcpdump -r:\n{}", String::from_utf8_lossy(&tcpdump.stdout));
+    let tshark = Command::new("tshark")
+        .arg("-r")
+        .arg(path)
+        .args(["-T", "fields", "-e", "frame.len", "-e", "frame.cap_len"])
+        .output()
+        .expect("tshark (apt-get install tshark)");
+    assert!(tshark.status.success(), "tshark -r: {}", String::from_utf8_lossy(&tshark.stderr));
+    assert_eq!(String::from_utf8_lossy(&tshark.stdout).lines().count(), want, "tshark -r");
+}
+
+/// Every hook writes the frames it saw byte for byte, with their lengths and what tcpdump cannot
+/// know in the options; tcpdump and tshark read every file; --snaplen cuts.
+#[test]
+fn captures_hold_the_frames_sent() {
+    if !common::require_root("pcap_filter::captures_hold_the_frames_sent") {
+        return;
+    }
+    let pair = VethPair::new("pcw");
+    let frames: Vec<(&str, Vec<u8>)> = frames().into_iter().filter(|(name, _)| !is_tagged(name)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    for (tool, hook, snaplen) in [
+        (&["xdp"][..], "xdp", None),
+        (&["tc", "--ingress"][..], "tc", None),
+        (&["sockfilter"][..], "socket", None),
+        (&["xdp", "--transport", "perfbuf"][..], "xdp", Some(64usize)),
+        (&["tc", "--ingress"][..], "tc", Some(100)),
+    ] {
+        let path = dir.path().join(format!("{hook}-{snaplen:?}.pcapng"));
+        let path_str = path.to_str().unwrap().to_owned();
+        let mut args = tool.to_vec();
+        args.extend_from_slice(&[pair.if_b, "--netns", pair.b.name(), "-w", &path_str]);
+        let s = snaplen.map(|s| s.to_string());
+        if let Some(s) = &s {
+            args.extend_from_slice(&["-s", s]);
+        }
+        // Only the frames sent: their padding byte 0xee is at the end of every one.
+        args.push("ether src 02:00:00:00:00:01");
+        let t = Tracer::start(&args);
+        send_frames(&pair.a, pair.if_a, &frames, |_| true);
+        std::thread::sleep(Duration::from_millis(150));
+        let out = t.stop();
+        assert!(out.status.success(), "{tool:?}: {}", out.stderr);
+        assert!(out.stdout.is_empty(), "-w without --print prints no packets: {:?}", out.stdout);
+        let got = read_pcapng(&path);
+        assert_eq!(got.len(), frames.len(), "{tool:?}: one packet per frame sent");
+        for (c, (name, frame)) in got.iter().zip(&frames) {
+            let want = &frame[..snaplen.unwrap_or(usize::MAX).min(frame.len())];
+            assert_eq!(c.data, want, "{tool:?} {name}: the bytes sent");
+            assert_eq!(c.original_len as usize, frame.len(), "{tool:?} {name}: length on the wire");
+            assert_eq!(c.iface, pair.if_b);
+            assert_eq!(c.comment, format!("tracekit: hook={hook} verdict=pass"), "{tool:?} {name}");
+            assert_eq!(c.flags & 3, 1, "{tool:?} {name}: inbound");
+        }
+        peers_read(&path, frames.len());
+    }
+    pair.assert_clean();
+}
+
+/// `-w -` into a pipe: tcpdump reads it as it comes.
+#[test]
+fn capture_to_stdout_feeds_tcpdump() {
+    if !common::require_root("pcap_filter::capture_to_stdout_feeds_tcpdump") {
+        return;
+    }
+    let pair = VethPair::new("pcp");
+    let frames = frames();
+    let dir = tempfile::tempdir().unwrap();
+    let (err, text) = (dir.path().join("stderr"), dir.path().join("tcpdump.txt"));
+    let script = format!(
+        "'{}' xdp {} --netns {} -v -d 20 -w - -n {} 'ip or ip6' 2>'{}' | tcpdump -r - -nn >'{}' 2>/dev/null",
+        env!("CARGO_BIN_EXE_tracekit"),
+        pair.if_b,
+        pair.b.name(),
+        frames.iter().filter(|(n, _)| !n.contains("arp") && !n.contains("lldp") && !is_tagged(n)).count(),
+        err.display(),
+        text.display()
+    );
+    let mut child = Command::new("sh").args(["-c", &script]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&err).unwrap_or_default().contains("attached after") {
+        assert!(std::time::Instant::now() < deadline, "{}", std::fs::read_to_string(&err).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    send_frames(&pair.a, pair.if_a, &frames, |_| true);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", std::fs::read_to_string(&err).unwrap());
+    let printed = std::fs::read_to_string(&text).unwrap();
+    assert!(printed.contains("10.0.0.1.40000 > 10.0.0.2.80: Flags [S]"), "{printed}");
+    assert!(printed.contains("2001:db8::1.40006 > 2001:db8::2.80: Flags [S]"), "{printed}");
+    pair.assert_clean();
+}

@@ -1,6 +1,6 @@
 //! The kernel matrix: the root test suites of the tracing tools (tcpstate, uprobe, kprobe,
 //! tracepoint, profile, rawtp, count) and of the packet tools (xdp, tc, sockfilter, net_cleanup,
-//! attach_net, netfixtures, pkt_parse) run inside QEMU on Debian's stock 5.10, 6.1 and 6.12
+//! attach_net, netfixtures, pkt_parse, pcap_filter) run inside QEMU on Debian's stock 5.10, 6.1 and 6.12
 //! kernels (the host kernel runs them natively as the other test targets). One test per kernel;
 //! they take turns, since each VM wants both cores.
 
@@ -32,6 +32,7 @@ const SUITES: &[(&str, u32)] = &[
     ("attach_net", 2),
     ("netfixtures", 2),
     ("pkt_parse", 2),
+    ("pcap_filter", 2),
 ];
 /// A hang guard, not an expected time: with every suite a TCG guest took 707 s (6.12).
 const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);

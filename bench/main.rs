@@ -607,6 +607,9 @@ fn main() {
     if only.is_empty() || only.contains(&"net-cost") {
         table.push_str(&net::cost(smoke, &mut results));
     }
+    if only.is_empty() || only.contains(&"net-filter") {
+        table.push_str(&net::filter_cost(smoke, &mut results));
+    }
     if only.is_empty() || only.contains(&"net-capacity") {
         table.push_str(&net::capacity(smoke, args.iter().any(|a| a == "--live-frames"), dir.path(), &mut results));
     }

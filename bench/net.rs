@@ -146,6 +146,79 @@ fn run_pkt(hook: Hook, frame: &[u8], repeat: u32, reject: bool) -> Observed {
     Observed { ns, consumed: consumed.load(Ordering::Relaxed), lost }
 }
 
+/// The filter under test in `net-filter`: the tool's own short options (`--proto udp --port 9`,
+/// hand-written C in pkt.bpf.h) or the same test as a tcpdump expression (`udp port 9`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FilterKind {
+    Options,
+    Expression,
+}
+
+/// BPF_PROG_RUN of the XDP program with one of the two filters, on a frame it rejects: ns.
+fn run_filter(kind: FilterKind, frame: &[u8], repeat: u32) -> u32 {
+    use skels::pkt::skel::{PktSkelBuilder, types};
+    use tracekit::runtime::pcap;
+    let classic = (kind == FilterKind::Expression)
+        .then(|| pcap::compile("udp port 9", pcap::LINKTYPE_ETHERNET).expect("libpcap compiles `udp port 9`"));
+    if classic.is_some() {
+        pcap::inject::register().expect("register the filter injection");
+    }
+    let mut storage = MaybeUninit::<OpenObject>::uninit();
+    let mut open = PktSkelBuilder::default().open(&mut storage).expect("open the packet skeleton");
+    open.configure_transport(Transport::RingBuf { bytes: RINGBUF_BYTES }).expect("configure transport");
+    let ro = open.maps.rodata_data.as_deref_mut().expect("rodata");
+    let mut f = types::tk_pkt_filter::default();
+    match kind {
+        FilterKind::Options => {
+            f.proto = 17;
+            f.ports[0] = 9;
+            f.nports = 1;
+        }
+        FilterKind::Expression => f.pcap = 1,
+    }
+    ro.tk_pkt_filter = f;
+    tracekit::tools::net::load_only(&mut open, tracekit::tools::net::packet::Columns::Xdp);
+    if let Some(classic) = classic {
+        pcap::inject::arm(open.open_object(), classic).expect("arm the filter");
+    }
+    let skel = open.load().expect("load the packet object (verifier)");
+    assert!(pcap::inject::disarm().is_none(), "the filter went in");
+    prog_run(&skel.progs.xdp__observe, frame, repeat).expect("BPF_PROG_RUN").1
+}
+
+/// The filter-cost table: the same test written as options and as an expression.
+pub fn filter_cost(smoke: bool, results: &mut Vec<serde_json::Value>) -> String {
+    let repeat: u32 = if smoke { 10_000 } else { 1_000_000 };
+    let reps = if smoke { 1 } else { 5 };
+    eprintln!("bench: net-filter (BPF_PROG_RUN on XDP, repeat {repeat}, {reps} repetitions, median)");
+    let mut t = format!(
+        "\n| filter cost (XDP, BPF_PROG_RUN × {repeat}, frame rejected) | frame | floor (empty program) | `--proto udp --port 9` (C) | `udp port 9` (tcpdump expression) | expression / options |\n|---|---|---|---|---|---|\n"
+    );
+    for (fname, frame) in [("TCP SYN / IPv4", syn4()), ("UDP port 53 / IPv4", udp53())] {
+        let (mut fl, mut op, mut ex) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..reps {
+            fl.push(f64::from(run_floor(Hook::Xdp, &frame, repeat)));
+            op.push(f64::from(run_filter(FilterKind::Options, &frame, repeat)));
+            ex.push(f64::from(run_filter(FilterKind::Expression, &frame, repeat)));
+        }
+        let (f, o, e) = (median(fl), median(op), median(ex));
+        results.push(serde_json::json!({
+            "scenario": "net-filter", "frame": fname, "repeat": repeat, "floor_ns": f, "options_ns": o, "expression_ns": e,
+        }));
+        t.push_str(&format!("| XDP | {fname} | {f:.0} ns | {o:.0} ns | {e:.0} ns | {:.2} |\n", e / o.max(1.0)));
+        eprintln!("bench: net-filter / {fname}: floor {f} ns, options {o} ns, expression {e} ns");
+    }
+    t
+}
+
+/// Ethernet, IPv4, UDP 40000 → 53: rejected by `udp port 9` after the port test.
+fn udp53() -> Vec<u8> {
+    let mut f = syn4();
+    f[14 + 9] = 17;
+    f[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&53u16.to_be_bytes());
+    f
+}
+
 fn run_floor(hook: Hook, frame: &[u8], repeat: u32) -> u32 {
     use skels::floor::skel::FloorSkelBuilder;
     let mut storage = MaybeUninit::<OpenObject>::uninit();
@@ -452,6 +525,10 @@ enum Tool {
     Tc,
     Sockfilter,
     Tcpdump,
+    /// `tracekit xdp -w FILE 'udp port PORT'`
+    XdpCapture,
+    /// `tcpdump -w FILE 'udp port PORT'`
+    TcpdumpFiltered,
 }
 
 impl Tool {
@@ -461,7 +538,13 @@ impl Tool {
             Tool::Tc => "tracekit tc",
             Tool::Sockfilter => "tracekit sockfilter",
             Tool::Tcpdump => "tcpdump -w",
+            Tool::XdpCapture => "tracekit xdp -w 'udp port P'",
+            Tool::TcpdumpFiltered => "tcpdump -w 'udp port P'",
         }
+    }
+
+    fn is_tcpdump(self) -> bool {
+        matches!(self, Tool::Tcpdump | Tool::TcpdumpFiltered)
     }
 }
 
@@ -474,11 +557,22 @@ struct Running {
 fn start(tool: Tool, ns_b: &str, file: &Path) -> Option<Running> {
     let tk = crate::tracekit().display().to_string();
     let f = file.display().to_string();
+    let filter = format!("udp port {PORT}");
     let mut c = match tool {
-        Tool::Tcpdump => {
+        Tool::Tcpdump | Tool::TcpdumpFiltered => {
             let mut c = Command::new("ip");
             c.args(["netns", "exec", ns_b, "tcpdump", "-n", "-i", IF_B, "-Z", "root", "-w", &f]);
+            if tool == Tool::TcpdumpFiltered {
+                c.arg(&filter);
+            }
             c.stdout(Stdio::null());
+            c
+        }
+        Tool::XdpCapture => {
+            // the capture in FILE.pcapng, the JSON summary (lost) in FILE
+            let mut c = Command::new(&tk);
+            c.args(["xdp", IF_B, "--netns", ns_b, "--json", "-v", "-w", &format!("{f}.pcapng"), &filter]);
+            c.stdout(File::create(file).unwrap());
             c
         }
         _ => {
@@ -505,7 +599,7 @@ fn start(tool: Tool, ns_b: &str, file: &Path) -> Option<Running> {
             }
         }
     });
-    let ready = if tool == Tool::Tcpdump { "listening on" } else { "attached after" };
+    let ready = if tool.is_tcpdump() { "listening on" } else { "attached after" };
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -554,22 +648,35 @@ fn finish(mut r: Running) -> Vec<String> {
     r.stderr.try_iter().collect()
 }
 
-/// Records in a pcap file whose UDP destination port is ours.
+/// Whether a captured frame is one of ours: Ethernet, IPv4, UDP to PORT.
+fn ours(rec: &[u8]) -> bool {
+    if rec.len() < 14 + 20 + 4 || rec[12..14] != [0x08, 0x00] || rec[23] != 17 {
+        return false;
+    }
+    let ihl = usize::from(rec[14] & 0xf) * 4;
+    rec.len() >= 14 + ihl + 4 && u16::from_be_bytes([rec[14 + ihl + 2], rec[14 + ihl + 3]]) == PORT
+}
+
+/// Our frames in a pcap file (tcpdump -w).
 fn pcap_delivered(file: &Path) -> u64 {
-    let data = fs::read(file).unwrap_or_default();
+    let Ok(f) = File::open(file) else { return 0 };
+    let Ok(mut r) = pcap_file::pcap::PcapReader::new(f) else { return 0 };
     let mut n = 0;
-    let mut off = 24;
-    while off + 16 <= data.len() {
-        let incl = u32::from_le_bytes(data[off + 8..off + 12].try_into().unwrap()) as usize;
-        let rec = &data[(off + 16).min(data.len())..(off + 16 + incl).min(data.len())];
-        // Ethernet, IPv4 (IHL), UDP destination port
-        if rec.len() >= 14 + 20 + 4 && rec[12..14] == [0x08, 0x00] && rec[23] == 17 {
-            let ihl = usize::from(rec[14] & 0xf) * 4;
-            if rec.len() >= 14 + ihl + 4 && u16::from_be_bytes([rec[14 + ihl + 2], rec[14 + ihl + 3]]) == PORT {
-                n += 1;
-            }
+    while let Some(Ok(p)) = r.next_packet() {
+        n += u64::from(ours(&p.data));
+    }
+    n
+}
+
+/// Our frames in a pcapng file (tracekit -w).
+fn pcapng_delivered(file: &Path) -> u64 {
+    let Ok(f) = File::open(file) else { return 0 };
+    let Ok(mut r) = pcap_file::pcapng::PcapNgReader::new(f) else { return 0 };
+    let mut n = 0;
+    while let Some(Ok(b)) = r.next_block() {
+        if let pcap_file::pcapng::Block::EnhancedPacket(p) = b {
+            n += u64::from(ours(&p.data));
         }
-        off += 16 + incl;
     }
     n
 }
@@ -602,6 +709,18 @@ struct Step {
     arrived: u64,
     delivered: u64,
     reported_lost: Option<u64>,
+    /// Busy CPU time of the whole machine during the step (sender, softirq, tool).
+    cpu_s: f64,
+}
+
+/// Busy seconds of all CPUs so far (/proc/stat: everything but idle and iowait).
+fn busy_seconds() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let busy: u64 = f.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    // SAFETY: sysconf has no preconditions.
+    busy as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 impl Step {
@@ -615,20 +734,23 @@ fn ladder(tool: Tool, pair: &Pair, sender: Sender, dir: &Path, smoke: bool) -> O
     let mut rate = if smoke { 20_000.0 } else { 50_000.0 };
     let mut steps = Vec::new();
     loop {
-        let file = dir.join(format!("net-{}.out", tool.name().replace(' ', "_")));
+        let file = dir.join(format!("net-{}.out", tool.name().replace(|c: char| !c.is_ascii_alphanumeric(), "_")));
         let _ = fs::remove_file(&file);
         let running = start(tool, &pair.b, &file)?;
         let rx0 = pair.rx_b();
+        let busy0 = busy_seconds();
         let (sent, took) = sender.send(pair, rate, secs);
         // tcpdump hands a TPACKET_V3 block over when it is full or after its 1 s timeout
         thread::sleep(Duration::from_millis(1500));
         let arrived = pair.rx_b() - rx0;
         let stderr = finish(running);
+        let cpu_s = busy_seconds() - busy0;
         let (delivered, reported_lost) = match tool {
-            Tool::Tcpdump => (pcap_delivered(&file), tcpdump_dropped(&stderr)),
+            Tool::Tcpdump | Tool::TcpdumpFiltered => (pcap_delivered(&file), tcpdump_dropped(&stderr)),
+            Tool::XdpCapture => (pcapng_delivered(&file.with_extension("out.pcapng")), tracekit_delivered(&file).1),
             _ => tracekit_delivered(&file),
         };
-        let st = Step { rate, achieved: sent as f64 / took, generated: sent, arrived, delivered, reported_lost };
+        let st = Step { rate, achieved: sent as f64 / took, generated: sent, arrived, delivered, reported_lost, cpu_s };
         eprintln!(
             "bench: net-capacity / {}: offered {rate:.0}/s, sent {:.0}/s, {delivered} delivered of {sent} sent ({arrived} reached {IF_B}), lost reported {reported_lost:?}",
             tool.name(),
@@ -664,22 +786,28 @@ pub fn capacity(smoke: bool, live_frames: bool, dir: &Path, results: &mut Vec<se
     // kernel drops the datagrams at the socket, after every hook the tools use.
     let _sink = Pair::in_ns(&pair.b, || UdpSocket::bind((IP_B, PORT)).expect("bind in netns b")).join().unwrap();
     let mut t = String::from(
-        "\n| capacity (UDP over veth, sender: SENDER) | highest rate with zero loss | above it: sent | delivered / sent (reached the interface) | lost reported (real loss) |\n|---|---|---|---|---|\n",
+        "\n| capacity (UDP over veth, sender: SENDER) | highest rate with zero loss | above it: sent | delivered / sent (reached the interface) | lost reported (real loss) | machine CPU per M packets (at the best lossless rate) |\n|---|---|---|---|---|---|\n",
     );
     t = t.replace("SENDER", sender.describe());
-    for tool in [Tool::Xdp, Tool::Tc, Tool::Sockfilter, Tool::Tcpdump] {
-        if tool == Tool::Tcpdump && crate::which("tcpdump").is_none() {
-            t.push_str("| tcpdump -w | `tcpdump` not installed | | | |\n");
+    for tool in [Tool::Xdp, Tool::Tc, Tool::Sockfilter, Tool::Tcpdump, Tool::XdpCapture, Tool::TcpdumpFiltered] {
+        if tool.is_tcpdump() && crate::which("tcpdump").is_none() {
+            t.push_str(&format!("| {} | `tcpdump` not installed | | | | |\n", tool.name()));
             continue;
         }
         let Some(steps) = ladder(tool, &pair, sender, dir, smoke) else {
-            t.push_str(&format!("| {} | did not start | | | |\n", tool.name()));
+            t.push_str(&format!("| {} | did not start | | | | |\n", tool.name()));
             continue;
         };
+        let cpu = steps
+            .iter()
+            .filter(|s| s.lossless() && s.generated > 0)
+            .max_by(|a, b| a.achieved.total_cmp(&b.achieved))
+            .map_or("–".to_owned(), |s| format!("{:.2} s", s.cpu_s / s.generated as f64 * 1e6));
         for st in &steps {
             results.push(serde_json::json!({
                 "scenario": "net-capacity", "tool": tool.name(), "offered_rate": st.rate, "achieved_rate": st.achieved,
                 "generated": st.generated, "arrived": st.arrived, "delivered": st.delivered, "reported_lost": st.reported_lost,
+                "machine_cpu_s": st.cpu_s,
             }));
         }
         let best = steps.iter().filter(|s| s.lossless()).map(|s| s.achieved).fold(f64::NAN, f64::max);
@@ -689,7 +817,7 @@ pub fn capacity(smoke: bool, live_frames: bool, dir: &Path, results: &mut Vec<se
                 let real = st.generated - st.delivered.min(st.generated);
                 let rep = st.reported_lost.unwrap_or(0);
                 t.push_str(&format!(
-                    "| {} | {best_s} | {:.0} k/s | {} / {} ({}) | {} ({real}{}) |\n",
+                    "| {} | {best_s} | {:.0} k/s | {} / {} ({}) | {} ({real}{}) | {cpu} |\n",
                     tool.name(),
                     st.achieved / 1e3,
                     st.delivered,
@@ -703,7 +831,7 @@ pub fn capacity(smoke: bool, live_frames: bool, dir: &Path, results: &mut Vec<se
                 let last = steps.last().unwrap();
                 let limit = if smoke { "smoke: one step" } else { "no loss up to the sender's limit" };
                 t.push_str(&format!(
-                    "| {} | {best_s} ({limit}) | – | {} / {} ({}) | {} (0, exact) |\n",
+                    "| {} | {best_s} ({limit}) | – | {} / {} ({}) | {} (0, exact) | {cpu} |\n",
                     tool.name(),
                     last.delivered,
                     last.generated,

@@ -50,12 +50,21 @@ fn benchmark_smoke_run() {
             assert!(row.ends_with("| 10000 / 0 |"), "{row}");
         }
     }
-    for tool in ["tracekit xdp", "tracekit tc", "tracekit sockfilter"] {
+    for tool in ["tracekit xdp", "tracekit tc", "tracekit sockfilter", "tracekit xdp -w 'udp port P'"] {
         let row = table
             .lines()
             .find(|l| l.starts_with(&format!("| {tool} |")))
             .unwrap_or_else(|| panic!("no net-capacity row for {tool} in\n{table}\n{err}"));
-        assert!(row.ends_with("| 0 (0, exact) |"), "{row}");
+        assert!(row.contains("| 0 (0, exact) |"), "{row}");
+        assert!(row.ends_with(" s |"), "machine CPU per million packets: {row}");
+    }
+    // the filter cost: the same test as options and as a tcpdump expression
+    for frame in ["TCP SYN / IPv4", "UDP port 53 / IPv4"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| XDP | {frame} |")) && l.matches('|').count() == 7)
+            .unwrap_or_else(|| panic!("no net-filter row for {frame} in\n{table}\n{err}"));
+        assert!(row.contains(" ns |"), "{row}");
     }
     assert!(table.contains("| tcpdump -w |"), "a row for tcpdump, measured or 'not installed':\n{table}");
     let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();

@@ -35,8 +35,9 @@ pub struct Capture {
     /// ifindex → interface id in the file.
     interfaces: HashMap<u32, u32>,
     snaplen: u32,
-    /// Reused for every packet's comment: no allocation per packet.
+    /// Reused for every packet's comment and options: no allocation per packet.
     comment: String,
+    options: Vec<EnhancedPacketOption<'static>>,
 }
 
 impl Capture {
@@ -56,7 +57,13 @@ impl Capture {
         };
         let writer = PcapNgWriter::with_section_header(BufWriter::with_capacity(256 * 1024, out), section)
             .map_err(|e| Error::runtime(format!("writing the capture header to `{}`: {e}", path.display()), None))?;
-        Ok(Capture { writer, interfaces: HashMap::new(), snaplen, comment: String::with_capacity(64) })
+        Ok(Capture {
+            writer,
+            interfaces: HashMap::new(),
+            snaplen,
+            comment: String::with_capacity(64),
+            options: Vec::with_capacity(2),
+        })
     }
 
     /// Writes one packet: `frame` is what the kernel copied (at most the snaplen), `name` the
@@ -81,17 +88,29 @@ impl Capture {
             let _ = write!(self.comment, " sock={state}");
         }
         let flags = if ev.hdr.dir == 1 { OUTBOUND } else { INBOUND };
+        // The block borrows the frame and the comment for the write only; its option vector is
+        // the same allocation every time (no allocation per packet).
+        // SAFETY: both references are dropped before this function returns: the block is
+        // consumed below and its options are cleared before the vector is kept for the next
+        // packet, so nothing outlives `frame` or a change of `self.comment`.
+        let (frame, comment): (&'static [u8], &'static str) =
+            unsafe { (&*(frame as *const [u8]), &*(self.comment.as_str() as *const str)) };
+        let mut options = std::mem::take(&mut self.options);
+        options.push(EnhancedPacketOption::Flags(flags));
+        options.push(EnhancedPacketOption::Comment(Cow::Borrowed(comment)));
         let block = Block::EnhancedPacket(EnhancedPacketBlock {
             interface_id,
             timestamp: Duration::from_nanos(u64::try_from(realtime_ns).unwrap_or(0)),
             original_len: ev.hdr.len,
             data: Cow::Borrowed(frame),
-            options: vec![
-                EnhancedPacketOption::Flags(flags),
-                EnhancedPacketOption::Comment(Cow::Borrowed(&self.comment)),
-            ],
+            options,
         });
-        self.writer.write_block(&block).map(|_| ()).map_err(to_io)
+        let written = self.writer.write_block(&block).map(|_| ()).map_err(to_io);
+        if let Block::EnhancedPacket(epb) = block {
+            self.options = epb.options;
+            self.options.clear();
+        }
+        written
     }
 
     fn describe_interface(&mut self, ifindex: u32, name: &str) -> io::Result<u32> {

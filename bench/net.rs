@@ -527,6 +527,8 @@ enum Tool {
     Tcpdump,
     /// `tracekit xdp -w FILE 'udp port PORT'`
     XdpCapture,
+    /// `tracekit tc --ingress -w FILE 'udp port PORT'`
+    TcCapture,
     /// `tcpdump -w FILE 'udp port PORT'`
     TcpdumpFiltered,
 }
@@ -539,6 +541,7 @@ impl Tool {
             Tool::Sockfilter => "tracekit sockfilter",
             Tool::Tcpdump => "tcpdump -w",
             Tool::XdpCapture => "tracekit xdp -w 'udp port P'",
+            Tool::TcCapture => "tracekit tc -w 'udp port P'",
             Tool::TcpdumpFiltered => "tcpdump -w 'udp port P'",
         }
     }
@@ -568,10 +571,12 @@ fn start(tool: Tool, ns_b: &str, file: &Path) -> Option<Running> {
             c.stdout(Stdio::null());
             c
         }
-        Tool::XdpCapture => {
+        Tool::XdpCapture | Tool::TcCapture => {
             // the capture in FILE.pcapng, the JSON summary (lost) in FILE
             let mut c = Command::new(&tk);
-            c.args(["xdp", IF_B, "--netns", ns_b, "--json", "-v", "-w", &format!("{f}.pcapng"), &filter]);
+            let hook: &[&str] = if tool == Tool::XdpCapture { &["xdp"] } else { &["tc", "--ingress"] };
+            c.args(hook);
+            c.args([IF_B, "--netns", ns_b, "--json", "-v", "-w", &format!("{f}.pcapng"), &filter]);
             c.stdout(File::create(file).unwrap());
             c
         }
@@ -747,7 +752,9 @@ fn ladder(tool: Tool, pair: &Pair, sender: Sender, dir: &Path, smoke: bool) -> O
         let cpu_s = busy_seconds() - busy0;
         let (delivered, reported_lost) = match tool {
             Tool::Tcpdump | Tool::TcpdumpFiltered => (pcap_delivered(&file), tcpdump_dropped(&stderr)),
-            Tool::XdpCapture => (pcapng_delivered(&file.with_extension("out.pcapng")), tracekit_delivered(&file).1),
+            Tool::XdpCapture | Tool::TcCapture => {
+                (pcapng_delivered(&file.with_extension("out.pcapng")), tracekit_delivered(&file).1)
+            }
             _ => tracekit_delivered(&file),
         };
         let st = Step { rate, achieved: sent as f64 / took, generated: sent, arrived, delivered, reported_lost, cpu_s };
@@ -789,7 +796,9 @@ pub fn capacity(smoke: bool, live_frames: bool, dir: &Path, results: &mut Vec<se
         "\n| capacity (UDP over veth, sender: SENDER) | highest rate with zero loss | above it: sent | delivered / sent (reached the interface) | lost reported (real loss) | machine CPU per M packets (at the best lossless rate) |\n|---|---|---|---|---|---|\n",
     );
     t = t.replace("SENDER", sender.describe());
-    for tool in [Tool::Xdp, Tool::Tc, Tool::Sockfilter, Tool::Tcpdump, Tool::XdpCapture, Tool::TcpdumpFiltered] {
+    for tool in
+        [Tool::Xdp, Tool::Tc, Tool::Sockfilter, Tool::Tcpdump, Tool::XdpCapture, Tool::TcCapture, Tool::TcpdumpFiltered]
+    {
         if tool.is_tcpdump() && crate::which("tcpdump").is_none() {
             t.push_str(&format!("| {} | `tcpdump` not installed | | | | |\n", tool.name()));
             continue;

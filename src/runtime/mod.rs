@@ -581,16 +581,17 @@ impl<P: Printer> StreamState<'_, P> {
         }
         let trailer = data.get(size_of::<P::Event>()..).unwrap_or_default();
         let r = if !trailer.is_empty() { self.printer.trailer(&ev, trailer) } else { Ok(()) };
-        let hdr = self.printer.header(&ev);
         let r = if r.is_err() || !self.printer.prints_events() {
             r
         } else if self.sink.json {
+            let hdr = self.printer.header(&ev);
             self.sink
                 .event_start(&hdr)
                 .and_then(|()| self.printer.json(&ev, &mut self.sink))
                 .and_then(|()| self.write_stacks(&ev))
                 .and_then(|()| self.sink.obj_end())
         } else {
+            let hdr = self.printer.header(&ev);
             self.sink
                 .row_start(&hdr)
                 .and_then(|()| self.printer.row(&ev, &mut self.sink))

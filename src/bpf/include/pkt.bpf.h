@@ -363,6 +363,9 @@ static __always_inline void tk_pkt_parse(const struct tk_pkt_ctx *c, const enum 
 	/* keep p in memory: split into one spilled scalar per byte (what clang does to a local
 	 * struct it can see whole), it cost hundreds of instructions to build and to copy out */
 	asm volatile("" : : "r"(p) : "memory");
+	/* a capture that prints nothing and filters only by expression needs no decoded fields */
+	if (tk_pkt_filter.no_decode)
+		return;
 	if (tk_pkt_load(c, src, 0, &eth, sizeof(eth)) < 0) {
 		p->flags |= TK_PKT_TRUNCATED;
 		return;

@@ -146,6 +146,7 @@ struct tk_pkt_filter {
 	__u8 skip_lo_outgoing;  /* sockfilter: skip packets leaving lo (each is seen leaving and arriving) */
 	__u8 pcap;              /* a tcpdump expression was given: tk_pcap_filter() was replaced by it */
 	__u32 snaplen;          /* -w: copy up to this many bytes of each matched frame (0: none) */
+	__u8 no_decode;         /* -w without --print, --sock or field filters: skip the parser */
 };
 
 #endif

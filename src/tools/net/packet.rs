@@ -165,6 +165,9 @@ impl PacketFilter {
         }
         f.pcap = self.pcap.is_some() as u8;
         f.snaplen = if self.write.is_some() { self.snaplen.min(TK_CAPTURE_MAX) } else { 0 };
+        // Nothing will read the decoded fields: no rows, no field filters, no socket lookup.
+        let field_filters = self.family != 0 || self.proto.is_some() || !self.ports.is_empty() || self.host.is_some();
+        f.no_decode = (self.write.is_some() && !self.print && !field_filters && !self.sock) as u8;
         f.drop = self.drop as u8;
         f.sock = self.sock as u8;
         // Namespace inodes are 32-bit in practice (proc_inum): what the header carries.

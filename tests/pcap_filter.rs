@@ -507,3 +507,27 @@ fn capture_to_stdout_feeds_tcpdump() {
     assert!(printed.contains("2001:db8::1.40006 > 2001:db8::2.80: Flags [S]"), "{printed}");
     pair.assert_clean();
 }
+
+/// `-w FILE --print --json`: the packets both in the file and as events, the same ones.
+#[test]
+fn capture_and_print_together() {
+    if !common::require_root("pcap_filter::capture_and_print_together") {
+        return;
+    }
+    let pair = VethPair::new("pcb");
+    let frames = frames();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("both.pcapng");
+    let path_str = path.to_str().unwrap();
+    let args = ["tc", "--ingress", pair.if_b, "--netns", pair.b.name(), "-w", path_str, "--print", "--json", "udp"];
+    let t = Tracer::start(&args);
+    send_frames(&pair.a, pair.if_a, &frames, |name| !is_tagged(name));
+    std::thread::sleep(Duration::from_millis(150));
+    let out = t.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let printed: Vec<u64> = out.events().iter().filter_map(|e| e["len"].as_u64()).collect();
+    let captured: Vec<u64> = read_pcapng(&path).iter().map(|c| u64::from(c.original_len)).collect();
+    assert!(!printed.is_empty(), "{:?}", out.stdout);
+    assert_eq!(printed, captured, "the same packets, in the same order");
+    pair.assert_clean();
+}

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::Tracer;
-use common::net::{Netns, VethPair};
+use common::net::{self, Netns, VethPair};
 
 const OTHER_HOST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 const SENDER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -530,4 +530,26 @@ fn capture_and_print_together() {
     assert!(!printed.is_empty(), "{:?}", out.stdout);
     assert_eq!(printed, captured, "the same packets, in the same order");
     pair.assert_clean();
+}
+
+/// Expressions and captures read Ethernet frames: an interface without an Ethernet header (a
+/// tun device) is refused with exit 2, before anything is attached; its own filters still run.
+#[test]
+fn non_ethernet_interfaces_are_refused() {
+    if !common::require_root("pcap_filter::non_ethernet_interfaces_are_refused") {
+        return;
+    }
+    let ns = Netns::new("pcn");
+    ns.ip(&["tuntap", "add", "dev", "tktun0", "mode", "tun"]);
+    for args in [&["xdp", "tktun0", "tcp"][..], &["tc", "tktun0", "-w", "/dev/null"], &["sockfilter", "tktun0", "udp"]]
+    {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--netns", ns.name(), "-d", "0.2"]);
+        let out = common::run(&all);
+        assert_eq!(out.status.code(), Some(2), "{all:?}: {}", out.stderr);
+        assert!(out.stderr.contains("`tktun0` has no Ethernet header"), "{}", out.stderr);
+    }
+    let out = common::run(&["tc", "tktun0", "--netns", ns.name(), "--port", "80", "-d", "0.2"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    net::assert_clean(&ns);
 }

@@ -38,11 +38,13 @@ const MODULES: &[&str] = &[
     "fscache",
     "9p",
     "overlay",
-    // The packet tools' suites: veth pairs, clsact (sch_ingress), tc's `bpf` and `u32` filters.
+    // The packet tools' suites: veth pairs, clsact (sch_ingress), tc's `bpf` and `u32` filters,
+    // a tun device (an interface without Ethernet headers).
     "veth",
     "sch_ingress",
     "cls_bpf",
     "cls_u32",
+    "tun",
 ];
 
 pub fn cache_dir() -> PathBuf {

@@ -103,6 +103,34 @@ pub fn iface_name(index: u32, netns: &Netns) -> Option<String> {
     Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }
 
+impl Iface {
+    /// Whether frames of this interface start with an Ethernet header (Ethernet, veth, loopback),
+    /// what tcpdump expressions and captures assume; None when the kernel does not say.
+    pub fn is_ethernet(&self, netns: &Netns) -> Result<Option<bool>, Error> {
+        let _in_ns = netns.enter()?;
+        // SAFETY: a socket only for the ioctl, closed by OwnedFd.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Ok(None);
+        }
+        // SAFETY: fd is a new descriptor owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ifreq is plain data; zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(self.name.bytes().take(libc::IFNAMSIZ - 1)) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFHWADDR fills req.ifr_ifru with the hardware address and its type.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+        if rc < 0 {
+            return Ok(None);
+        }
+        // SAFETY: after SIOCGIFHWADDR the union holds a sockaddr.
+        let family = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
+        Ok(Some(matches!(family, libc::ARPHRD_ETHER | libc::ARPHRD_LOOPBACK)))
+    }
+}
+
 fn name_to_index(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     // SAFETY: c is a valid NUL-terminated string.

@@ -11,7 +11,7 @@ use libbpf_rs::{MapCore, MapFlags, MapMut};
 
 use crate::error::Error;
 use crate::runtime::Printer;
-use crate::runtime::attach::netdev::iface_name;
+use crate::runtime::attach::netdev::{Iface, iface_name};
 use crate::runtime::attach::netns::Netns;
 use crate::runtime::cli::net::{HostPrefix, NetArgs, Proto};
 use crate::runtime::fastfmt;
@@ -25,6 +25,18 @@ use super::capture::{Capture, DEFAULT_SNAPLEN};
 pub const TK_CAPTURE_MAX: u32 = (size_of::<types::tk_capture>() - size_of::<PacketEvent>()) as u32;
 
 impl PacketFilter {
+    /// Expressions and captures read frames as Ethernet frames: refuse an interface whose frames
+    /// start elsewhere (tun, wireguard) instead of matching and writing them wrongly.
+    pub fn check_link(&self, iface: &Iface, netns: &Netns) -> Result<(), Error> {
+        if (self.pcap.is_some() || self.write.is_some()) && iface.is_ethernet(netns)? == Some(false) {
+            return Err(Error::usage(
+                format!("`{}` has no Ethernet header: filter expressions and -w read Ethernet frames", iface.name),
+                Some("use --port/--host/--proto on this interface, or capture on an Ethernet interface".to_owned()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Opens the `-w` capture, if any.
     pub fn open_capture(&self) -> Result<Option<Capture>, Error> {
         self.write.as_deref().map(|p| Capture::create(p, self.snaplen)).transpose()

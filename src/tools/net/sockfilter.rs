@@ -48,7 +48,11 @@ pub fn run(mut args: SockfilterArgs) -> Result<i32, Error> {
     }
     let filter = PacketFilter::from_args(&args.net, args.out.json, false, false)?;
     let iface = match &args.iface {
-        Some(name) => Some(rt.step("interface", || Iface::resolve(name, &netns))?),
+        Some(name) => {
+            let iface = rt.step("interface", || Iface::resolve(name, &netns))?;
+            filter.check_link(&iface, &netns)?;
+            Some(iface)
+        }
         None => None,
     };
     let transport = rt.step("transport", || rt.transport())?;

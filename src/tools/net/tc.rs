@@ -73,6 +73,7 @@ pub fn run(args: TcArgs) -> Result<i32, Error> {
     let mut rt = Runtime::for_packets(args.out.clone())?;
     let netns = rt.step("netns", || Netns::resolve(args.net.netns.as_deref()))?;
     let iface = rt.step("interface", || Iface::resolve(&args.iface, &netns))?;
+    filter.check_link(&iface, &netns)?;
     let dirs: &[TcDir] = match (args.ingress, args.egress) {
         (true, _) => &[TcDir::Ingress],
         (_, true) => &[TcDir::Egress],

@@ -68,6 +68,7 @@ pub fn run(args: XdpArgs) -> Result<i32, Error> {
     let mut rt = Runtime::for_packets(args.out.clone())?;
     let netns = rt.step("netns", || Netns::resolve(args.net.netns.as_deref()))?;
     let iface = rt.step("interface", || Iface::resolve(&args.iface, &netns))?;
+    filter.check_link(&iface, &netns)?;
     let mode = match args.mode {
         Mode::Auto => XdpMode::Auto,
         Mode::Skb => XdpMode::Skb,

@@ -78,7 +78,13 @@ impl Mappings {
     }
 
     fn refresh_watched(&mut self) {
+        let own_image = fs::read_link("/proc/self/exe").ok();
         for &pid in &self.watched {
+            // The child of `-- CMD` is tracekit's exec gate until CMD starts: its mappings then
+            // are tracekit's own image, which would hide CMD's if CMD exits before the next look.
+            if own_image.is_some() && fs::read_link(format!("/proc/{pid}/exe")).ok() == own_image {
+                continue;
+            }
             let Some(maps) = read_mappings(pid) else { continue };
             for m in &maps {
                 let key = (pid, m.path.clone());

@@ -595,7 +595,7 @@ static __always_inline void tk_capture_send(void *ctx, struct tk_capture *cap, _
 {
 	__u64 size;
 
-	if (caplen > TK_CAPTURE_MAX)
+	if (caplen > TK_CAPTURE_MAX) /* the copy helpers checked it; the verifier needs it here */
 		caplen = TK_CAPTURE_MAX;
 	cap->event.hdr.caplen = caplen;
 	size = sizeof(cap->event) + caplen;

@@ -37,6 +37,21 @@ static __always_inline __u32 tk_xdp_copy(struct xdp_md *ctx, const struct tk_pkt
 	return bpf_probe_read_kernel(dst, n, c->data) < 0 ? 0 : n;
 }
 
+/* The same for an skb: from offset 0 (tc, where the MAC header is there) or from the MAC
+ * header (socket filters, whose offset 0 is the network header). */
+static __always_inline __u32 tk_skb_copy(struct __sk_buff *skb, void *dst, __u64 n, bool from_mac)
+{
+	long err;
+
+	if (!tk_caplen_ok(&n))
+		return 0;
+	if (from_mac)
+		err = bpf_skb_load_bytes_relative(skb, 0, dst, n, BPF_HDR_START_MAC);
+	else
+		err = bpf_skb_load_bytes(skb, 0, dst, n);
+	return err < 0 ? 0 : n;
+}
+
 SEC("xdp")
 int xdp__observe(struct xdp_md *ctx)
 {
@@ -50,10 +65,15 @@ int xdp__observe(struct xdp_md *ctx)
 	struct tk_pkt_event *e;
 	struct tk_pkt p TK_ALIGNED;
 	__u8 verdict;
+	__u32 len;
 
 	tk_pkt_count(cnt, TK_CNT_SEEN);
 	tk_pkt_parse(&c, TK_SRC_XDP, 0, &p);
-	if (!tk_pkt_filter_allows(&p) || !tk_pcap_allows(&c, tk_xdp_len(ctx, &c)))
+	if (!tk_pkt_filter_allows(&p))
+		return XDP_PASS;
+	/* after the field filters: a packet they reject costs no length helper call */
+	len = tk_xdp_len(ctx, &c);
+	if (!tk_pcap_allows(&c, len))
 		return XDP_PASS;
 	tk_pkt_count(cnt, TK_CNT_MATCHED);
 	verdict = tk_pkt_filter.drop ? TK_VERDICT_DROP : TK_VERDICT_PASS;
@@ -62,8 +82,6 @@ int xdp__observe(struct xdp_md *ctx)
 	cap = tk_capture_slot();
 	e = cap ? &cap->event : tk_reserve(sizeof(*e));
 	if (e) {
-		__u32 len = tk_xdp_len(ctx, &c);
-
 		tk_pkt_fill(e, &p, ctx->ingress_ifindex, len, TK_DIR_INGRESS, TK_HOOK_XDP, 0, verdict);
 		if (tk_pkt_filter.sock)
 			tk_pkt_sock(ctx, &p, TK_DIR_INGRESS, false, e);
@@ -104,15 +122,10 @@ static __always_inline int tk_tc_observe(struct __sk_buff *skb, const __u8 dir)
 		tk_pkt_fill(e, &p, skb->ifindex, skb->len, dir, TK_HOOK_TC, skb->mark, TK_VERDICT_PASS);
 		if (tk_pkt_filter.sock)
 			tk_pkt_sock(skb, &p, dir, true, e);
-		if (cap) {
-			__u64 n = tk_caplen(skb->len);
-
-			if (!tk_caplen_ok(&n) || bpf_skb_load_bytes(skb, 0, cap->frame, n) < 0)
-				n = 0;
-			tk_capture_send(skb, cap, n);
-		} else {
+		if (cap)
+			tk_capture_send(skb, cap, tk_skb_copy(skb, cap->frame, tk_caplen(skb->len), false));
+		else
 			tk_submit(skb, e, sizeof(*e));
-		}
 	}
 	return TK_TC_NEXT;
 }
@@ -158,16 +171,10 @@ int sock__observe(struct __sk_buff *skb)
 	if (e) {
 		tk_pkt_fill(e, &p, skb->ifindex, skb->len, dir, TK_HOOK_SOCKET, skb->mark,
 			    TK_VERDICT_PASS);
-		if (cap) {
-			__u64 n = tk_caplen(skb->len);
-
-			if (!tk_caplen_ok(&n) ||
-			    bpf_skb_load_bytes_relative(skb, 0, cap->frame, n, BPF_HDR_START_MAC) < 0)
-				n = 0;
-			tk_capture_send(skb, cap, n);
-		} else {
+		if (cap)
+			tk_capture_send(skb, cap, tk_skb_copy(skb, cap->frame, tk_caplen(skb->len), true));
+		else
 			tk_submit(skb, e, sizeof(*e));
-		}
 	}
 	return 0;
 }

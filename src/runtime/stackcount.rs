@@ -63,11 +63,14 @@ pub struct Mappings {
     watched: Vec<u32>,
     cache: HashMap<u32, Vec<Mapping>>,
     held: HashMap<(u32, PathBuf), fs::File>,
+    /// tracekit's own executable: a watched process running it has not exec'd CMD yet.
+    own_image: Option<PathBuf>,
 }
 
 impl Mappings {
     pub fn watching(pids: impl IntoIterator<Item = u32>) -> Self {
-        Mappings { watched: pids.into_iter().collect(), ..Default::default() }
+        let own_image = fs::read_link("/proc/self/exe").ok();
+        Mappings { watched: pids.into_iter().collect(), own_image, ..Default::default() }
     }
 
     /// Called while tracing: fresh mappings of the watched processes, and those of processes
@@ -78,11 +81,10 @@ impl Mappings {
     }
 
     fn refresh_watched(&mut self) {
-        let own_image = fs::read_link("/proc/self/exe").ok();
         for &pid in &self.watched {
             // The child of `-- CMD` is tracekit's exec gate until CMD starts: its mappings then
             // are tracekit's own image, which would hide CMD's if CMD exits before the next look.
-            if own_image.is_some() && fs::read_link(format!("/proc/{pid}/exe")).ok() == own_image {
+            if self.own_image.is_some() && fs::read_link(format!("/proc/{pid}/exe")).ok() == self.own_image {
                 continue;
             }
             let Some(maps) = read_mappings(pid) else { continue };

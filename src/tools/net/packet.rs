@@ -24,25 +24,6 @@ use super::capture::{Capture, DEFAULT_SNAPLEN};
 /// capture record).
 pub const TK_CAPTURE_MAX: u32 = (size_of::<types::tk_capture>() - size_of::<PacketEvent>()) as u32;
 
-impl PacketFilter {
-    /// Expressions and captures read frames as Ethernet frames: refuse an interface whose frames
-    /// start elsewhere (tun, wireguard) instead of matching and writing them wrongly.
-    pub fn check_link(&self, iface: &Iface, netns: &Netns) -> Result<(), Error> {
-        if (self.pcap.is_some() || self.write.is_some()) && iface.is_ethernet(netns)? == Some(false) {
-            return Err(Error::usage(
-                format!("`{}` has no Ethernet header: filter expressions and -w read Ethernet frames", iface.name),
-                Some("use --port/--host/--proto on this interface, or capture on an Ethernet interface".to_owned()),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Opens the `-w` capture, if any.
-    pub fn open_capture(&self) -> Result<Option<Capture>, Error> {
-        self.write.as_deref().map(|p| Capture::create(p, self.snaplen)).transpose()
-    }
-}
-
 /// `write!` into a [`Text`] through fmt::Write (the io::Write in scope is for the sink).
 macro_rules! twrite {
     ($t:expr, $($arg:tt)*) => {
@@ -184,6 +165,23 @@ impl PacketFilter {
         f.sock = self.sock as u8;
         // Namespace inodes are 32-bit in practice (proc_inum): what the header carries.
         f.netns = netns_inode as u32;
+    }
+
+    /// Expressions and captures read frames as Ethernet frames: refuse an interface whose frames
+    /// start elsewhere (tun, wireguard) instead of matching and writing them wrongly.
+    pub fn check_link(&self, iface: &Iface, netns: &Netns) -> Result<(), Error> {
+        if (self.pcap.is_some() || self.write.is_some()) && iface.is_ethernet(netns)? == Some(false) {
+            return Err(Error::usage(
+                format!("`{}` has no Ethernet header: filter expressions and -w read Ethernet frames", iface.name),
+                Some("use --port/--host/--proto on this interface, or capture on an Ethernet interface".to_owned()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens the `-w` capture, if any.
+    pub fn open_capture(&self) -> Result<Option<Capture>, Error> {
+        self.write.as_deref().map(|p| Capture::create(p, self.snaplen)).transpose()
     }
 
     /// One line for `-v`.

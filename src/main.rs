@@ -61,6 +61,8 @@ enum Command {
     Tc(tools::net::tc::TcArgs),
     /// Every packet of one or all interfaces, seen by a socket filter (occupies no hook)
     Sockfilter(tools::net::sockfilter::SockfilterArgs),
+    /// See and decide every socket and device call of a cgroup's processes (cgroup hooks)
+    Cgroup(tools::net::cgroup::CgroupArgs),
     /// What can be traced: kernel functions, tracepoints, functions of a binary
     List(tools::meta::list::ListArgs),
     /// Shell completions (bash, zsh, fish, …), generated from these options
@@ -91,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Xdp(a) => tools::net::xdp::run(a)?,
         Command::Tc(a) => tools::net::tc::run(a)?,
         Command::Sockfilter(a) => tools::net::sockfilter::run(a)?,
+        Command::Cgroup(a) => tools::net::cgroup::run(a)?,
         Command::List(a) => tools::meta::list::run(&a)?,
         Command::Completions(a) => tools::meta::docs::completions(&a, Cli::command())?,
         Command::Man(a) => tools::meta::docs::man(&a, Cli::command())?,

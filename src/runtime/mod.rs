@@ -106,6 +106,9 @@ pub struct Runtime {
     started: Instant,
     /// The `-p` processes: the run ends once all of them have exited.
     pids: watch::PidWatch,
+    /// A `-- CMD` a tool started and placed itself (the cgroup tool's transient cgroup), held
+    /// at its gate until [`Runtime::stream`] has attached.
+    placed_child: Option<GatedChild>,
 }
 
 impl Runtime {
@@ -133,7 +136,7 @@ impl Runtime {
         let pids = watch::PidWatch::open(&task)?;
         // main installs it first thing; this covers the library's other users (tests, benches).
         signals::install()?;
-        Ok(Runtime { out, task, stack: false, probes: Probes::default(), filter, started, pids })
+        Ok(Runtime { out, task, stack: false, probes: Probes::default(), filter, started, pids, placed_child: None })
     }
 
     /// Tools that count in kernel maps and print tables at the end or per interval (count,
@@ -423,7 +426,13 @@ impl Runtime {
 impl Runtime {
     /// `-- CMD`: attaches the descendant tracking, starts CMD held at its gate and follows its
     /// pid. Release it with [`GatedChild::release`] once tracing is attached.
-    pub fn start_child<S: TransportLoaded + ?Sized>(&self, skel: &S) -> Result<(Option<GatedChild>, Vec<Link>), Error> {
+    pub fn start_child<S: TransportLoaded + ?Sized>(
+        &mut self,
+        skel: &S,
+    ) -> Result<(Option<GatedChild>, Vec<Link>), Error> {
+        if let Some(c) = self.placed_child.take() {
+            return Ok((Some(c), Vec::new()));
+        }
         let Some(skel) = skel.task().filter(|_| self.filter.follow) else {
             return Ok((None, Vec::new()));
         };
@@ -437,6 +446,12 @@ impl Runtime {
             .update(&c.pid().to_ne_bytes(), &[skel::FOLLOW_ARMED], MapFlags::ANY)
             .map_err(|e| Error::runtime(format!("following `-- CMD` (pid {}): {e}", c.pid()), None))?;
         Ok((Some(c), links))
+    }
+
+    /// Hands over a `-- CMD` the tool started (held at its gate) and placed where its programs
+    /// see it: the run releases it once attached, ends with it and exits with its status.
+    pub fn place_child(&mut self, child: GatedChild) {
+        self.placed_child = Some(child);
     }
 
     /// Blocks until Ctrl-C/SIGTERM, --duration, the end of `-- CMD` or of every `-p` process, or

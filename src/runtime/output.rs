@@ -33,11 +33,23 @@ pub struct PacketHeader<'a> {
     pub dir: &'a str,
 }
 
-/// What leads an event: a task (pid, comm, ...) or a packet (interface, namespace, ...).
+/// The fields a cgroup hook's event starts with: the task where the hook runs in process
+/// context (pid 0 where it does not, as for packets, or where the kernel offers no way to know).
+#[derive(Debug, Clone, Copy)]
+pub struct HookHeader {
+    pub ts_ns: u64,
+    pub cpu: u32,
+    pub pid: u32,
+    pub comm: [u8; 16],
+}
+
+/// What leads an event: a task (pid, comm, ...), a packet (interface, namespace, ...) or a
+/// cgroup hook's call.
 #[derive(Debug, Clone, Copy)]
 pub enum EventHeader<'a> {
     Task(TaskHeader),
     Packet(PacketHeader<'a>),
+    Hook(HookHeader),
 }
 
 impl EventHeader<'_> {
@@ -45,6 +57,7 @@ impl EventHeader<'_> {
         match self {
             EventHeader::Task(h) => h.ts_ns,
             EventHeader::Packet(h) => h.ts_ns,
+            EventHeader::Hook(h) => h.ts_ns,
         }
     }
 }
@@ -163,6 +176,14 @@ impl Sink {
                 self.field_u64("cpu", h.cpu.into())?;
                 self.field_str("dir", h.dir)?;
                 self.field_u64("len", h.len.into())
+            }
+            EventHeader::Hook(h) => {
+                self.field_u64("cpu", h.cpu.into())?;
+                if h.pid == 0 {
+                    return Ok(());
+                }
+                self.field_u64("pid", h.pid.into())?;
+                self.field_str("comm", &c_str(&h.comm))
             }
         }
     }

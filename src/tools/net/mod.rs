@@ -1,6 +1,7 @@
 //! The packet tools: XDP, TC and socket-filter observers on one shared BPF object.
 
 pub mod capture;
+pub mod cgroup;
 pub mod packet;
 pub mod skels;
 pub mod sockfilter;

@@ -12,6 +12,13 @@ pub mod pkt {
     unsafe impl plain::Plain for skel::types::tk_pkt_event {}
 }
 
+/// `tracekit cgroup`: a program per cgroup hook.
+pub mod cgroup {
+    crate::packet_skel!("cgroup", OpenCgroupSkel, CgroupSkel);
+    // SAFETY: generated from BTF by libbpf-cargo: integers and arrays of them only.
+    unsafe impl plain::Plain for skel::types::tk_cg_event {}
+}
+
 /// The benchmark's floor: programs that return at once. No transport, so no packet traits.
 pub mod floor {
     crate::include_skel!("floor");

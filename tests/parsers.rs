@@ -15,6 +15,7 @@ use proptest::test_runner::Config;
 use tracekit::runtime::btf::KernelBtf;
 use tracekit::runtime::cli::{check_utf8, net, task};
 use tracekit::runtime::{resolve, tracefs};
+use tracekit::tools::net::cgroup;
 use tracekit::tools::trace::uprobe::signature;
 
 /// Few enough cases that the whole file runs in seconds in a debug build.
@@ -141,6 +142,38 @@ proptest! {
     fn net_hosts_and_ports(s in hostile()) {
         let _ = net::parse_host(&s);
         let _ = net::parse_port(&s);
+    }
+
+    #[test]
+    fn cgroup_rules_and_hooks(s in hostile()) {
+        for kind in ["", "connect:", "connect6:", "bind:", "sendmsg:", "egress:", "sock:", "dev:", "dev:c:"] {
+            let _ = cgroup::rules::parse_deny(&format!("{kind}{s}"));
+        }
+        let _ = cgroup::rules::parse_rewrite(&format!("connect:{s}=127.0.0.1:{s}"));
+        let _ = cgroup::rules::parse_rewrite(&format!("sendmsg:[{s}]:1={s}"));
+        let _ = cgroup::rules::parse_target(&s);
+        let _ = cgroup::parse_hooks(&s);
+    }
+
+    /// Any address, prefix and port range written the documented way parses back to itself.
+    #[test]
+    fn cgroup_targets_round_trip(
+        v4 in any::<[u8; 4]>(), v6 in any::<[u8; 16]>(), six in any::<bool>(),
+        len in 0u8..=128, lo in any::<u16>(), span in any::<u16>(),
+    ) {
+        let hi = lo.saturating_add(span);
+        let (addr, text, max) = if six {
+            let a = std::net::Ipv6Addr::from(v6);
+            (std::net::IpAddr::V6(a), format!("[{a}]"), 128)
+        } else {
+            let a = std::net::Ipv4Addr::from(v4);
+            (std::net::IpAddr::V4(a), a.to_string(), 32)
+        };
+        let len = len.min(max);
+        let rule = cgroup::rules::parse_deny(&format!("connect:{text}/{len}:{lo}-{hi}")).unwrap();
+        let net = rule.target.net.unwrap();
+        prop_assert_eq!((net.addr, net.prefix, rule.target.ports), (addr, len, (lo, hi)));
+        prop_assert_eq!(rule.family, if six { 6 } else { 4 });
     }
 
     #[test]

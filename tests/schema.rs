@@ -253,3 +253,39 @@ fn packet_tools() {
         check(tool, &t.stop(), &packets());
     }
 }
+
+// `tracekit cgroup` (README "cgroup events in JSON"): events lead with cpu (and pid/comm where
+// the hook has a task), then the hook's fields; counters per hook and per rule at exit.
+const HOOK_EVENT: Fields = &[("time_ns", UInt), ("cpu", UInt), ("hook", Str), ("verdict", Str)];
+const HOOK_TASK: Fields = &[("pid", UInt), ("comm", Str)];
+const HOOK_INET: Fields =
+    &[("family", Str), ("proto", Str), ("sock_type", Str), ("raddr", Str), ("rport", UInt), ("rule", Str)];
+const HOOK_DEV: Fields = &[("dev_type", Str), ("major", UInt), ("minor", UInt), ("access", Str)];
+const HOOK_COUNTS: Fields = &[("hook", Str), ("calls", UInt), ("denied", UInt), ("rewritten", UInt)];
+const RULE: Fields = &[("index", UInt), ("rule", Str), ("hits", UInt)];
+
+#[test]
+fn cgroup_tool() {
+    if !require_root("schema::cgroup_tool") {
+        return;
+    }
+    let hooks = |only: &'static [Fields]| {
+        let mut fields = vec![HOOK_EVENT];
+        fields.extend_from_slice(only);
+        vec![
+            Kind { name: "event", fields, required: true },
+            kind("hook_counts", &[HOOK_COUNTS], true),
+            kind("rule", &[RULE], true),
+            kind("lost", &[LOST], false),
+            kind("summary", &[SUMMARY], true),
+        ]
+    };
+    // A denied connect (TCP, to loopback): every inet field, the rule included.
+    let connect_cmd = ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9 2>/dev/null; true"];
+    let out =
+        run(&with_cmd(&["cgroup", "--json", "--hooks", "connect4", "--deny", "connect:127.0.0.1:9"], &connect_cmd));
+    check("cgroup connect", &out, &hooks(&[HOOK_TASK, HOOK_INET]));
+    // An opened device: the dev fields.
+    let out = run(&with_cmd(&["cgroup", "--json", "--hooks", "dev", "--deny", "dev:c:1:5:w"], &["cat", "/dev/null"]));
+    check("cgroup dev", &out, &hooks(&[HOOK_TASK, HOOK_DEV]));
+}

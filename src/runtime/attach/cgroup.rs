@@ -316,6 +316,26 @@ impl TransientCgroup {
         &self.path
     }
 
+    /// Removes the transient cgroups below `parent` whose tracekit is gone (killed with
+    /// SIGKILL, which runs no Drop) and that no process uses any more; returns their paths.
+    /// One whose command still runs stays: removing it would need to move that command.
+    pub fn sweep_stale(parent: &Path) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(parent) else { return Vec::new() };
+        let mut removed = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(owner) = transient_owner(&name) else { continue };
+            if owner == std::process::id() || owner_is_tracekit(owner) {
+                continue;
+            }
+            let busy = fs::read_to_string(e.path().join("cgroup.procs")).map_or(true, |p| !p.trim().is_empty());
+            if !busy && remove_tree(&e.path(), parent).is_ok() {
+                removed.push(e.path());
+            }
+        }
+        removed
+    }
+
     /// Moves process `pid` (all its threads) into the cgroup.
     pub fn add_pid(&self, pid: u32) -> Result<(), Error> {
         let procs = self.path.join("cgroup.procs");
@@ -345,6 +365,21 @@ impl Drop for TransientCgroup {
             eprintln!("tracekit: warning: {e}");
         }
     }
+}
+
+/// The pid in a transient cgroup's name (`tracekit-HINT-PID-N`).
+fn transient_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("tracekit-")?;
+    let mut parts = rest.rsplitn(3, '-');
+    let _n: u32 = parts.next()?.parse().ok()?;
+    let pid = parts.next()?.parse().ok()?;
+    parts.next()?;
+    Some(pid)
+}
+
+/// Whether `pid` is a running tracekit (its comm), so its cgroups are its own business.
+fn owner_is_tracekit(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "tracekit")
 }
 
 /// Removes `dir` and every cgroup below it, moving their tasks to `parent` first. A task that

@@ -247,6 +247,9 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
     let transient = match &args.cgroup {
         Some(_) => None,
         None => {
+            for stale in TransientCgroup::sweep_stale(&root) {
+                eprintln!("tracekit: removed cgroup `{}`, left empty by a tracekit that was killed", stale.display());
+            }
             let hint = Path::new(&args.command[0]).file_name().map(|n| n.to_string_lossy().into_owned());
             Some(rt.step("cgroup", || TransientCgroup::create(&root, hint.as_deref().unwrap_or("cmd")))?)
         }

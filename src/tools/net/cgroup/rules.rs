@@ -182,8 +182,9 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
     if s.is_empty() {
         return Err("an address or port is missing".into());
     }
-    if let Ok(ports) = parse_ports(s) {
-        return Ok(Target { net: None, ports });
+    // Digits, `-` and `*` only: ports, and their error is the one to show.
+    if s.bytes().all(|b| b.is_ascii_digit() || b == b'-' || b == b'*') {
+        return parse_ports(s).map(|ports| Target { net: None, ports });
     }
     let (addr, ports) = if let Some(rest) = s.strip_prefix('[') {
         let (inside, after) =

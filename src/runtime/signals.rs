@@ -56,3 +56,9 @@ pub fn setup_done() {
 pub fn stop_requests() -> u32 {
     STOP_REQUESTS.load(Ordering::SeqCst)
 }
+
+/// A tool ends the run itself, as one Ctrl-C would (the thing it watches is gone: a removed
+/// cgroup). The run loop sees it within one poll interval and detaches.
+pub fn request_stop() {
+    STOP_REQUESTS.fetch_add(1, Ordering::SeqCst);
+}

@@ -276,7 +276,8 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
         t.add_pid(child.pid())?;
         rt.place_child(child);
     }
-    let printer = CgroupPrinter::new(&skel, &dir, &rules, needed, observe != 0, args.interval);
+    let printer = CgroupPrinter::new(&skel, &dir, &rules, needed, observe != 0, args.interval)
+        .ending_with(args.cgroup.is_some().then(|| dir.clone()));
     let verbose = rt.out.verbose > 0;
     let code = rt.stream(&skel, transport, printer, |skel| attach(skel, needed, &dir, verbose))?;
     if let Some(t) = transient {
@@ -376,6 +377,8 @@ pub struct CgroupPrinter<'a> {
     prints: bool,
     interval: Option<Duration>,
     next_interval: Instant,
+    /// `--cgroup PATH`: the run ends when it is removed (its links are gone with it).
+    watch: Option<PathBuf>,
 }
 
 impl<'a> CgroupPrinter<'a> {
@@ -395,7 +398,14 @@ impl<'a> CgroupPrinter<'a> {
             prints,
             interval,
             next_interval: Instant::now() + interval.unwrap_or(Duration::MAX / 4),
+            watch: None,
         }
+    }
+
+    /// Ends the run when `dir` disappears.
+    fn ending_with(mut self, dir: Option<PathBuf>) -> Self {
+        self.watch = dir;
+        self
     }
 
     fn write_counters(&mut self, out: &mut Sink) -> io::Result<()> {
@@ -636,6 +646,13 @@ impl Printer for CgroupPrinter<'_> {
     }
 
     fn tick(&mut self, out: &mut Sink) -> io::Result<()> {
+        if let Some(dir) = &self.watch
+            && !dir.exists()
+        {
+            eprintln!("tracekit: cgroup {} was removed: its programs went with it", dir.display());
+            self.watch = None;
+            crate::runtime::signals::request_stop();
+        }
         let Some(every) = self.interval else { return Ok(()) };
         if Instant::now() < self.next_interval {
             return Ok(());

@@ -132,6 +132,23 @@ static __always_inline __s32 tk_cg_find(__u8 kind, __u8 family, const __u32 *a, 
 	return -1;
 }
 
+/* ::ffff:a.b.c.d: an IPv4 peer of a dual-stack (AF_INET6) socket. Only the *6 hooks see such
+ * calls, so IPv4 rules are applied to them too: a v6 socket is no way around a v4 rule. */
+static __always_inline bool tk_cg_v4_mapped(const __u32 *a)
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
+}
+
+/* tk_cg_find, and for a v4-mapped address also the IPv4 rules on its IPv4 part. */
+static __always_inline __s32 tk_cg_find_mapped(__u8 kind, __u8 family, const __u32 *a, __u16 port)
+{
+	__s32 rule = tk_cg_find(kind, family, a, port);
+
+	if (rule < 0 && family == 6 && tk_cg_v4_mapped(a))
+		rule = tk_cg_find(kind, 4, &a[3], port);
+	return rule;
+}
+
 static __always_inline void tk_cg_copy6(__u32 *dst, const __u32 *src)
 {
 	dst[0] = src[0];
@@ -177,16 +194,22 @@ static __always_inline int tk_cg_dest(struct bpf_sock_addr *ctx, const __u8 hook
 	__u32 a[4] = {}, n[4] = {}, l[4] = {};
 	__u16 port = tk_cg_user_addr(ctx, family, a), nport = port, lport = 0;
 	__u8 verdict = TK_CG_ALLOW;
-	__s32 rule = tk_cg_find(deny_kind, family, a, port);
+	__s32 rule = tk_cg_find_mapped(deny_kind, family, a, port);
 	struct tk_cg_event *e;
 
 	if (rule >= 0) {
 		verdict = TK_CG_DENY;
 	} else {
-		rule = tk_cg_find(rewrite_kind, family, a, port);
+		rule = tk_cg_find_mapped(rewrite_kind, family, a, port);
 		if (rule >= 0) {
 			verdict = TK_CG_REWRITE;
 			tk_cg_copy6(n, (const __u32 *)tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].to_addr);
+			/* an IPv4 rule on a v4-mapped address: the new address, mapped */
+			if (family == 6 && tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].family == 4) {
+				n[3] = n[0];
+				n[0] = n[1] = 0;
+				n[2] = bpf_htonl(0xffff);
+			}
 			if (tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].to_port)
 				nport = tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].to_port;
 			tk_cg_set_user_addr(ctx, family, n, nport);
@@ -262,11 +285,16 @@ static __always_inline int tk_cg_recvmsg(struct bpf_sock_addr *ctx, const __u8 h
 
 		if (i >= tk_cg_config.nrules)
 			break;
-		if (r->kind != TK_RULE_REWRITE_SENDMSG || r->family != family)
+		if (r->kind != TK_RULE_REWRITE_SENDMSG)
 			continue;
-		if (r->to_addr[0] != a[0] ||
-		    (family == 6 && (r->to_addr[1] != a[1] || r->to_addr[2] != a[2] || r->to_addr[3] != a[3])))
+		if (r->family == family) {
+			if (r->to_addr[0] != a[0] || (family == 6 && (r->to_addr[1] != a[1] ||
+								    r->to_addr[2] != a[2] ||
+								    r->to_addr[3] != a[3])))
+				continue;
+		} else if (!(family == 6 && r->family == 4 && tk_cg_v4_mapped(a) && r->to_addr[0] == a[3])) {
 			continue;
+		}
 		if (r->to_port ? r->to_port != port : (port < r->port_lo || port > r->port_hi))
 			continue;
 		rule = i;
@@ -275,6 +303,11 @@ static __always_inline int tk_cg_recvmsg(struct bpf_sock_addr *ctx, const __u8 h
 	if (rule >= 0) {
 		verdict = TK_CG_REWRITE;
 		tk_cg_copy6(n, (const __u32 *)tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].addr);
+		if (family == 6 && tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].family == 4) {
+			n[3] = n[0];
+			n[0] = n[1] = 0;
+			n[2] = bpf_htonl(0xffff);
+		}
 		/* a rewrite to a fixed port came from one port (the parser requires it) */
 		if (tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].to_port)
 			nport = tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].port_lo;
@@ -433,7 +466,7 @@ static __always_inline int tk_cg_post_bind(struct bpf_sock *sk, const __u8 hook,
 		a[2] = sk->src_ip6[2];
 		a[3] = sk->src_ip6[3];
 	}
-	rule = tk_cg_find(TK_RULE_BIND, family, a, port);
+	rule = tk_cg_find_mapped(TK_RULE_BIND, family, a, port);
 	if (rule >= 0)
 		verdict = TK_CG_DENY;
 	tk_cg_count(hook, verdict, rule);

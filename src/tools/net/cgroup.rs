@@ -145,10 +145,10 @@ pub struct CgroupArgs {
     pub command: Vec<OsString>,
 }
 
-/// Which hooks a rule needs attached (bits of [`HOOKS`]).
+/// Which hooks a rule needs attached (bits of [`HOOKS`]). An IPv4 rule needs the *6 hook too:
+/// a dual-stack socket reaches IPv4 peers as `::ffff:a.b.c.d` through it.
 fn hooks_of(rule: &Rule) -> u32 {
     let pair = |four: &str, six: &str| match rule.family {
-        4 => bit(four),
         6 => bit(six),
         _ => bit(four) | bit(six),
     };

@@ -244,26 +244,14 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
             Some("mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`".to_owned()),
         )
     })?;
-    let transient = match &args.cgroup {
-        Some(_) => None,
-        None => {
-            for stale in TransientCgroup::sweep_stale(&root) {
-                eprintln!("tracekit: removed cgroup `{}`, left empty by a tracekit that was killed", stale.display());
-            }
-            let hint = Path::new(&args.command[0]).file_name().map(|n| n.to_string_lossy().into_owned());
-            Some(rt.step("cgroup", || TransientCgroup::create(&root, hint.as_deref().unwrap_or("cmd")))?)
-        }
-    };
-    let dir = match (&args.cgroup, &transient) {
-        (Some(p), _) => cgroup_dir(p)?.0,
-        (None, Some(t)) => t.path().to_path_buf(),
-        (None, None) => unreachable!("one target is given"),
-    };
+    // --cgroup is checked before anything is loaded; the transient cgroup of -- CMD is made
+    // after the load, once a signal no longer ends the process where it stands (which would
+    // leave the directory behind).
+    let given = args.cgroup.as_deref().map(cgroup_dir).transpose()?.map(|(dir, _)| dir);
     let transport = rt.step("transport", || rt.transport())?;
     rt.say(format_args!(
-        "plan: cgroup {}{}, hooks {}, events from {}, {} rules; transport {transport:?}",
-        dir.display(),
-        if transient.is_some() { " (transient, for -- CMD)" } else { "" },
+        "plan: cgroup {}, hooks {}, events from {}, {} rules; transport {transport:?}",
+        given.as_ref().map_or("(transient, for -- CMD)".to_owned(), |d| d.display().to_string()),
         hook_names(needed),
         if observe == 0 { "none".to_owned() } else { hook_names(observe) },
         rules.len()
@@ -271,11 +259,26 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
 
     let mut storage = MaybeUninit::uninit();
     let skel = open_load(&rt, &rules, observe, needed, transport, &mut storage)?;
-    if let Some(t) = &transient {
-        let child = GatedChild::spawn(&args.command)?;
-        t.add_pid(child.pid())?;
-        rt.place_child(child);
-    }
+    let transient = match &given {
+        Some(_) => None,
+        None => {
+            for stale in TransientCgroup::sweep_stale(&root) {
+                eprintln!("tracekit: removed cgroup `{}`, left empty by a tracekit that was killed", stale.display());
+            }
+            let hint = Path::new(&args.command[0]).file_name().map(|n| n.to_string_lossy().into_owned());
+            let t = rt.step("cgroup", || TransientCgroup::create(&root, hint.as_deref().unwrap_or("cmd")))?;
+            rt.say(format_args!("transient cgroup {}", t.path().display()));
+            let child = GatedChild::spawn(&args.command)?;
+            t.add_pid(child.pid())?;
+            rt.place_child(child);
+            Some(t)
+        }
+    };
+    let dir = match (&given, &transient) {
+        (Some(d), _) => d.clone(),
+        (None, Some(t)) => t.path().to_path_buf(),
+        (None, None) => unreachable!("one target is given"),
+    };
     let printer = CgroupPrinter::new(&skel, &dir, &rules, needed, observe != 0, args.interval)
         .ending_with(args.cgroup.is_some().then(|| dir.clone()));
     let verbose = rt.out.verbose > 0;

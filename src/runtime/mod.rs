@@ -160,7 +160,10 @@ impl Runtime {
     /// Prints a lifecycle line with -v.
     pub fn say(&self, msg: impl std::fmt::Display) {
         if self.out.verbose > 0 {
-            eprintln!("tracekit: {msg}");
+            // One write: `-- CMD` shares stderr, and a line written in pieces can be split by
+            // CMD's own output.
+            let line = format!("tracekit: {msg}\n");
+            let _ = io::stderr().write_all(line.as_bytes());
         }
     }
 

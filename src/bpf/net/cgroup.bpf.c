@@ -196,6 +196,7 @@ static __always_inline int tk_cg_dest(struct bpf_sock_addr *ctx, const __u8 hook
 	__u8 verdict = TK_CG_ALLOW;
 	__s32 rule = tk_cg_find_mapped(deny_kind, family, a, port);
 	struct tk_cg_event *e;
+	struct bpf_sock *sk;
 
 	if (rule >= 0) {
 		verdict = TK_CG_DENY;
@@ -218,10 +219,24 @@ static __always_inline int tk_cg_dest(struct bpf_sock_addr *ctx, const __u8 hook
 	tk_cg_count(hook, verdict, rule);
 	if (!tk_cg_observed(hook))
 		return verdict != TK_CG_DENY;
-	/* the source the process chose, where it chose one */
-	if (hook == TK_CG_SENDMSG4) {
+	/* the local side: the socket's address and port where it is bound (0 until the kernel
+	 * picks them), or for a send the source address the process chose for this message */
+	sk = ctx->sk;
+	if (sk) {
+		lport = sk->src_port;
+		if (family == 4) {
+			l[0] = sk->src_ip4;
+		} else {
+			l[0] = sk->src_ip6[0];
+			l[1] = sk->src_ip6[1];
+			l[2] = sk->src_ip6[2];
+			l[3] = sk->src_ip6[3];
+		}
+	}
+	if (hook == TK_CG_SENDMSG4 && ctx->msg_src_ip4) {
 		l[0] = ctx->msg_src_ip4;
-	} else if (hook == TK_CG_SENDMSG6) {
+	} else if (hook == TK_CG_SENDMSG6 && (ctx->msg_src_ip6[0] | ctx->msg_src_ip6[1] |
+					      ctx->msg_src_ip6[2] | ctx->msg_src_ip6[3])) {
 		l[0] = ctx->msg_src_ip6[0];
 		l[1] = ctx->msg_src_ip6[1];
 		l[2] = ctx->msg_src_ip6[2];

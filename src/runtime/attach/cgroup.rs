@@ -66,9 +66,14 @@ pub(crate) fn cgroup_dir(path: &Path) -> Result<(PathBuf, PathBuf), Error> {
             Some("mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`".to_owned()),
         )
     })?;
-    let below = || root.join(path.strip_prefix("/").unwrap_or(path));
-    let full =
-        if path.is_absolute() && (path.starts_with(&root) || path.exists()) { path.to_path_buf() } else { below() };
+    let below = root.join(path.strip_prefix("/").unwrap_or(path));
+    // An absolute path is taken as given, unless only its reading below the mount exists
+    // (`/system.slice`); a path that exists in neither reading is reported as typed.
+    let full = if path.is_absolute() && (path.starts_with(&root) || path.exists() || !below.exists()) {
+        path.to_path_buf()
+    } else {
+        below
+    };
     let hint = || {
         Some(format!(
             "cgroup2 is mounted at `{}`: give a directory below it (or a path relative to it)",
@@ -316,7 +321,7 @@ impl TransientCgroup {
         &self.path
     }
 
-    /// Removes the transient cgroups below `parent` whose tracekit is gone (killed with
+    /// Removes the transient cgroups below `parent` whose maker is gone (a tracekit killed with
     /// SIGKILL, which runs no Drop) and that no process uses any more; returns their paths.
     /// One whose command still runs stays: removing it would need to move that command.
     pub fn sweep_stale(parent: &Path) -> Vec<PathBuf> {
@@ -324,8 +329,10 @@ impl TransientCgroup {
         let mut removed = Vec::new();
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            // Only a cgroup whose maker is gone: a live one (tracekit or another user of
+            // TransientCgroup) is still using it.
             let Some(owner) = transient_owner(&name) else { continue };
-            if owner == std::process::id() || owner_is_tracekit(owner) {
+            if Path::new(&format!("/proc/{owner}")).exists() {
                 continue;
             }
             let busy = fs::read_to_string(e.path().join("cgroup.procs")).map_or(true, |p| !p.trim().is_empty());
@@ -375,11 +382,6 @@ fn transient_owner(name: &str) -> Option<u32> {
     let pid = parts.next()?.parse().ok()?;
     parts.next()?;
     Some(pid)
-}
-
-/// Whether `pid` is a running tracekit (its comm), so its cgroups are its own business.
-fn owner_is_tracekit(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "tracekit")
 }
 
 /// Removes `dir` and every cgroup below it, moving their tasks to `parent` first. A task that

@@ -22,7 +22,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{BpfIds, Finished, Tracer, assert_released};
+use libbpf_rs::libbpf_sys as sys;
 use serde_json::{Value, json};
+use std::os::fd::AsRawFd;
 
 const EPERM: i64 = libc::EPERM as i64;
 
@@ -52,29 +54,74 @@ fn cgroup2_root() -> PathBuf {
     tracekit::runtime::kernel::cgroup2_mount().expect("a cgroup2 mount in /proc/mounts")
 }
 
-/// `bpftool -j cgroup show PATH`: (prog id, attach type) pairs.
-fn bpftool_cgroup(path: &Path) -> Vec<(u64, String)> {
-    let out = Command::new("bpftool").args(["-j", "cgroup", "show"]).arg(path).output().expect("run bpftool");
-    assert!(out.status.success(), "bpftool cgroup show: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()));
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| (e["id"].as_u64().unwrap_or(0), e["attach_type"].as_str().unwrap_or("").to_owned()))
-        .collect()
+/// The attach types of the hooks tracekit cgroup uses.
+const ATTACH_TYPES: [sys::bpf_attach_type; 15] = [
+    sys::BPF_CGROUP_INET_INGRESS,
+    sys::BPF_CGROUP_INET_EGRESS,
+    sys::BPF_CGROUP_INET_SOCK_CREATE,
+    sys::BPF_CGROUP_INET_SOCK_RELEASE,
+    sys::BPF_CGROUP_INET4_BIND,
+    sys::BPF_CGROUP_INET6_BIND,
+    sys::BPF_CGROUP_INET4_POST_BIND,
+    sys::BPF_CGROUP_INET6_POST_BIND,
+    sys::BPF_CGROUP_INET4_CONNECT,
+    sys::BPF_CGROUP_INET6_CONNECT,
+    sys::BPF_CGROUP_UDP4_SENDMSG,
+    sys::BPF_CGROUP_UDP6_SENDMSG,
+    sys::BPF_CGROUP_UDP4_RECVMSG,
+    sys::BPF_CGROUP_UDP6_RECVMSG,
+    sys::BPF_CGROUP_DEVICE,
+];
+
+/// The ids attached directly to the open cgroup `dir` at `ty` (BPF_PROG_QUERY), or the errno.
+fn query(dir: &std::fs::File, ty: sys::bpf_attach_type) -> Result<Vec<u64>, i32> {
+    let mut ids = [0u32; 64];
+    let mut cnt = ids.len() as u32;
+    let mut flags = 0u32;
+    // SAFETY: dir is an open cgroup directory; flags, ids and cnt are valid for writes and ids
+    // has room for cnt entries.
+    let rc = unsafe { sys::bpf_prog_query(dir.as_raw_fd(), ty, 0, &mut flags, ids.as_mut_ptr(), &mut cnt) };
+    if rc != 0 {
+        return Err(rc);
+    }
+    Ok(ids[..cnt as usize].iter().map(|&id| u64::from(id)).collect())
 }
 
-/// Program ids anywhere in `bpftool -j cgroup tree` (every cgroup with something attached).
+/// (prog id, attach type) of the programs attached directly to the cgroup at `path`, as
+/// `bpftool cgroup show` lists them, asked of the kernel itself: Debian 12's bpftool lists
+/// nothing and exits 255 on a 5.10 kernel once a program is attached.
+fn bpftool_cgroup(path: &Path) -> Vec<(u64, String)> {
+    let dir = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut out = Vec::new();
+    for ty in ATTACH_TYPES {
+        let ids =
+            query(&dir, ty).unwrap_or_else(|rc| panic!("BPF_PROG_QUERY {} on {}: {rc}", type_name(ty), path.display()));
+        out.extend(ids.into_iter().map(|id| (id, type_name(ty))));
+    }
+    out
+}
+
+/// libbpf's (and bpftool's) name of an attach type: `cgroup_inet4_connect`.
+fn type_name(ty: sys::bpf_attach_type) -> String {
+    // SAFETY: a lookup returning NULL or a static NUL-terminated string.
+    let p = unsafe { sys::libbpf_bpf_attach_type_str(ty) };
+    assert!(!p.is_null(), "attach type {ty} has a name");
+    // SAFETY: p is a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Program ids attached anywhere in the cgroup2 hierarchy (what `bpftool cgroup tree` lists).
+/// A cgroup another test removes meanwhile is simply gone.
 fn bpftool_tree_progs() -> Vec<u64> {
-    let out = Command::new("bpftool").args(["-j", "cgroup", "tree"]).output().expect("run bpftool");
-    assert!(out.status.success(), "bpftool cgroup tree: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()));
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|cg| cg["programs"].as_array().cloned().unwrap_or_default())
-        .filter_map(|p| p["id"].as_u64())
-        .collect()
+    let mut out = Vec::new();
+    let mut dirs = vec![cgroup2_root()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        let Ok(f) = std::fs::File::open(&dir) else { continue };
+        out.extend(ATTACH_TYPES.into_iter().filter_map(|ty| query(&f, ty).ok()).flatten());
+    }
+    out
 }
 
 /// Polls `cond` every 20 ms for up to `secs` seconds.

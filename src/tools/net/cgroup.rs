@@ -307,9 +307,19 @@ fn open_load<'o>(
     let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
     ro.tk_cg_config.observe = observe;
     ro.tk_cg_config.nrules = rules.len() as u32;
-    ro.tk_cg_config.task_sock_addr = task_mode(ProgramType::CgroupSockAddr);
-    ro.tk_cg_config.task_sock = task_mode(ProgramType::CgroupSock);
-    ro.tk_cg_config.task_dev = task_mode(ProgramType::CgroupDevice);
+    let modes = [ProgramType::CgroupSockAddr, ProgramType::CgroupSock, ProgramType::CgroupDevice].map(task_mode);
+    [ro.tk_cg_config.task_sock_addr, ro.tk_cg_config.task_sock, ro.tk_cg_config.task_dev] = modes;
+    let mode_name = |m: u8| match m {
+        1 => "helpers",
+        2 => "current task",
+        _ => "none",
+    };
+    rt.say(format_args!(
+        "task of a call (sock_addr, sock, dev): {}, {}, {}",
+        mode_name(modes[0]),
+        mode_name(modes[1]),
+        mode_name(modes[2])
+    ));
     assert_eq!(ro.tk_cg_rules.len(), MAX_RULES, "MAX_RULES follows TK_CG_MAX_RULES");
     for (slot, rule) in ro.tk_cg_rules.iter_mut().zip(rules) {
         *slot = to_kernel(rule);

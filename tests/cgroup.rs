@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{BpfIds, Finished, Tracer, assert_released};
+use common::{BpfIds, Exit, Finished, Tracer, assert_released};
 use libbpf_rs::libbpf_sys as sys;
 use serde_json::{Value, json};
 use std::os::fd::AsRawFd;
@@ -1410,16 +1410,6 @@ fn alive(pid: u32) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // 5. Nothing left behind; multi-attach; a cgroup removed under tracekit
-
-#[derive(Debug, Clone, Copy)]
-enum Exit {
-    Interrupt,
-    Terminate,
-    Duration,
-    Count,
-    ClosedPipe,
-    Kill,
-}
 
 const DEVNULL_BODY: &str = "open('/dev/null', 'r').close()\nout(done=True)";
 

@@ -7,18 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::net::{self, VethPair};
-use common::{Tracer, assert_released};
-
-/// The ways tracekit ends.
-#[derive(Debug, Clone, Copy)]
-enum Exit {
-    Interrupt,
-    Terminate,
-    Duration,
-    Count,
-    ClosedPipe,
-    Kill,
-}
+use common::{Exit, Tracer, assert_released};
 
 const EXITS: [Exit; 6] = [Exit::Interrupt, Exit::Terminate, Exit::Duration, Exit::Count, Exit::ClosedPipe, Exit::Kill];
 

@@ -137,6 +137,31 @@ fn thread_group_of(tid: u32) -> Option<u32> {
     status.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
 }
 
+/// `--interval SECS` of the tools that print counters while they run: due once per period,
+/// never without one.
+#[derive(Debug, Clone, Copy)]
+pub struct Every {
+    period: Option<std::time::Duration>,
+    next: std::time::Instant,
+}
+
+impl Every {
+    pub fn new(period: Option<std::time::Duration>) -> Self {
+        Every { period, next: std::time::Instant::now() + period.unwrap_or(std::time::Duration::MAX / 4) }
+    }
+
+    /// Whether a period has passed since the last time this said yes (or the start).
+    pub fn due(&mut self) -> bool {
+        match self.period {
+            Some(p) if std::time::Instant::now() >= self.next => {
+                self.next += p;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

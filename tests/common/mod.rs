@@ -285,3 +285,14 @@ pub fn target_program() -> std::path::PathBuf {
     })
     .clone()
 }
+
+/// The ways tracekit ends, for the tests that check each leaves nothing behind.
+#[derive(Debug, Clone, Copy)]
+pub enum Exit {
+    Interrupt,
+    Terminate,
+    Duration,
+    Count,
+    ClosedPipe,
+    Kill,
+}

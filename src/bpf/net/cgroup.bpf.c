@@ -187,6 +187,47 @@ static __always_inline void tk_cg_set_user_addr(struct bpf_sock_addr *ctx, __u8 
 	ctx->user_port = bpf_htons(port);
 }
 
+/* A rewrite's new address (the rule's `addr` or `to_addr`) into `n`, v4-mapped when an IPv4
+ * rule met a v4-mapped address at a *6 hook; written into the call with `port`. */
+static __always_inline void tk_cg_rewrite(struct bpf_sock_addr *ctx, const __u8 family, __s32 rule,
+					  bool reverse, __u32 *n, __u16 port)
+{
+	const volatile struct tk_cg_rule *r = &tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)];
+
+	tk_cg_copy6(n, (const __u32 *)(reverse ? r->addr : r->to_addr));
+	if (family == 6 && r->family == 4) {
+		n[3] = n[0];
+		n[0] = n[1] = 0;
+		n[2] = bpf_htonl(0xffff);
+	}
+	tk_cg_set_user_addr(ctx, family, n, port);
+}
+
+/* The event of a sock_addr call: local side `l`, the user's address `a`, and for a rewrite
+ * what the kernel used instead. */
+static __always_inline void tk_cg_addr_event(struct bpf_sock_addr *ctx, const __u8 hook, const __u8 family,
+					     __u8 verdict, __s32 rule, const __u32 *l, __u16 lport,
+					     const __u32 *a, __u16 port, const __u32 *n, __u16 nport)
+{
+	struct tk_cg_event *e = tk_cg_event_new(hook, verdict, rule);
+
+	if (!e)
+		return;
+	tk_cg_task(e, tk_cg_config.task_sock_addr);
+	e->family = family;
+	e->proto = ctx->protocol;
+	e->sock_type = ctx->type;
+	tk_cg_copy6(e->laddr, l);
+	e->lport = lport;
+	tk_cg_copy6(e->raddr, a);
+	e->rport = port;
+	if (verdict == TK_CG_REWRITE) {
+		tk_cg_copy6(e->naddr, n);
+		e->nport = nport;
+	}
+	tk_submit(ctx, e, sizeof(*e));
+}
+
 /* connect4/6 and sendmsg4/6: deny, or rewrite the destination. */
 static __always_inline int tk_cg_dest(struct bpf_sock_addr *ctx, const __u8 hook, const __u8 family,
 				      const __u8 deny_kind, const __u8 rewrite_kind)
@@ -195,7 +236,6 @@ static __always_inline int tk_cg_dest(struct bpf_sock_addr *ctx, const __u8 hook
 	__u16 port = tk_cg_user_addr(ctx, family, a), nport = port, lport = 0;
 	__u8 verdict = TK_CG_ALLOW;
 	__s32 rule = tk_cg_find_mapped(deny_kind, family, a, port);
-	struct tk_cg_event *e;
 	struct bpf_sock *sk;
 
 	if (rule >= 0) {
@@ -204,16 +244,9 @@ static __always_inline int tk_cg_dest(struct bpf_sock_addr *ctx, const __u8 hook
 		rule = tk_cg_find_mapped(rewrite_kind, family, a, port);
 		if (rule >= 0) {
 			verdict = TK_CG_REWRITE;
-			tk_cg_copy6(n, (const __u32 *)tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].to_addr);
-			/* an IPv4 rule on a v4-mapped address: the new address, mapped */
-			if (family == 6 && tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].family == 4) {
-				n[3] = n[0];
-				n[0] = n[1] = 0;
-				n[2] = bpf_htonl(0xffff);
-			}
 			if (tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].to_port)
 				nport = tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].to_port;
-			tk_cg_set_user_addr(ctx, family, n, nport);
+			tk_cg_rewrite(ctx, family, rule, false, n, nport);
 		}
 	}
 	tk_cg_count(hook, verdict, rule);
@@ -242,22 +275,7 @@ static __always_inline int tk_cg_dest(struct bpf_sock_addr *ctx, const __u8 hook
 		l[2] = ctx->msg_src_ip6[2];
 		l[3] = ctx->msg_src_ip6[3];
 	}
-	e = tk_cg_event_new(hook, verdict, rule);
-	if (e) {
-		tk_cg_task(e, tk_cg_config.task_sock_addr);
-		e->family = family;
-		e->proto = ctx->protocol;
-		e->sock_type = ctx->type;
-		tk_cg_copy6(e->laddr, l);
-		e->lport = lport;
-		tk_cg_copy6(e->raddr, a);
-		e->rport = port;
-		if (verdict == TK_CG_REWRITE) {
-			tk_cg_copy6(e->naddr, n);
-			e->nport = nport;
-		}
-		tk_submit(ctx, e, sizeof(*e));
-	}
+	tk_cg_addr_event(ctx, hook, family, verdict, rule, l, lport, a, port, n, nport);
 	return verdict != TK_CG_DENY;
 }
 
@@ -266,21 +284,13 @@ static __always_inline int tk_cg_bind(struct bpf_sock_addr *ctx, const __u8 hook
 {
 	__u32 a[4] = {};
 	__u16 port = tk_cg_user_addr(ctx, family, a);
-	struct tk_cg_event *e;
+	__u32 zero[4] = {};
 
 	tk_cg_count(hook, TK_CG_ALLOW, -1);
 	if (!tk_cg_observed(hook))
 		return 1;
-	e = tk_cg_event_new(hook, TK_CG_ALLOW, -1);
-	if (e) {
-		tk_cg_task(e, tk_cg_config.task_sock_addr);
-		e->family = family;
-		e->proto = ctx->protocol;
-		e->sock_type = ctx->type;
-		tk_cg_copy6(e->laddr, a);
-		e->lport = port;
-		tk_submit(ctx, e, sizeof(*e));
-	}
+	/* the address asked for is the local side; there is no remote one */
+	tk_cg_addr_event(ctx, hook, family, TK_CG_ALLOW, -1, a, port, zero, 0, zero, 0);
 	return 1;
 }
 
@@ -292,7 +302,7 @@ static __always_inline int tk_cg_recvmsg(struct bpf_sock_addr *ctx, const __u8 h
 	__u16 port = tk_cg_user_addr(ctx, family, a), nport = port;
 	__u8 verdict = TK_CG_ALLOW;
 	__s32 rule = -1;
-	struct tk_cg_event *e;
+	__u32 zero[4] = {};
 
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < TK_CG_MAX_RULES; i++) {
@@ -317,34 +327,15 @@ static __always_inline int tk_cg_recvmsg(struct bpf_sock_addr *ctx, const __u8 h
 	}
 	if (rule >= 0) {
 		verdict = TK_CG_REWRITE;
-		tk_cg_copy6(n, (const __u32 *)tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].addr);
-		if (family == 6 && tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].family == 4) {
-			n[3] = n[0];
-			n[0] = n[1] = 0;
-			n[2] = bpf_htonl(0xffff);
-		}
 		/* a rewrite to a fixed port came from one port (the parser requires it) */
 		if (tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].to_port)
 			nport = tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].port_lo;
-		tk_cg_set_user_addr(ctx, family, n, nport);
+		tk_cg_rewrite(ctx, family, rule, true, n, nport);
 	}
 	tk_cg_count(hook, verdict, rule);
 	if (!tk_cg_observed(hook))
 		return 1;
-	e = tk_cg_event_new(hook, verdict, rule);
-	if (e) {
-		tk_cg_task(e, tk_cg_config.task_sock_addr);
-		e->family = family;
-		e->proto = ctx->protocol;
-		e->sock_type = ctx->type;
-		tk_cg_copy6(e->raddr, a);
-		e->rport = port;
-		if (verdict == TK_CG_REWRITE) {
-			tk_cg_copy6(e->naddr, n);
-			e->nport = nport;
-		}
-		tk_submit(ctx, e, sizeof(*e));
-	}
+	tk_cg_addr_event(ctx, hook, family, verdict, rule, zero, 0, a, port, n, nport);
 	return 1;
 }
 

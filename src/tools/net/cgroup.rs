@@ -14,7 +14,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use libbpf_rs::libbpf_sys as sys;
@@ -31,6 +31,7 @@ use crate::runtime::cli::task::parse_duration;
 use crate::runtime::fastfmt::{self, Endpoint};
 use crate::runtime::kernel::cgroup2_mount;
 use crate::runtime::output::{EventHeader, HookHeader, Sink, c_chars};
+use crate::runtime::watch::Every;
 use crate::runtime::{OutputArgs, Printer, Runtime};
 use rules::{Kind, Rule, ip_bytes, ip_of, mask_words, words};
 
@@ -388,8 +389,7 @@ pub struct CgroupPrinter<'a> {
     rules: &'a [Rule],
     attached: u32,
     prints: bool,
-    interval: Option<Duration>,
-    next_interval: Instant,
+    interval: Every,
     /// `--cgroup PATH`: the run ends when it is removed (its links are gone with it).
     watch: Option<PathBuf>,
 }
@@ -409,8 +409,7 @@ impl<'a> CgroupPrinter<'a> {
             rules,
             attached,
             prints,
-            interval,
-            next_interval: Instant::now() + interval.unwrap_or(Duration::MAX / 4),
+            interval: Every::new(interval),
             watch: None,
         }
     }
@@ -666,11 +665,9 @@ impl Printer for CgroupPrinter<'_> {
             self.watch = None;
             crate::runtime::signals::request_stop();
         }
-        let Some(every) = self.interval else { return Ok(()) };
-        if Instant::now() < self.next_interval {
+        if !self.interval.due() {
             return Ok(());
         }
-        self.next_interval += every;
         self.write_counters(out)
     }
 

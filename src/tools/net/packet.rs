@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libbpf_rs::{MapCore, MapFlags, MapMut};
 
@@ -17,6 +17,7 @@ use crate::runtime::cli::net::{HostPrefix, NetArgs, Proto};
 use crate::runtime::fastfmt;
 use crate::runtime::output::{EventHeader, PacketHeader, Sink};
 use crate::runtime::pcap::{self, ClassicInsn};
+use crate::runtime::watch::Every;
 
 use super::capture::{Capture, DEFAULT_SNAPLEN};
 
@@ -294,8 +295,7 @@ pub struct PacketPrinter<'a> {
     names: IfaceNames<'a>,
     counters: Counters<'a>,
     /// Also print the counters every this often (`--interval`).
-    interval: Option<Duration>,
-    next_interval: Instant,
+    interval: Every,
     /// What the counters say at the end (`tracekit: xdp on tkv1: …`).
     label: String,
     /// `-w`: the capture file, and whether events are printed too (`--print`).
@@ -319,8 +319,7 @@ impl<'a> PacketPrinter<'a> {
             sock,
             names: IfaceNames::new(netns),
             counters: Counters::new(counts),
-            interval,
-            next_interval: Instant::now() + interval.unwrap_or(Duration::MAX / 4),
+            interval: Every::new(interval),
             label,
             capture: None,
             print: true,
@@ -512,11 +511,9 @@ impl Printer for PacketPrinter<'_> {
     }
 
     fn tick(&mut self, out: &mut Sink) -> io::Result<()> {
-        let Some(every) = self.interval else { return Ok(()) };
-        if Instant::now() < self.next_interval {
+        if !self.interval.due() {
             return Ok(());
         }
-        self.next_interval += every;
         self.write_counters(out)
     }
 

@@ -5,7 +5,8 @@
 //! workload speed traced ÷ untraced, events delivered vs generated, the losses the tracer
 //! reports, and tracer CPU per million events. Compare ratios from one run: these machines
 //! are noisy. `--smoke` is one small repetition, for CI. The packet tools' rows (per-packet cost
-//! with BPF_PROG_RUN, live capacity on a veth pair next to tcpdump) are in net.rs.
+//! with BPF_PROG_RUN, live capacity on a veth pair next to tcpdump) are in net.rs; `tracekit
+//! cgroup`'s cost to the connect, bind and TCP throughput of a cgroup's processes in cgroup.rs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -18,6 +19,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod cgroup;
 mod net;
 
 const WORK_COMM: &str = "tkb-work";
@@ -492,6 +494,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("__work") {
         work(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("__cgwork") {
+        cgroup::work(&args[1..]);
+    }
     let smoke = args.iter().any(|a| a == "--smoke");
     let out_json = args.windows(2).find(|w| w[0] == "--out").map(|w| PathBuf::from(&w[1]));
     let only: Vec<&str> = args.windows(2).filter(|w| w[0] == "--scenario").map(|w| w[1].as_str()).collect();
@@ -612,6 +617,9 @@ fn main() {
     }
     if only.is_empty() || only.contains(&"net-capacity") {
         table.push_str(&net::capacity(smoke, args.iter().any(|a| a == "--live-frames"), dir.path(), &mut results));
+    }
+    if only.is_empty() || only.contains(&"cgroup") {
+        table.push_str(&cgroup::run(smoke, &mut results));
     }
     println!("{table}");
     if let Some(p) = out_json {

@@ -67,6 +67,40 @@ fn benchmark_smoke_run() {
         assert!(row.contains(" ns |"), "{row}");
     }
     assert!(table.contains("| tcpdump -w |"), "a row for tcpdump, measured or 'not installed':\n{table}");
+    // cgroup hooks: each workload with no program, tracekit observing and tracekit -q with rules;
+    // tracekit's own counters saw every call of the workload, no rule matched, events were printed
+    for workload in ["connect()+close()", "bind()+close()", "TCP stream"] {
+        let rows: Vec<Vec<&str>> = table
+            .lines()
+            .filter(|l| l.starts_with(&format!("| {workload} | ")))
+            .map(|l| l.split('|').map(str::trim).collect())
+            .collect();
+        assert_eq!(rows.len(), 3, "three cgroup rows for {workload} in\n{table}\n{err}");
+        assert_eq!(rows[0][2], "no program", "{rows:?}");
+        for cols in &rows {
+            let (rate, unit) = cols[3].split_once(' ').unwrap_or_else(|| panic!("a rate: {cols:?}\n{err}"));
+            assert!(rate.parse::<f64>().is_ok_and(|r| r > 0.0) && ["k/s", "Gbit/s"].contains(&unit), "{cols:?}");
+            if cols[2] == "no program" {
+                continue;
+            }
+            assert!(cols[4].ends_with(" %"), "cost vs. no program: {cols:?}");
+            let counted: u64 = cols[6].split(' ').next().unwrap().parse().unwrap_or(0);
+            assert!(counted > 0, "tracekit counted the workload's calls: {cols:?}");
+            if let Some((_, made)) = cols[6].split_once(" / ") {
+                let made: u64 = made.split(' ').next().unwrap().parse().unwrap();
+                assert_eq!(counted, made, "every call counted: {cols:?}");
+            }
+            if cols[2].contains("-q") {
+                assert!(cols[6].ends_with("(0 denied)"), "no rule matches: {cols:?}");
+            } else {
+                let (printed, lost) = cols[7].split_once(" / ").expect("events printed / lost");
+                let (printed, lost): (u64, u64) = (printed.parse().unwrap(), lost.parse().unwrap());
+                assert!(printed > 0 && printed + lost >= counted, "events for the calls: {cols:?}");
+            }
+        }
+        let connect_targets = rows.iter().filter(|c| c[4].contains('%') && c[5].starts_with('≤')).count();
+        assert_eq!(connect_targets, if workload == "connect()+close()" { 2 } else { 0 }, "{rows:?}");
+    }
     let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(raw.as_array().unwrap().len() >= 10);
 }

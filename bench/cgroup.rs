@@ -226,12 +226,18 @@ struct Said {
     /// Lines printed to stdout (the column header not counted).
     printed: u64,
     /// The summary's `N events, M lost`.
+    events: Option<u64>,
     lost: Option<u64>,
 }
 
 impl Said {
     fn calls(&self, hook: &str) -> u64 {
         self.calls.iter().find(|(h, _)| h == hook).map_or(0, |c| c.1)
+    }
+
+    /// Calls of every hook: with all of them observed, one event each.
+    fn all_calls(&self) -> u64 {
+        self.calls.iter().map(|c| c.1).sum()
     }
 
     fn parse(stderr: &[String], printed: u64) -> Said {
@@ -250,8 +256,9 @@ impl Said {
             } else if l.starts_with("rule ") {
                 let hits = l.rsplit_once("`: ").and_then(|(_, r)| r.split_whitespace().next()?.parse::<u64>().ok());
                 s.rule_hits += hits.unwrap_or(0);
-            } else if let Some(lost) = l.strip_suffix(" lost").and_then(|x| x.rsplit_once(", ")) {
-                s.lost = lost.1.parse().ok();
+            } else if let Some((events, lost)) = l.strip_suffix(" lost").and_then(|x| x.rsplit_once(", ")) {
+                s.events = events.strip_suffix(" events").and_then(|n| n.parse().ok());
+                s.lost = lost.parse().ok();
             }
         }
         s
@@ -497,7 +504,7 @@ pub fn run(smoke: bool, results: &mut Vec<serde_json::Value>) -> String {
     let (rounds, stream_rounds) = if smoke { (1, 1) } else { (7, 5) };
     let (n_connect, n_bind, stream_secs) = if smoke { (200, 500, "0.3") } else { (50_000, 300_000, "2") };
     let mut t = format!(
-        "\n| cgroup hooks (loopback, workload in a child cgroup; median of {rounds}, stream {stream_rounds}) | tracekit | rate | cost vs. no program | target | calls tracekit counted / made (all runs) | events printed / lost (all runs) |\n|---|---|---|---|---|---|---|\n"
+        "\n| cgroup hooks (loopback, workload in a child cgroup; median of {rounds}, stream {stream_rounds}) | tracekit | rate | cost vs. no program | target | calls tracekit counted / made (all runs) | events printed / calls of the observed hooks / lost reported (all runs) |\n|---|---|---|---|---|---|---|\n"
     );
     let Some(root) = cgroup2_mount() else {
         t.push_str("| – | no cgroup2 file system mounted | | | | | |\n");
@@ -526,12 +533,13 @@ pub fn run(smoke: bool, results: &mut Vec<serde_json::Value>) -> String {
                     Ok((r, discarded)) => {
                         let s = r.said.as_ref();
                         eprintln!(
-                            "bench: cgroup / {} / {name}: {}, {} {:?}, printed {:?}, lost {:?}, rule hits {:?}",
+                            "bench: cgroup / {} / {name}: {}, {} {:?}, printed {:?} of {:?}, lost {:?}, rule hits {:?}",
                             w.name(),
                             rate_text(w, r.rate),
                             w.hook(),
                             s.map(|s| s.calls(w.hook())),
                             s.map(|s| s.printed),
+                            s.map(Said::all_calls),
                             s.and_then(|s| s.lost),
                             s.map(|s| s.rule_hits),
                         );
@@ -539,6 +547,7 @@ pub fn run(smoke: bool, results: &mut Vec<serde_json::Value>) -> String {
                             "scenario": "cgroup", "workload": w.name(), "tracer": name, "round": round,
                             "rate": r.rate, "ops": r.ops, "hook": w.hook(), "hook_calls": s.map(|s| s.calls(w.hook())),
                             "printed": s.map(|s| s.printed), "lost": s.and_then(|s| s.lost),
+                            "calls_all_hooks": s.map(Said::all_calls), "events": s.and_then(|s| s.events),
                             "rule_hits": s.map(|s| s.rule_hits), "discarded_for_syn_drops": discarded,
                         }));
                         runs[i].push(r);
@@ -585,10 +594,13 @@ fn row(w: Workload, c: Config, runs: &[Run], failed: Option<&str>, base: f64) ->
             _ => format!("{calls} {} / {}{hits}", w.hook(), runs.iter().map(|r| r.ops as u64).sum::<u64>()),
         };
         let printed = match c {
-            Config::Observe if said.iter().all(|s| s.lost.is_some()) => {
-                format!("{} / {}", sum(&|s| s.printed), sum(&|s| s.lost.unwrap_or(0)))
+            Config::Observe => {
+                let lost = match said.iter().all(|s| s.lost.is_some()) {
+                    true => sum(&|s| s.lost.unwrap_or(0)).to_string(),
+                    false => "not reported".to_owned(),
+                };
+                format!("{} / {} / {lost}", sum(&|s| s.printed), sum(&Said::all_calls))
             }
-            Config::Observe => format!("{} / not reported", sum(&|s| s.printed)),
             _ => "–".to_owned(),
         };
         (counted, printed)

@@ -93,9 +93,12 @@ fn benchmark_smoke_run() {
             if cols[2].contains("-q") {
                 assert!(cols[6].ends_with("(0 denied)"), "no rule matches: {cols:?}");
             } else {
-                let (printed, lost) = cols[7].split_once(" / ").expect("events printed / lost");
-                let (printed, lost): (u64, u64) = (printed.parse().unwrap(), lost.parse().unwrap());
-                assert!(printed > 0 && printed + lost >= counted, "events for the calls: {cols:?}");
+                let n: Vec<u64> = cols[7].split(" / ").map(|x| x.parse().unwrap()).collect();
+                let [printed, calls, lost] = n[..] else { panic!("events printed / calls / lost: {cols:?}") };
+                assert!(printed > 0 && calls >= counted, "events for the calls: {cols:?}");
+                // at most an event per call of an observed hook, printed or counted as lost (the
+                // full run shows whether all of them were: rarely two of ~2 M went missing)
+                assert!(printed + lost <= calls, "{cols:?}");
             }
         }
         let connect_targets = rows.iter().filter(|c| c[4].contains('%') && c[5].starts_with('≤')).count();

@@ -10,15 +10,16 @@
 //! - *stream*: one TCP stream over loopback for a fixed time, sender and receiver both in the
 //!   cgroup (every data segment crosses egress and ingress), bytes received per second.
 //!
-//! Each is run with no program, with `tracekit cgroup --cgroup DIR` observing (all hooks, or `--hooks
-//! skb` for the stream; its text output goes to a pipe the bench drains) and with `-q` and rules
-//! that never match (the calls: 100 rules of five kinds; the stream: `--deny egress:10.0.0.0/8`).
-//! The configurations alternate within each round, rotated from round to round (7 rounds, 5
-//! for the stream), and the rows give medians; "cost" is 1 − median(with tracekit) / median(no
-//! program). tracekit's counters at exit (on stderr) say it saw every call and that no rule
-//! matched; its summary, how many events it lost. A connect run during which a SYN was dropped
-//! at the listener's full accept queue (TcpExt ListenOverflows) is run again: it would measure a
-//! 1 s retransmission, not the hooks.
+//! Each is run with no program, with `tracekit cgroup --cgroup DIR` observing (all hooks, or
+//! `--hooks skb` for the stream; its text output goes to a pipe the bench drains) and with `-q`
+//! and rules that never match (the calls: 100 rules of five kinds; the stream: `--deny
+//! egress:10.0.0.0/8`). The configurations alternate within each round, rotated from round to
+//! round (7 rounds, 5 for the stream), and the rows give medians; "cost" is 1 − median(with
+//! tracekit) / median(no program). tracekit's counters at exit (on stderr) say it saw every call
+//! and that no rule matched; its summary, how many events it lost. tracekit is stopped 200 ms
+//! after the workload exits, so that packets TCP still sends from timers are counted and printed
+//! alike. A connect run during which a SYN was dropped at the listener's full accept queue
+//! (TcpExt ListenOverflows) is run again: it would measure a 1 s retransmission, not the hooks.
 //!
 //! Cleanup: every cgroup is removed when its run ends (its tasks move to the parent); tracekit
 //! and the workers die with the bench (PR_SET_PDEATHSIG: release builds abort on panic, so no
@@ -451,6 +452,10 @@ fn run_once(root: &Path, w: Workload, c: Config, port: u16, size: &str) -> Resul
         Workload::Stream => vec!["stream".into(), size.into()],
     };
     let res = run_worker(&cg, &args);
+    if tk.is_some() {
+        // TCP's delayed ACKs and teardown still pass the skb hooks after the workload exits
+        thread::sleep(Duration::from_millis(200));
+    }
     let said = tk.take().map(Tracekit::finish);
     cg.remove().map_err(|e| e.to_string())?;
     let (ops, secs) = res?;

@@ -96,9 +96,10 @@ fn benchmark_smoke_run() {
                 let n: Vec<u64> = cols[7].split(" / ").map(|x| x.parse().unwrap()).collect();
                 let [printed, calls, lost] = n[..] else { panic!("events printed / calls / lost: {cols:?}") };
                 assert!(printed > 0 && calls >= counted, "events for the calls: {cols:?}");
-                // at most an event per call of an observed hook, printed or counted as lost (the
-                // full run shows whether all of them were: rarely two of ~2 M went missing)
-                assert!(printed + lost <= calls, "{cols:?}");
+                // an event per call of an observed hook, printed or counted as lost; a few apart at
+                // most (a late TCP timer's packet between tracekit's last read of the ring and of
+                // its counters), which the full run's table shows
+                assert!((printed + lost).abs_diff(calls) <= 2, "{cols:?}");
             }
         }
         let connect_targets = rows.iter().filter(|c| c[4].contains('%') && c[5].starts_with('≤')).count();

@@ -31,16 +31,25 @@ pub struct GatedChild {
 
 impl GatedChild {
     pub fn spawn(cmd: &[OsString]) -> Result<Self, Error> {
+        Self::spawn_with(cmd, false)
+    }
+
+    /// [`GatedChild::spawn`]; with `die_with_tracekit`, CMD gets SIGKILL when tracekit dies
+    /// (PR_SET_PDEATHSIG, kept across exec): for a CMD that must not outlive what confines it.
+    pub fn spawn_with(cmd: &[OsString], die_with_tracekit: bool) -> Result<Self, Error> {
         let (reader, writer) = io::pipe().map_err(|e| Error::io("creating the `-- CMD` gate pipe", e))?;
         let fd = reader.as_raw_fd();
         let exe = std::env::current_exe().map_err(|e| Error::io("finding tracekit's own executable", e))?;
         let mut c = Command::new(exe);
         c.arg("__exec-gate").arg(fd.to_string()).arg("--").args(cmd);
-        // SAFETY: only fcntl runs between fork and exec; it is async-signal-safe and touches
-        // nothing but the child's own descriptor table.
+        // SAFETY: only fcntl and prctl run between fork and exec; both are async-signal-safe
+        // and touch nothing but the child's own state.
         unsafe {
             c.pre_exec(move || {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if die_with_tracekit && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())

@@ -20,6 +20,11 @@
 #define TK_AF_INET6 10
 #define TK_IP_MF 0x2000
 #define TK_IP_OFFSET 0x1FFF
+#define TK_IPPROTO_HOPOPTS 0
+#define TK_IPPROTO_ROUTING 43
+#define TK_IPPROTO_FRAGMENT 44
+#define TK_IPPROTO_DSTOPTS 60
+#define TK_IPV6_EXT_MAX 4
 
 const volatile struct tk_cg_config tk_cg_config = {};
 const volatile struct tk_cg_rule tk_cg_rules[TK_CG_MAX_RULES] = {};
@@ -51,18 +56,20 @@ static __always_inline void tk_cg_count(__u8 hook, __u8 verdict, __s32 rule)
 	struct tk_cg_counts *c = bpf_map_lookup_elem(&tk_cg_counts, &key);
 	__u64 *hits;
 
+	/* atomic: cgroup programs run with migration off, not preemption, so two tasks can be
+	 * in one CPU's slot at once */
 	if (c) {
-		c->calls += 1;
+		__sync_fetch_and_add(&c->calls, 1);
 		if (verdict == TK_CG_DENY)
-			c->denied += 1;
+			__sync_fetch_and_add(&c->denied, 1);
 		else if (verdict == TK_CG_REWRITE)
-			c->rewritten += 1;
+			__sync_fetch_and_add(&c->rewritten, 1);
 	}
 	if (rule >= 0) {
 		key = rule;
 		hits = bpf_map_lookup_elem(&tk_cg_rule_hits, &key);
 		if (hits)
-			*hits += 1;
+			__sync_fetch_and_add(hits, 1);
 	}
 }
 
@@ -103,12 +110,15 @@ static __always_inline struct tk_cg_event *tk_cg_event_new(__u8 hook, __u8 verdi
 	return e;
 }
 
+#define TK_KIND(k) (1U << (k))
+
+/* A call without a port (a packet of neither TCP nor UDP) fits only rules for any port. */
 static __always_inline bool tk_cg_addr_fits(const volatile struct tk_cg_rule *r, __u8 family,
-					    const __u32 *a, __u16 port)
+					    const __u32 *a, __u16 port, bool has_port)
 {
 	if (r->family && r->family != family)
 		return false;
-	if (port < r->port_lo || port > r->port_hi)
+	if (has_port ? port < r->port_lo || port > r->port_hi : r->port_lo != 0 || r->port_hi != 65535)
 		return false;
 	if ((a[0] & r->mask[0]) != r->addr[0])
 		return false;
@@ -118,15 +128,16 @@ static __always_inline bool tk_cg_addr_fits(const volatile struct tk_cg_rule *r,
 	       (a[3] & r->mask[3]) == r->addr[3];
 }
 
-/* The first rule of `kind` that fits the address and port, or -1. The rule count is a rodata
- * constant, so the verifier walks exactly that many iterations. */
-static __always_inline __s32 tk_cg_find(__u8 kind, __u8 family, const __u32 *a, __u16 port)
+/* The first rule of the `kinds` (TK_KIND bits) that fits the address and port, or -1. The rule
+ * count is a rodata constant, so the verifier walks exactly that many iterations. */
+static __always_inline __s32 tk_cg_find(__u32 kinds, __u8 family, const __u32 *a, __u16 port, bool has_port)
 {
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < TK_CG_MAX_RULES; i++) {
 		if (i >= tk_cg_config.nrules)
 			break;
-		if (tk_cg_rules[i].kind == kind && tk_cg_addr_fits(&tk_cg_rules[i], family, a, port))
+		if ((TK_KIND(tk_cg_rules[i].kind) & kinds) &&
+		    tk_cg_addr_fits(&tk_cg_rules[i], family, a, port, has_port))
 			return i;
 	}
 	return -1;
@@ -139,14 +150,43 @@ static __always_inline bool tk_cg_v4_mapped(const __u32 *a)
 	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
 }
 
-/* tk_cg_find, and for a v4-mapped address also the IPv4 rules on its IPv4 part. */
-static __always_inline __s32 tk_cg_find_mapped(__u8 kind, __u8 family, const __u32 *a, __u16 port)
+static __always_inline bool tk_cg_unspecified6(const __u32 *a)
 {
-	__s32 rule = tk_cg_find(kind, family, a, port);
+	return !(a[0] | a[1] | a[2] | a[3]);
+}
 
-	if (rule < 0 && family == 6 && tk_cg_v4_mapped(a))
-		rule = tk_cg_find(kind, 4, &a[3], port);
+/* tk_cg_find for the address of a socket call; at a *6 hook also the IPv4 rules, on the IPv4
+ * part of a v4-mapped address, and on 0.0.0.0 for `::` (a dual-stack bind takes IPv4 too). */
+static __always_inline __s32 tk_cg_find_inet(__u32 kinds, __u8 family, const __u32 *a, __u16 port)
+{
+	__s32 rule = tk_cg_find(kinds, family, a, port, true);
+	__u32 any4 = 0;
+
+	if (rule < 0 && family == 6) {
+		if (tk_cg_v4_mapped(a))
+			rule = tk_cg_find(kinds, 4, &a[3], port, true);
+		else if (tk_cg_unspecified6(a))
+			rule = tk_cg_find(kinds, 4, &any4, port, true);
+	}
 	return rule;
+}
+
+/* Where a connect or send really goes: the kernel sends one to 0.0.0.0 (::, ::ffff:0.0.0.0)
+ * to the loopback address after the hook, so the rules judge that. */
+static __always_inline void tk_cg_effective_dest(const __u8 family, const __u32 *a, __u32 *m)
+{
+	m[0] = a[0];
+	m[1] = a[1];
+	m[2] = a[2];
+	m[3] = a[3];
+	if (family == 4) {
+		if (!a[0])
+			m[0] = bpf_htonl(0x7f000001);
+	} else if (tk_cg_unspecified6(a)) {
+		m[3] = bpf_htonl(1);
+	} else if (tk_cg_v4_mapped(a) && !a[3]) {
+		m[3] = bpf_htonl(0x7f000001);
+	}
 }
 
 static __always_inline void tk_cg_copy6(__u32 *dst, const __u32 *src)
@@ -228,20 +268,28 @@ static __always_inline void tk_cg_addr_event(struct bpf_sock_addr *ctx, const __
 	tk_submit(ctx, e, sizeof(*e));
 }
 
-/* connect4/6 and sendmsg4/6: deny, or rewrite the destination. */
+/* connect4/6 and sendmsg4/6: deny, or rewrite the destination. A UDP socket's connect() fixes
+ * where its sends go, so the sendmsg rules judge it too (glibc's resolver connects). */
 static __always_inline int tk_cg_dest(struct bpf_sock_addr *ctx, const __u8 hook, const __u8 family,
-				      const __u8 deny_kind, const __u8 rewrite_kind)
+				      __u32 deny_kinds, __u32 rewrite_kinds)
 {
-	__u32 a[4] = {}, n[4] = {}, l[4] = {};
+	__u32 a[4] = {}, m[4], n[4] = {}, l[4] = {};
 	__u16 port = tk_cg_user_addr(ctx, family, a), nport = port, lport = 0;
 	__u8 verdict = TK_CG_ALLOW;
-	__s32 rule = tk_cg_find_mapped(deny_kind, family, a, port);
+	__s32 rule;
+
+	if ((hook == TK_CG_CONNECT4 || hook == TK_CG_CONNECT6) && ctx->type == SOCK_DGRAM) {
+		deny_kinds |= TK_KIND(TK_RULE_SENDMSG);
+		rewrite_kinds |= TK_KIND(TK_RULE_REWRITE_SENDMSG);
+	}
+	tk_cg_effective_dest(family, a, m);
+	rule = tk_cg_find_inet(deny_kinds, family, m, port);
 	struct bpf_sock *sk;
 
 	if (rule >= 0) {
 		verdict = TK_CG_DENY;
 	} else {
-		rule = tk_cg_find_mapped(rewrite_kind, family, a, port);
+		rule = tk_cg_find_inet(rewrite_kinds, family, a, port);
 		if (rule >= 0) {
 			verdict = TK_CG_REWRITE;
 			if (tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].to_port)
@@ -279,19 +327,27 @@ static __always_inline int tk_cg_dest(struct bpf_sock_addr *ctx, const __u8 hook
 	return verdict != TK_CG_DENY;
 }
 
-/* bind4/6: the address the process asks for (rules decide at post_bind, on the port it gets). */
+/* bind4/6: the address the process asks for. A port it names is judged here: kernels before
+ * 5.17 left a port denied at post_bind in the hash tables (a UDP socket still received on it,
+ * a later listen() took it). Port 0 is judged at post_bind, on the port the kernel picked. */
 static __always_inline int tk_cg_bind(struct bpf_sock_addr *ctx, const __u8 hook, const __u8 family)
 {
-	__u32 a[4] = {};
+	__u32 a[4] = {}, zero[4] = {};
 	__u16 port = tk_cg_user_addr(ctx, family, a);
-	__u32 zero[4] = {};
+	__u8 verdict = TK_CG_ALLOW;
+	__s32 rule = -1;
 
-	tk_cg_count(hook, TK_CG_ALLOW, -1);
+	if (port) {
+		rule = tk_cg_find_inet(TK_KIND(TK_RULE_BIND), family, a, port);
+		if (rule >= 0)
+			verdict = TK_CG_DENY;
+	}
+	tk_cg_count(hook, verdict, rule);
 	if (!tk_cg_observed(hook))
-		return 1;
+		return verdict != TK_CG_DENY;
 	/* the address asked for is the local side; there is no remote one */
-	tk_cg_addr_event(ctx, hook, family, TK_CG_ALLOW, -1, a, port, zero, 0, zero, 0);
-	return 1;
+	tk_cg_addr_event(ctx, hook, family, verdict, rule, a, port, zero, 0, zero, 0);
+	return verdict != TK_CG_DENY;
 }
 
 /* recvmsg4/6: a reply from the address a sendmsg rewrite sent to reads as coming from the
@@ -310,7 +366,8 @@ static __always_inline int tk_cg_recvmsg(struct bpf_sock_addr *ctx, const __u8 h
 
 		if (i >= tk_cg_config.nrules)
 			break;
-		if (r->kind != TK_RULE_REWRITE_SENDMSG)
+		/* replies to a rewritten send, or to a rewritten UDP connect */
+		if (r->kind != TK_RULE_REWRITE_SENDMSG && r->kind != TK_RULE_REWRITE_CONNECT)
 			continue;
 		if (r->family == family) {
 			if (r->to_addr[0] != a[0] || (family == 6 && (r->to_addr[1] != a[1] ||
@@ -354,25 +411,25 @@ int cg__bind6(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect4")
 int cg__connect4(struct bpf_sock_addr *ctx)
 {
-	return tk_cg_dest(ctx, TK_CG_CONNECT4, 4, TK_RULE_CONNECT, TK_RULE_REWRITE_CONNECT);
+	return tk_cg_dest(ctx, TK_CG_CONNECT4, 4, TK_KIND(TK_RULE_CONNECT), TK_KIND(TK_RULE_REWRITE_CONNECT));
 }
 
 SEC("cgroup/connect6")
 int cg__connect6(struct bpf_sock_addr *ctx)
 {
-	return tk_cg_dest(ctx, TK_CG_CONNECT6, 6, TK_RULE_CONNECT, TK_RULE_REWRITE_CONNECT);
+	return tk_cg_dest(ctx, TK_CG_CONNECT6, 6, TK_KIND(TK_RULE_CONNECT), TK_KIND(TK_RULE_REWRITE_CONNECT));
 }
 
 SEC("cgroup/sendmsg4")
 int cg__sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return tk_cg_dest(ctx, TK_CG_SENDMSG4, 4, TK_RULE_SENDMSG, TK_RULE_REWRITE_SENDMSG);
+	return tk_cg_dest(ctx, TK_CG_SENDMSG4, 4, TK_KIND(TK_RULE_SENDMSG), TK_KIND(TK_RULE_REWRITE_SENDMSG));
 }
 
 SEC("cgroup/sendmsg6")
 int cg__sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return tk_cg_dest(ctx, TK_CG_SENDMSG6, 6, TK_RULE_SENDMSG, TK_RULE_REWRITE_SENDMSG);
+	return tk_cg_dest(ctx, TK_CG_SENDMSG6, 6, TK_KIND(TK_RULE_SENDMSG), TK_KIND(TK_RULE_REWRITE_SENDMSG));
 }
 
 SEC("cgroup/recvmsg4")
@@ -472,7 +529,7 @@ static __always_inline int tk_cg_post_bind(struct bpf_sock *sk, const __u8 hook,
 		a[2] = sk->src_ip6[2];
 		a[3] = sk->src_ip6[3];
 	}
-	rule = tk_cg_find_mapped(TK_RULE_BIND, family, a, port);
+	rule = tk_cg_find_inet(TK_KIND(TK_RULE_BIND), family, a, port);
 	if (rule >= 0)
 		verdict = TK_CG_DENY;
 	tk_cg_count(hook, verdict, rule);
@@ -536,6 +593,28 @@ static __always_inline int tk_cg_skb(struct __sk_buff *skb, const __u8 hook, con
 			tk_cg_copy6(dst, (const __u32 *)&ip6.daddr);
 			l4 = sizeof(ip6);
 			has_ports = true;
+			/* past extension headers (a few: a peer can add them to hide the ports) */
+#pragma clang loop unroll(disable)
+			for (int h = 0; h < TK_IPV6_EXT_MAX; h++) {
+				__u8 ext[4];
+
+				if (proto != TK_IPPROTO_HOPOPTS && proto != TK_IPPROTO_ROUTING &&
+				    proto != TK_IPPROTO_DSTOPTS && proto != TK_IPPROTO_FRAGMENT)
+					break;
+				if (bpf_skb_load_bytes(skb, l4, ext, sizeof(ext)) < 0) {
+					has_ports = false;
+					break;
+				}
+				if (proto == TK_IPPROTO_FRAGMENT) {
+					/* a later fragment carries no ports */
+					if ((ext[2] << 8 | ext[3]) & ~7)
+						has_ports = false;
+					l4 += 8;
+				} else {
+					l4 += (ext[1] + 1) * 8;
+				}
+				proto = ext[0];
+			}
 		}
 	}
 	if (has_ports && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) &&
@@ -545,11 +624,14 @@ static __always_inline int tk_cg_skb(struct __sk_buff *skb, const __u8 hook, con
 	} else {
 		ports[0] = ports[1] = 0;
 	}
+	/* the peer's address, and the destination port: the service on egress, the local port
+	 * on ingress */
 	if (family) {
+		has_ports = has_ports && (proto == IPPROTO_TCP || proto == IPPROTO_UDP);
 		if (hook == TK_CG_EGRESS)
-			rule = tk_cg_find(kind, family, dst, ports[1]);
+			rule = tk_cg_find(TK_KIND(kind), family, dst, ports[1], has_ports);
 		else
-			rule = tk_cg_find(kind, family, src, ports[0]);
+			rule = tk_cg_find(TK_KIND(kind), family, src, ports[1], has_ports);
 		if (rule >= 0)
 			verdict = TK_CG_DENY;
 	}

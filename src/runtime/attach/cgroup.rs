@@ -335,8 +335,7 @@ impl TransientCgroup {
             if Path::new(&format!("/proc/{owner}")).exists() {
                 continue;
             }
-            let busy = fs::read_to_string(e.path().join("cgroup.procs")).map_or(true, |p| !p.trim().is_empty());
-            if !busy && remove_tree(&e.path(), parent).is_ok() {
+            if populated(&e.path()) == Some(false) && remove_tree(&e.path(), parent).is_ok() {
                 removed.push(e.path());
             }
         }
@@ -357,6 +356,33 @@ impl TransientCgroup {
         })
     }
 
+    /// Ends every process in the cgroup and below it (SIGKILL: `cgroup.kill` on 5.14+, else each
+    /// task, again until none is left, since a task may fork meanwhile) and waits up to two
+    /// seconds for the cgroup to empty. Returns whether it did.
+    pub fn kill_all(&self) -> bool {
+        if fs::write(self.path.join("cgroup.kill"), "1").is_err() {
+            for _ in 0..100 {
+                let pids = tasks_below(&self.path);
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    // SAFETY: kill() has no memory preconditions; a pid that exited is ESRCH.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while populated(&self.path) == Some(true) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     /// Removes the cgroup now and reports a failure (Drop can only warn on stderr).
     pub fn remove(mut self) -> Result<(), Error> {
         self.removed = true;
@@ -371,6 +397,50 @@ impl Drop for TransientCgroup {
         {
             eprintln!("tracekit: warning: {e}");
         }
+    }
+}
+
+/// Whether a cgroup or one below it has a task (`populated` of cgroup.events), None if unreadable.
+fn populated(dir: &Path) -> Option<bool> {
+    let events = fs::read_to_string(dir.join("cgroup.events")).ok()?;
+    events.lines().find_map(|l| l.strip_prefix("populated ")).map(|v| v.trim() != "0")
+}
+
+/// Every task in `dir` and the cgroups below it.
+fn tasks_below(dir: &Path) -> Vec<i32> {
+    let mut out: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(tasks_below(&e.path()));
+        }
+    }
+    out
+}
+
+/// tracekit's own cgroup v2 (the `0::` line of /proc/self/cgroup), as a directory.
+pub fn own_cgroup(root: &Path) -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(root.join(rel.trim().trim_start_matches('/')))
+}
+
+/// Where `-- CMD`'s transient cgroup goes: below tracekit's own cgroup, so CMD stays under
+/// the limits and accounting tracekit runs under (a user slice, a service, a container), when
+/// that cgroup may have children with tasks (no controller enabled for its children: the
+/// "no internal processes" rule); else below the cgroup2 mount.
+pub fn transient_parent(root: &Path) -> PathBuf {
+    match own_cgroup(root) {
+        Some(own)
+            if own.is_dir()
+                && fs::read_to_string(own.join("cgroup.subtree_control")).is_ok_and(|c| c.trim().is_empty()) =>
+        {
+            own
+        }
+        _ => root.to_path_buf(),
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod rules;
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::io;
 use std::mem::MaybeUninit;
@@ -24,7 +25,7 @@ use libbpf_rs::{MapCore, MapFlags, MapMut, ProgramType};
 use super::packet::proto_name;
 use super::skels::cgroup::skel::{CgroupSkel, CgroupSkelBuilder, OpenCgroupSkel, types};
 use crate::error::Error;
-use crate::runtime::attach::cgroup::cgroup_dir;
+use crate::runtime::attach::cgroup::{cgroup_dir, transient_parent};
 use crate::runtime::attach::{Attachment, TransientCgroup, attach_cgroup};
 use crate::runtime::child::GatedChild;
 use crate::runtime::cli::task::parse_duration;
@@ -153,11 +154,17 @@ fn hooks_of(rule: &Rule) -> u32 {
         6 => bit(six),
         _ => bit(four) | bit(six),
     };
+    // sendmsg rules judge a UDP connect too (it fixes where the sends go); a UDP connect's
+    // rewrite is undone for its replies at recvmsg; bind rules judge a named port at bind and
+    // port 0 at post_bind.
     match rule.kind {
-        Kind::Connect | Kind::RewriteConnect => pair("connect4", "connect6"),
-        Kind::Sendmsg => pair("sendmsg4", "sendmsg6"),
-        Kind::RewriteSendmsg => pair("sendmsg4", "sendmsg6") | pair("recvmsg4", "recvmsg6"),
-        Kind::Bind => pair("post_bind4", "post_bind6"),
+        Kind::Connect => pair("connect4", "connect6"),
+        Kind::Sendmsg => pair("sendmsg4", "sendmsg6") | pair("connect4", "connect6"),
+        Kind::RewriteConnect => pair("connect4", "connect6") | pair("recvmsg4", "recvmsg6"),
+        Kind::RewriteSendmsg => {
+            pair("sendmsg4", "sendmsg6") | pair("recvmsg4", "recvmsg6") | pair("connect4", "connect6")
+        }
+        Kind::Bind => pair("bind4", "bind6") | pair("post_bind4", "post_bind6"),
         Kind::Egress => bit("egress"),
         Kind::Ingress => bit("ingress"),
         Kind::Sock => bit("sock_create"),
@@ -223,6 +230,19 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
             Some("join addresses into prefixes (10.0.0.0/8) and ports into ranges (1-1023)".to_owned()),
         ));
     }
+    // A reply is undone by its source alone: two rewrites to one address and port could not
+    // tell whose reply it is.
+    for (i, a) in args.rewrite.iter().enumerate() {
+        if let Some(b) = args.rewrite[..i].iter().find(|b| b.to == a.to) {
+            return Err(Error::usage(
+                format!(
+                    "`{}` and `{}` rewrite to the same address: replies from it could not be told apart",
+                    b.text, a.text
+                ),
+                Some("give each rewrite its own new address or port".to_owned()),
+            ));
+        }
+    }
     let observe = if args.quiet {
         0
     } else if args.hooks.is_empty() {
@@ -263,13 +283,15 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
     let transient = match &given {
         Some(_) => None,
         None => {
-            for stale in TransientCgroup::sweep_stale(&root) {
+            let parent = transient_parent(&root);
+            for stale in TransientCgroup::sweep_stale(&parent) {
                 eprintln!("tracekit: removed cgroup `{}`, left empty by a tracekit that was killed", stale.display());
             }
             let hint = Path::new(&args.command[0]).file_name().map(|n| n.to_string_lossy().into_owned());
-            let t = rt.step("cgroup", || TransientCgroup::create(&root, hint.as_deref().unwrap_or("cmd")))?;
+            let t = rt.step("cgroup", || TransientCgroup::create(&parent, hint.as_deref().unwrap_or("cmd")))?;
             rt.say(format_args!("transient cgroup {}", t.path().display()));
-            let child = GatedChild::spawn(&args.command)?;
+            // The rules confine CMD only while tracekit runs: it dies with tracekit.
+            let child = GatedChild::spawn_with(&args.command, true)?;
             t.add_pid(child.pid())?;
             rt.place_child(child);
             Some(t)
@@ -283,11 +305,24 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
     let printer = CgroupPrinter::new(&skel, &dir, &rules, needed, observe != 0, args.interval)
         .ending_with(args.cgroup.is_some().then(|| dir.clone()));
     let verbose = rt.out.verbose > 0;
-    let code = rt.stream(&skel, transport, printer, |skel| attach(skel, needed, &dir, verbose))?;
+    // The links are held here, not by the run: the rules must hold until the last process of a
+    // transient cgroup is gone, which is after the run (CMD's grace period after Ctrl-C, the
+    // processes CMD left behind).
+    let links = RefCell::new(Vec::new());
+    let code = rt.stream(&skel, transport, printer, |skel| {
+        *links.borrow_mut() = attach(skel, needed, &dir, verbose)?;
+        Ok(())
+    });
     if let Some(t) = transient {
-        t.remove()?;
+        if !t.kill_all() {
+            eprintln!("tracekit: warning: processes of {} did not end within 2 s of SIGKILL", t.path().display());
+        }
+        drop(links);
+        if let Err(e) = t.remove() {
+            eprintln!("tracekit: warning: {e}");
+        }
     }
-    Ok(code)
+    code
 }
 
 fn hook_names(bits: u32) -> String {

@@ -70,9 +70,24 @@ enum tk_cg_task_mode {
 	TK_TASK_CURRENT = 2,    /* bpf_get_current_task, then the fields by CO-RE (older kernels) */
 };
 
+#define TK_RULE_KINDS 9
+
+/* A prefilter per rule kind, so that a call no rule of a kind can fit costs no walk of its
+ * rules: a bit per 64 ports any of them covers, and a bit per first address byte (per family)
+ * any of them covers. Set in user space from the rules; conservative (a set bit only means
+ * "walk"). */
+#define TK_CG_PORT_BUCKET_SHIFT 6
+struct tk_cg_prefilter {
+	__u8 ports[65536 >> TK_CG_PORT_BUCKET_SHIFT >> 3];
+	__u8 first_byte[2][256 >> 3];   /* [0] IPv4, [1] IPv6 */
+};
+
 struct tk_cg_config {
 	__u32 observe;          /* bit per enum tk_cg_hook: send an event for each call */
 	__u32 nrules;
+	/* The rules are sorted by kind (stably: each kind's in the order given); kind k's are
+	 * kind_start[k] .. kind_start[k + 1], so a hook walks only the rules it can use. */
+	__u16 kind_start[TK_RULE_KINDS + 1];
 	__u8 task_sock_addr;    /* enum tk_cg_task_mode of cgroup_sock_addr programs */
 	__u8 task_sock;         /* ... of cgroup_sock programs */
 	__u8 task_dev;          /* ... of cgroup_device programs */

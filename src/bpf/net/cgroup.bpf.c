@@ -28,6 +28,7 @@
 
 const volatile struct tk_cg_config tk_cg_config = {};
 const volatile struct tk_cg_rule tk_cg_rules[TK_CG_MAX_RULES] = {};
+const volatile struct tk_cg_prefilter tk_cg_prefilter[TK_RULE_KINDS] = {};
 
 /* keeps the event type in BTF for the generated Rust types */
 struct tk_cg_event _tk_cg_event = {};
@@ -110,8 +111,6 @@ static __always_inline struct tk_cg_event *tk_cg_event_new(__u8 hook, __u8 verdi
 	return e;
 }
 
-#define TK_KIND(k) (1U << (k))
-
 /* A call without a port (a packet of neither TCP nor UDP) fits only rules for any port. */
 static __always_inline bool tk_cg_addr_fits(const volatile struct tk_cg_rule *r, __u8 family,
 					    const __u32 *a, __u16 port, bool has_port)
@@ -128,16 +127,49 @@ static __always_inline bool tk_cg_addr_fits(const volatile struct tk_cg_rule *r,
 	       (a[3] & r->mask[3]) == r->addr[3];
 }
 
-/* The first rule of the `kinds` (TK_KIND bits) that fits the address and port, or -1. The rule
- * count is a rodata constant, so the verifier walks exactly that many iterations. */
-static __always_inline __s32 tk_cg_find(__u32 kinds, __u8 family, const __u32 *a, __u16 port, bool has_port)
+/* Kinds first..last, adjacent in enum tk_cg_rule_kind: a hook's rules, `wider` adding the
+ * kind after `first` (a UDP connect is judged by the sendmsg rules too). */
+struct tk_cg_kinds {
+	__u32 lo, hi;
+	__u8 first;
+	bool wider;
+};
+
+static __always_inline struct tk_cg_kinds tk_cg_kinds(const __u8 first, bool wider)
 {
+	struct tk_cg_kinds k = { .lo = tk_cg_config.kind_start[first], .first = first, .wider = wider };
+
+	/* two constant reads, not one at a variable offset: the verifier keeps the bound exact */
+	k.hi = wider ? tk_cg_config.kind_start[first + 2] : tk_cg_config.kind_start[first + 1];
+	return k;
+}
+
+/* Whether a rule of `kind` may fit (see struct tk_cg_prefilter): 2 loads instead of a walk. */
+static __always_inline bool tk_cg_may_fit(const __u8 kind, __u8 family, const __u32 *a, __u16 port)
+{
+	const volatile struct tk_cg_prefilter *f = &tk_cg_prefilter[kind];
+	__u32 bucket = port >> TK_CG_PORT_BUCKET_SHIFT;
+	__u8 first = *(const __u8 *)a;
+
+	if (!(f->ports[(bucket >> 3) & (sizeof(f->ports) - 1)] & (1 << (bucket & 7))))
+		return false;
+	return f->first_byte[family == 6][first >> 3] & (1 << (first & 7));
+}
+
+/* The first rule of `kinds` that fits the address and port, or -1. The bounds are rodata
+ * constants, so the verifier walks exactly that many iterations, and a hook walks only the
+ * rules of its kinds, and only when the prefilter says one may fit. */
+static __always_inline __s32 tk_cg_find(struct tk_cg_kinds kinds, __u8 family, const __u32 *a, __u16 port,
+					bool has_port)
+{
+	if (kinds.lo >= kinds.hi || (!tk_cg_may_fit(kinds.first, family, a, port) &&
+				     !(kinds.wider && tk_cg_may_fit(kinds.first + 1, family, a, port))))
+		return -1;
 #pragma clang loop unroll(disable)
-	for (__u32 i = 0; i < TK_CG_MAX_RULES; i++) {
-		if (i >= tk_cg_config.nrules)
+	for (__u32 i = kinds.lo; i < TK_CG_MAX_RULES; i++) {
+		if (i >= kinds.hi)
 			break;
-		if ((TK_KIND(tk_cg_rules[i].kind) & kinds) &&
-		    tk_cg_addr_fits(&tk_cg_rules[i], family, a, port, has_port))
+		if (tk_cg_addr_fits(&tk_cg_rules[i], family, a, port, has_port))
 			return i;
 	}
 	return -1;
@@ -157,7 +189,7 @@ static __always_inline bool tk_cg_unspecified6(const __u32 *a)
 
 /* tk_cg_find for the address of a socket call; at a *6 hook also the IPv4 rules, on the IPv4
  * part of a v4-mapped address, and on 0.0.0.0 for `::` (a dual-stack bind takes IPv4 too). */
-static __always_inline __s32 tk_cg_find_inet(__u32 kinds, __u8 family, const __u32 *a, __u16 port)
+static __always_inline __s32 tk_cg_find_inet(struct tk_cg_kinds kinds, __u8 family, const __u32 *a, __u16 port)
 {
 	__s32 rule = tk_cg_find(kinds, family, a, port, true);
 	__u32 any4 = 0;
@@ -271,25 +303,23 @@ static __always_inline void tk_cg_addr_event(struct bpf_sock_addr *ctx, const __
 /* connect4/6 and sendmsg4/6: deny, or rewrite the destination. A UDP socket's connect() fixes
  * where its sends go, so the sendmsg rules judge it too (glibc's resolver connects). */
 static __always_inline int tk_cg_dest(struct bpf_sock_addr *ctx, const __u8 hook, const __u8 family,
-				      __u32 deny_kinds, __u32 rewrite_kinds)
+				      const __u8 deny_kind, const __u8 rewrite_kind)
 {
 	__u32 a[4] = {}, m[4], n[4] = {}, l[4] = {};
 	__u16 port = tk_cg_user_addr(ctx, family, a), nport = port, lport = 0;
 	__u8 verdict = TK_CG_ALLOW;
 	__s32 rule;
 
-	if ((hook == TK_CG_CONNECT4 || hook == TK_CG_CONNECT6) && ctx->type == SOCK_DGRAM) {
-		deny_kinds |= TK_KIND(TK_RULE_SENDMSG);
-		rewrite_kinds |= TK_KIND(TK_RULE_REWRITE_SENDMSG);
-	}
+	bool udp_connect = (hook == TK_CG_CONNECT4 || hook == TK_CG_CONNECT6) && ctx->type == SOCK_DGRAM;
+
 	tk_cg_effective_dest(family, a, m);
-	rule = tk_cg_find_inet(deny_kinds, family, m, port);
+	rule = tk_cg_find_inet(tk_cg_kinds(deny_kind, udp_connect), family, m, port);
 	struct bpf_sock *sk;
 
 	if (rule >= 0) {
 		verdict = TK_CG_DENY;
 	} else {
-		rule = tk_cg_find_inet(rewrite_kinds, family, a, port);
+		rule = tk_cg_find_inet(tk_cg_kinds(rewrite_kind, udp_connect), family, a, port);
 		if (rule >= 0) {
 			verdict = TK_CG_REWRITE;
 			if (tk_cg_rules[rule & (TK_CG_MAX_RULES - 1)].to_port)
@@ -338,7 +368,7 @@ static __always_inline int tk_cg_bind(struct bpf_sock_addr *ctx, const __u8 hook
 	__s32 rule = -1;
 
 	if (port) {
-		rule = tk_cg_find_inet(TK_KIND(TK_RULE_BIND), family, a, port);
+		rule = tk_cg_find_inet(tk_cg_kinds(TK_RULE_BIND, false), family, a, port);
 		if (rule >= 0)
 			verdict = TK_CG_DENY;
 	}
@@ -359,16 +389,15 @@ static __always_inline int tk_cg_recvmsg(struct bpf_sock_addr *ctx, const __u8 h
 	__u8 verdict = TK_CG_ALLOW;
 	__s32 rule = -1;
 	__u32 zero[4] = {};
+	struct tk_cg_kinds replies = tk_cg_kinds(TK_RULE_REWRITE_CONNECT, true);
 
 #pragma clang loop unroll(disable)
-	for (__u32 i = 0; i < TK_CG_MAX_RULES; i++) {
+	/* replies to a rewritten UDP connect, or to a rewritten send */
+	for (__u32 i = replies.lo; i < TK_CG_MAX_RULES; i++) {
 		const volatile struct tk_cg_rule *r = &tk_cg_rules[i];
 
-		if (i >= tk_cg_config.nrules)
+		if (i >= replies.hi)
 			break;
-		/* replies to a rewritten send, or to a rewritten UDP connect */
-		if (r->kind != TK_RULE_REWRITE_SENDMSG && r->kind != TK_RULE_REWRITE_CONNECT)
-			continue;
 		if (r->family == family) {
 			if (r->to_addr[0] != a[0] || (family == 6 && (r->to_addr[1] != a[1] ||
 								    r->to_addr[2] != a[2] ||
@@ -411,25 +440,25 @@ int cg__bind6(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect4")
 int cg__connect4(struct bpf_sock_addr *ctx)
 {
-	return tk_cg_dest(ctx, TK_CG_CONNECT4, 4, TK_KIND(TK_RULE_CONNECT), TK_KIND(TK_RULE_REWRITE_CONNECT));
+	return tk_cg_dest(ctx, TK_CG_CONNECT4, 4, TK_RULE_CONNECT, TK_RULE_REWRITE_CONNECT);
 }
 
 SEC("cgroup/connect6")
 int cg__connect6(struct bpf_sock_addr *ctx)
 {
-	return tk_cg_dest(ctx, TK_CG_CONNECT6, 6, TK_KIND(TK_RULE_CONNECT), TK_KIND(TK_RULE_REWRITE_CONNECT));
+	return tk_cg_dest(ctx, TK_CG_CONNECT6, 6, TK_RULE_CONNECT, TK_RULE_REWRITE_CONNECT);
 }
 
 SEC("cgroup/sendmsg4")
 int cg__sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return tk_cg_dest(ctx, TK_CG_SENDMSG4, 4, TK_KIND(TK_RULE_SENDMSG), TK_KIND(TK_RULE_REWRITE_SENDMSG));
+	return tk_cg_dest(ctx, TK_CG_SENDMSG4, 4, TK_RULE_SENDMSG, TK_RULE_REWRITE_SENDMSG);
 }
 
 SEC("cgroup/sendmsg6")
 int cg__sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return tk_cg_dest(ctx, TK_CG_SENDMSG6, 6, TK_KIND(TK_RULE_SENDMSG), TK_KIND(TK_RULE_REWRITE_SENDMSG));
+	return tk_cg_dest(ctx, TK_CG_SENDMSG6, 6, TK_RULE_SENDMSG, TK_RULE_REWRITE_SENDMSG);
 }
 
 SEC("cgroup/recvmsg4")
@@ -460,7 +489,7 @@ static __always_inline void tk_cg_sock_fill(struct tk_cg_event *e, struct bpf_so
 
 static __always_inline bool tk_cg_sock_fits(const volatile struct tk_cg_rule *r, struct bpf_sock *sk)
 {
-	return r->kind == TK_RULE_SOCK && (!r->sock_family || r->sock_family == sk->family) &&
+	return (!r->sock_family || r->sock_family == sk->family) &&
 	       (!r->sock_type || r->sock_type == sk->type) && (!r->sock_proto || r->sock_proto == sk->protocol);
 }
 
@@ -472,8 +501,8 @@ int cg__sock_create(struct bpf_sock *sk)
 	struct tk_cg_event *e;
 
 #pragma clang loop unroll(disable)
-	for (__u32 i = 0; i < TK_CG_MAX_RULES; i++) {
-		if (i >= tk_cg_config.nrules)
+	for (__u32 i = tk_cg_config.kind_start[TK_RULE_SOCK]; i < TK_CG_MAX_RULES; i++) {
+		if (i >= tk_cg_config.kind_start[TK_RULE_SOCK + 1])
 			break;
 		if (tk_cg_sock_fits(&tk_cg_rules[i], sk)) {
 			rule = i;
@@ -529,7 +558,7 @@ static __always_inline int tk_cg_post_bind(struct bpf_sock *sk, const __u8 hook,
 		a[2] = sk->src_ip6[2];
 		a[3] = sk->src_ip6[3];
 	}
-	rule = tk_cg_find_inet(TK_KIND(TK_RULE_BIND), family, a, port);
+	rule = tk_cg_find_inet(tk_cg_kinds(TK_RULE_BIND, false), family, a, port);
 	if (rule >= 0)
 		verdict = TK_CG_DENY;
 	tk_cg_count(hook, verdict, rule);
@@ -629,9 +658,9 @@ static __always_inline int tk_cg_skb(struct __sk_buff *skb, const __u8 hook, con
 	if (family) {
 		has_ports = has_ports && (proto == IPPROTO_TCP || proto == IPPROTO_UDP);
 		if (hook == TK_CG_EGRESS)
-			rule = tk_cg_find(TK_KIND(kind), family, dst, ports[1], has_ports);
+			rule = tk_cg_find(tk_cg_kinds(kind, false), family, dst, ports[1], has_ports);
 		else
-			rule = tk_cg_find(TK_KIND(kind), family, src, ports[1], has_ports);
+			rule = tk_cg_find(tk_cg_kinds(kind, false), family, src, ports[1], has_ports);
 		if (rule >= 0)
 			verdict = TK_CG_DENY;
 	}
@@ -685,12 +714,12 @@ int cg__dev(struct bpf_cgroup_dev_ctx *ctx)
 	struct tk_cg_event *e;
 
 #pragma clang loop unroll(disable)
-	for (__u32 i = 0; i < TK_CG_MAX_RULES; i++) {
+	for (__u32 i = tk_cg_config.kind_start[TK_RULE_DEV]; i < TK_CG_MAX_RULES; i++) {
 		const volatile struct tk_cg_rule *r = &tk_cg_rules[i];
 
-		if (i >= tk_cg_config.nrules)
+		if (i >= tk_cg_config.kind_start[TK_RULE_DEV + 1])
 			break;
-		if (r->kind != TK_RULE_DEV || (r->dev_type && r->dev_type != type) ||
+		if ((r->dev_type && r->dev_type != type) ||
 		    (r->dev_major != ~0U && r->dev_major != major) ||
 		    (r->dev_minor != ~0U && r->dev_minor != minor) || !(r->dev_access & access))
 			continue;

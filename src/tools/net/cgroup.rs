@@ -198,6 +198,31 @@ fn to_kernel(rule: &Rule) -> types::tk_cg_rule {
     r
 }
 
+/// Marks in its kind's prefilter the ports and first address bytes `rule` covers, so that a
+/// call outside all of them skips the walk of that kind's rules (struct tk_cg_prefilter).
+fn prefilter(f: &mut types::tk_cg_prefilter, rule: &Rule) {
+    let shift = 6; // TK_CG_PORT_BUCKET_SHIFT
+    let (lo, hi) = rule.target.ports;
+    for bucket in usize::from(lo >> shift)..=usize::from(hi >> shift) {
+        f.ports[bucket / 8] |= 1 << (bucket % 8);
+    }
+    let mut mark = |family: usize, first: u8, prefix: u8| {
+        let mask = if prefix >= 8 { 0xff } else { !(0xffu8.checked_shr(u32::from(prefix)).unwrap_or(0)) };
+        for byte in 0..=255u8 {
+            if byte & mask == first & mask {
+                f.first_byte[family][usize::from(byte / 8)] |= 1 << (byte % 8);
+            }
+        }
+    };
+    match rule.target.net {
+        None => {
+            mark(0, 0, 0);
+            mark(1, 0, 0);
+        }
+        Some(net) => mark(usize::from(!net.is_ipv4()), net.masked_bytes()[0], net.prefix),
+    }
+}
+
 /// How programs of `ty` learn their task on this kernel (`enum tk_cg_task_mode`).
 fn task_mode(ty: ProgramType) -> u8 {
     let has = |f| ty.is_helper_supported(f).unwrap_or(false);
@@ -223,7 +248,12 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
         };
         return Err(Error::usage(msg, Some(hint.to_owned())));
     }
-    let rules: Vec<Rule> = args.deny.iter().chain(&args.rewrite).cloned().collect();
+    let mut rules: Vec<Rule> = args.deny.iter().chain(&args.rewrite).cloned().collect();
+    for (i, r) in rules.iter_mut().enumerate() {
+        r.number = i + 1;
+    }
+    // The kernel's order: by kind, each kind's in the order given (a hook walks only its kinds).
+    rules.sort_by_key(|r| r.kind as u8);
     if rules.len() > MAX_RULES {
         return Err(Error::usage(
             format!("at most {MAX_RULES} rules (--deny and --rewrite together), got {}", rules.len()),
@@ -343,6 +373,10 @@ fn open_load<'o>(
     let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
     ro.tk_cg_config.observe = observe;
     ro.tk_cg_config.nrules = rules.len() as u32;
+    let starts = &mut ro.tk_cg_config.kind_start;
+    for (k, start) in starts.iter_mut().enumerate() {
+        *start = rules.iter().filter(|r| (r.kind as usize) < k).count() as u16;
+    }
     let modes = [ProgramType::CgroupSockAddr, ProgramType::CgroupSock, ProgramType::CgroupDevice].map(task_mode);
     [ro.tk_cg_config.task_sock_addr, ro.tk_cg_config.task_sock, ro.tk_cg_config.task_dev] = modes;
     let mode_name = |m: u8| match m {
@@ -356,6 +390,11 @@ fn open_load<'o>(
         mode_name(modes[1]),
         mode_name(modes[2])
     ));
+    for rule in rules {
+        if let Some(f) = ro.tk_cg_prefilter.get_mut(rule.kind as usize) {
+            prefilter(f, rule);
+        }
+    }
     assert_eq!(ro.tk_cg_rules.len(), MAX_RULES, "MAX_RULES follows TK_CG_MAX_RULES");
     for (slot, rule) in ro.tk_cg_rules.iter_mut().zip(rules) {
         *slot = to_kernel(rule);
@@ -486,18 +525,20 @@ impl<'a> CgroupPrinter<'a> {
             let each = if text.is_empty() { String::new() } else { format!(": {}", text.join(", ")) };
             eprintln!("tracekit: cgroup {}: {total} {}{each}", self.dir, if total == 1 { "call" } else { "calls" });
         }
-        for (i, rule) in self.rules.iter().enumerate() {
+        let mut by_number: Vec<(usize, &Rule)> = self.rules.iter().enumerate().collect();
+        by_number.sort_by_key(|(_, r)| r.number);
+        for (i, rule) in by_number {
             let hits = self.counts.rule(i);
             if out.json {
                 out.obj_start("rule")?;
-                out.field_u64("index", i as u64 + 1)?;
+                out.field_u64("index", rule.number as u64)?;
                 out.field_str("rule", &rule.text)?;
                 out.field_u64("hits", hits)?;
                 out.obj_end()?;
             } else {
                 eprintln!(
                     "tracekit: rule {} `{}`: {hits} {}",
-                    i + 1,
+                    rule.number,
                     rule.text,
                     if hits == 1 { "call" } else { "calls" }
                 );
@@ -712,3 +753,30 @@ impl Printer for CgroupPrinter<'_> {
 }
 
 use std::io::Write as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn may_fit(f: &types::tk_cg_prefilter, v6: bool, first: u8, port: u16) -> bool {
+        let bucket = usize::from(port >> 6);
+        f.ports[bucket / 8] & (1 << (bucket % 8)) != 0
+            && f.first_byte[usize::from(v6)][usize::from(first / 8)] & (1 << (first % 8)) != 0
+    }
+
+    #[test]
+    fn prefilter_lets_every_fitting_call_through() {
+        let mut f = types::tk_cg_prefilter::default();
+        prefilter(&mut f, &rules::parse_deny("connect:10.0.0.0/8:443").unwrap());
+        assert!(may_fit(&f, false, 10, 443));
+        assert!(!may_fit(&f, false, 127, 443), "another first byte");
+        assert!(!may_fit(&f, false, 10, 8080), "another port bucket");
+        assert!(!may_fit(&f, true, 10, 443), "IPv6 is another family");
+        prefilter(&mut f, &rules::parse_deny("connect:96.0.0.0/3:1000-1100").unwrap());
+        assert!((96..128).all(|b| may_fit(&f, false, b, 1050)), "a short prefix covers its range");
+        assert!(!may_fit(&f, false, 128, 1050));
+        let mut any = types::tk_cg_prefilter::default();
+        prefilter(&mut any, &rules::parse_deny("egress:*").unwrap());
+        assert!((0..=255).all(|b| may_fit(&any, false, b, 0) && may_fit(&any, true, b, 65535)));
+    }
+}

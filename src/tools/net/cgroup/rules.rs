@@ -58,6 +58,8 @@ pub struct Rule {
     pub sock: (u8, u8, u8),
     /// dev: BPF_DEVCG_DEV_* (0 any), major and minor (None any), BPF_DEVCG_ACC_* bits.
     pub dev: (u8, Option<u32>, Option<u32>, u8),
+    /// Its place on the command line, from 1 (the kernel holds the rules sorted by kind).
+    pub number: usize,
 }
 
 impl fmt::Display for Rule {
@@ -77,7 +79,16 @@ pub fn parse_deny(s: &str) -> Result<Rule, String> {
     let inet = |kind: Kind, family: u8| -> Result<Rule, String> {
         let target = parse_target(what).map_err(|e| format!("in `{s}`: {e}"))?;
         let family = check_family(s, family, &target)?;
-        Ok(Rule { text: text.clone(), kind, family, target, to: None, sock: (0, 0, 0), dev: (0, None, None, 0) })
+        Ok(Rule {
+            text: text.clone(),
+            kind,
+            family,
+            target,
+            to: None,
+            sock: (0, 0, 0),
+            dev: (0, None, None, 0),
+            number: 0,
+        })
     };
     match kind {
         "connect" => inet(Kind::Connect, 0),
@@ -98,11 +109,11 @@ pub fn parse_deny(s: &str) -> Result<Rule, String> {
                 AF_INET6 => 6,
                 _ => 0,
             };
-            Ok(Rule { text, kind: Kind::Sock, family, target: ANY, to: None, sock, dev: (0, None, None, 0) })
+            Ok(Rule { text, kind: Kind::Sock, family, target: ANY, to: None, sock, dev: (0, None, None, 0), number: 0 })
         }
         "dev" => {
             let dev = parse_dev(what).map_err(|e| format!("in `{s}`: {e}"))?;
-            Ok(Rule { text, kind: Kind::Dev, family: 0, target: ANY, to: None, sock: (0, 0, 0), dev })
+            Ok(Rule { text, kind: Kind::Dev, family: 0, target: ANY, to: None, sock: (0, 0, 0), dev, number: 0 })
         }
         other => Err(format!("unknown rule kind `{other}` in `{s}`: one of {DENY_KINDS}")),
     }
@@ -158,6 +169,7 @@ pub fn parse_rewrite(s: &str) -> Result<Rule, String> {
         to: Some((to_net.addr, to_port)),
         sock: (0, 0, 0),
         dev: (0, None, None, 0),
+        number: 0,
     })
 }
 

@@ -99,21 +99,21 @@ pub fn parse_hooks(s: &str) -> Result<u32, String> {
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "EXAMPLES:\n    \
-    tracekit cgroup -- curl -s http://127.0.0.1:8080/     # every socket call of curl\n    \
+    tracekit cgroup -- curl -s http://127.0.0.1:8080/  # all of curl's calls\n    \
     tracekit cgroup --cgroup system.slice/nginx.service --hooks connect,bind\n    \
-    tracekit cgroup --deny connect:0.0.0.0/0:* --deny connect6:[::]/0:* -- ./job   # no outgoing TCP/UDP connects\n    \
-    tracekit cgroup --deny bind:0-1023 --deny sock:raw -q --cgroup /sys/fs/cgroup/unified/ci\n    \
+    tracekit cgroup --deny 'connect:*:*' --deny 'egress:*' -- ./job # no network\n    \
+    tracekit cgroup -q --deny bind:0-1023 --deny sock:raw --cgroup ci\n    \
     tracekit cgroup --deny dev:c:1:3:w -- sh -c 'echo > /dev/null'   # EPERM\n    \
-    tracekit cgroup --rewrite connect:127.0.0.7:80=127.0.0.1:8080 -- curl http://127.0.0.7/\n\n\
-RULES (first match wins; a denied call fails with EPERM, a denied packet is dropped):\n    \
-    connect[4|6]:ADDR[/LEN][:PORTS]   sendmsg[4|6]:…   bind:…   egress:…   ingress:…\n    \
-    ADDR is IPv4, [IPv6] or *; PORTS is N, N-M or *; `bind:0-1023` is ports only\n    \
+    tracekit cgroup --rewrite connect:127.0.0.7:80=127.0.0.1:8 -- curl 127.0.0.7\n\n\
+RULES (first match wins; a denied call fails with EPERM, a packet is dropped):\n    \
+    connect[4|6]:ADDR[/LEN][:PORTS]  sendmsg[4|6]:...  bind:...  egress:...\n    \
+    ingress:...   (ADDR: IPv4, [IPv6] or *; PORTS: N, N-M or *; bind:0-1023)\n    \
     sock:inet|inet6|stream|dgram|raw|tcp|udp|icmp|icmpv6 (joined with +)\n    \
     dev:c|b|*:MAJOR|*:MINOR|*[:rwm]\n    \
-    --rewrite connect:A:P=B[:Q]   --rewrite sendmsg:A:P=B[:Q] (replies read as from A:P)\n\n\
-HOOKS: ingress egress sock_create sock_release bind4 bind6 post_bind4 post_bind6 connect4\n    \
-    connect6 sendmsg4 sendmsg6 recvmsg4 recvmsg6 dev; groups skb sock bind post_bind connect\n    \
-    sendmsg recvmsg all none")]
+    --rewrite connect:A:P=B[:Q]    --rewrite sendmsg:A:P=B[:Q]\n\n\
+HOOKS: ingress egress sock_create sock_release bind4 bind6 post_bind4\n    \
+    post_bind6 connect4 connect6 sendmsg4 sendmsg6 recvmsg4 recvmsg6 dev;\n    \
+    groups: skb sock bind post_bind connect sendmsg recvmsg all none")]
 pub struct CgroupArgs {
     /// The cgroup v2 directory to attach to: absolute, or relative to the cgroup2 mount
     #[arg(long, value_name = "PATH")]

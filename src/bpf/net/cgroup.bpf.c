@@ -144,16 +144,27 @@ static __always_inline struct tk_cg_kinds tk_cg_kinds(const __u8 first, bool wid
 	return k;
 }
 
-/* Whether a rule of `kind` may fit (see struct tk_cg_prefilter): 2 loads instead of a walk. */
-static __always_inline bool tk_cg_may_fit(const __u8 kind, __u8 family, const __u32 *a, __u16 port)
+/* Whether a rule of `kind` may fit (see struct tk_cg_prefilter): 2 loads instead of a walk.
+ * Every index is bounded where it is used, for 5.10's verifier. */
+static __always_inline bool tk_cg_may_fit(__u32 kind, __u8 family, const __u32 *a, __u16 port)
 {
-	const volatile struct tk_cg_prefilter *f = &tk_cg_prefilter[kind];
-	__u32 bucket = port >> TK_CG_PORT_BUCKET_SHIFT;
-	__u8 first = *(const __u8 *)a;
+	const volatile __u8 *f;
+	__u32 bucket = port >> TK_CG_PORT_BUCKET_SHIFT, byte = *(const __u8 *)a, idx;
 
-	if (!(f->ports[(bucket >> 3) & (sizeof(f->ports) - 1)] & (1 << (bucket & 7))))
+	if (kind >= TK_RULE_KINDS)
+		return true;
+	f = (const volatile __u8 *)&tk_cg_prefilter[kind];
+	/* the port came through a byte swap, which 5.10's verifier does not bound, and the
+	 * compiler drops a mask it can prove redundant: hide the value, then mask */
+	idx = bucket >> 3;
+	barrier_var(idx);
+	idx &= sizeof(((struct tk_cg_prefilter *)0)->ports) - 1;
+	if (!(f[idx] & (1 << (bucket & 7))))
 		return false;
-	return f->first_byte[family == 6][first >> 3] & (1 << (first & 7));
+	idx = offsetof(struct tk_cg_prefilter, first_byte) + (family == 6 ? 32 : 0) + ((byte & 0xff) >> 3);
+	if (idx >= sizeof(struct tk_cg_prefilter))
+		return true;
+	return f[idx] & (1 << (byte & 7));
 }
 
 /* The first rule of `kinds` that fits the address and port, or -1. The bounds are rodata

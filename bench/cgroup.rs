@@ -26,7 +26,7 @@
 //! destructor runs then), and cgroups a killed bench left behind are removed at the next start.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -292,15 +292,7 @@ impl Tracekit {
             }
             lines
         });
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = crate::lines_of(child.stderr.take().unwrap());
         let mut t = Tracekit { child, stderr: rx, seen: Vec::new(), drain: Some(drain), done: false };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -110,6 +110,19 @@ fn tracers(s: Scenario) -> Vec<(Tracer, Option<String>)> {
 
 // ---------------------------------------------------------------- workloads
 
+/// The lines of a child's output, read on a thread of their own as they come.
+pub(crate) fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 fn set_comm(name: &str) {
     let c = std::ffi::CString::new(name).unwrap();
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
@@ -315,15 +328,7 @@ fn startup(s: Scenario, t: &Tracer, port: u16) -> Option<f64> {
     let lb = Tracer { name: t.name, argv, floor: false };
     let start = Instant::now();
     let mut child = start_tracer(&lb, Stdio::piped());
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::lines_of(child.stdout.take().unwrap());
     let mut trigger = match s {
         Scenario::Readline => None,
         _ => Some(spawn_work(s, 0, port)),

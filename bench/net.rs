@@ -5,7 +5,6 @@
 //! static neighbours, IPv6 off), and they are deleted on drop, also on panic.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
 use std::mem::MaybeUninit;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
@@ -595,15 +594,7 @@ fn start(tool: Tool, ns_b: &str, file: &Path) -> Option<Running> {
     c.stderr(Stdio::piped()).stdin(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut c, 0);
     let mut child = c.spawn().ok()?;
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::lines_of(child.stderr.take().unwrap());
     let ready = if tool.is_tcpdump() { "listening on" } else { "attached after" };
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();

@@ -84,7 +84,6 @@ struct tk_cg_prefilter {
 
 struct tk_cg_config {
 	__u32 observe;          /* bit per enum tk_cg_hook: send an event for each call */
-	__u32 nrules;
 	/* The rules are sorted by kind (stably: each kind's in the order given); kind k's are
 	 * kind_start[k] .. kind_start[k + 1], so a hook walks only the rules it can use. */
 	__u16 kind_start[TK_RULE_KINDS + 1];

@@ -57,15 +57,20 @@ pub fn attach_cgroup(
     }))
 }
 
-/// The full path of a cgroup v2 directory and the cgroup2 mount, or a usage error saying where
-/// cgroup2 is mounted.
-pub(crate) fn cgroup_dir(path: &Path) -> Result<(PathBuf, PathBuf), Error> {
-    let root = cgroup2_mount().ok_or_else(|| {
+/// The cgroup2 mount, or a usage error saying how to mount one.
+pub(crate) fn cgroup2_root() -> Result<PathBuf, Error> {
+    cgroup2_mount().ok_or_else(|| {
         Error::usage(
             "no cgroup2 file system is mounted (none in /proc/mounts)",
             Some("mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`".to_owned()),
         )
-    })?;
+    })
+}
+
+/// The full path of a cgroup v2 directory and the cgroup2 mount, or a usage error saying where
+/// cgroup2 is mounted.
+pub(crate) fn cgroup_dir(path: &Path) -> Result<(PathBuf, PathBuf), Error> {
+    let root = cgroup2_root()?;
     let below = root.join(path.strip_prefix("/").unwrap_or(path));
     // An absolute path is taken as given, unless only its reading below the mount exists
     // (`/system.slice`); a path that exists in neither reading is reported as typed.

@@ -25,12 +25,11 @@ use libbpf_rs::{MapCore, MapFlags, MapMut, ProgramType};
 use super::packet::proto_name;
 use super::skels::cgroup::skel::{CgroupSkel, CgroupSkelBuilder, OpenCgroupSkel, types};
 use crate::error::Error;
-use crate::runtime::attach::cgroup::{cgroup_dir, transient_parent};
+use crate::runtime::attach::cgroup::{cgroup_dir, cgroup2_root, transient_parent};
 use crate::runtime::attach::{Attachment, TransientCgroup, attach_cgroup};
 use crate::runtime::child::GatedChild;
 use crate::runtime::cli::task::parse_duration;
 use crate::runtime::fastfmt::{self, Endpoint};
-use crate::runtime::kernel::cgroup2_mount;
 use crate::runtime::output::{EventHeader, HookHeader, Sink, c_chars};
 use crate::runtime::watch::Every;
 use crate::runtime::{OutputArgs, Printer, Runtime};
@@ -289,12 +288,7 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
     }
 
     let mut rt = Runtime::for_packets(args.out.clone())?;
-    let root = cgroup2_mount().ok_or_else(|| {
-        Error::usage(
-            "no cgroup2 file system is mounted (none in /proc/mounts)",
-            Some("mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`".to_owned()),
-        )
-    })?;
+    let root = cgroup2_root()?;
     // --cgroup is checked before anything is loaded; the transient cgroup of -- CMD is made
     // after the load, once a signal no longer ends the process where it stands (which would
     // leave the directory behind).
@@ -372,7 +366,6 @@ fn open_load<'o>(
     rt.configure_transport(&mut open, transport)?;
     let ro = open.maps.rodata_data.as_deref_mut().expect("rodata is mmapped before load");
     ro.tk_cg_config.observe = observe;
-    ro.tk_cg_config.nrules = rules.len() as u32;
     let starts = &mut ro.tk_cg_config.kind_start;
     for (k, start) in starts.iter_mut().enumerate() {
         *start = rules.iter().filter(|r| (r.kind as usize) < k).count() as u16;

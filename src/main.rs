@@ -63,6 +63,8 @@ enum Command {
     Sockfilter(tools::net::sockfilter::SockfilterArgs),
     /// See and decide every socket and device call of a cgroup's processes (cgroup hooks)
     Cgroup(tools::net::cgroup::CgroupArgs),
+    /// Forward packets between interfaces in XDP or TC, on the kernel's routes and neighbours
+    Forward(tools::net::forward::ForwardArgs),
     /// What can be traced: kernel functions, tracepoints, functions of a binary
     List(tools::meta::list::ListArgs),
     /// Shell completions (bash, zsh, fish, …), generated from these options
@@ -94,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Tc(a) => tools::net::tc::run(a)?,
         Command::Sockfilter(a) => tools::net::sockfilter::run(a)?,
         Command::Cgroup(a) => tools::net::cgroup::run(a)?,
+        Command::Forward(a) => tools::net::forward::run(a)?,
         Command::List(a) => tools::meta::list::run(&a)?,
         Command::Completions(a) => tools::meta::docs::completions(&a, Cli::command())?,
         Command::Man(a) => tools::meta::docs::man(&a, Cli::command())?,

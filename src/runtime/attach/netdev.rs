@@ -107,11 +107,66 @@ impl Iface {
     /// Whether frames of this interface start with an Ethernet header (Ethernet, veth, loopback),
     /// what tcpdump expressions and captures assume; None when the kernel does not say.
     pub fn is_ethernet(&self, netns: &Netns) -> Result<Option<bool>, Error> {
+        Ok(self.hwaddr(netns)?.map(|(family, _)| matches!(family, libc::ARPHRD_ETHER | libc::ARPHRD_LOOPBACK)))
+    }
+
+    /// The interface's MAC address (Ethernet-like interfaces), None when the kernel does not say.
+    pub fn mac(&self, netns: &Netns) -> Result<Option<[u8; 6]>, Error> {
+        Ok(self.hwaddr(netns)?.filter(|(family, _)| *family == libc::ARPHRD_ETHER).map(|(_, mac)| mac))
+    }
+
+    /// The hardware address type (ARPHRD_*) and its first six bytes.
+    fn hwaddr(&self, netns: &Netns) -> Result<Option<(u16, [u8; 6])>, Error> {
         let _in_ns = netns.enter()?;
+        let Some((fd, mut req)) = self.ifreq() else { return Ok(None) };
+        // SAFETY: SIOCGIFHWADDR fills req.ifr_ifru with the hardware address and its type.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+        if rc < 0 {
+            return Ok(None);
+        }
+        // SAFETY: after SIOCGIFHWADDR the union holds a sockaddr.
+        let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+        let mut mac = [0u8; 6];
+        for (dst, src) in mac.iter_mut().zip(sa.sa_data.iter()) {
+            *dst = *src as u8;
+        }
+        Ok(Some((sa.sa_family, mac)))
+    }
+
+    /// The interface's driver as ethtool names it (`veth`, `mlx5_core`, …); None when it has no
+    /// ethtool driver information.
+    pub fn driver(&self, netns: &Netns) -> Result<Option<String>, Error> {
+        let _in_ns = netns.enter()?;
+        let Some((fd, mut req)) = self.ifreq() else { return Ok(None) };
+        let mut info = EthtoolDrvinfo { cmd: ETHTOOL_GDRVINFO, ..EthtoolDrvinfo::default() };
+        req.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast();
+        // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO fills `info`, which outlives the call.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+        if rc < 0 {
+            return Ok(None);
+        }
+        let name = CStr::from_bytes_until_nul(&info.driver).map(|n| n.to_string_lossy().into_owned());
+        Ok(name.ok())
+    }
+
+    /// Whether the kernel forwards packets received on this interface, per family
+    /// (`net.ipv4.conf.IFACE.forwarding`, `net.ipv6.conf.IFACE.forwarding`); None where the
+    /// family is off on the interface or the sysctl cannot be read.
+    pub fn forwarding(&self, netns: &Netns) -> Result<[Option<bool>; 2], Error> {
+        let _in_ns = netns.enter()?;
+        // /proc/sys/net shows the namespace of the thread that opens it: this one, entered above.
+        Ok(["ipv4", "ipv6"].map(|family| {
+            let path = format!("/proc/sys/net/{family}/conf/{}/forwarding", self.name);
+            std::fs::read_to_string(path).ok().map(|v| v.trim() != "0")
+        }))
+    }
+
+    /// A datagram socket for interface ioctls and a request naming this interface.
+    fn ifreq(&self) -> Option<(OwnedFd, libc::ifreq)> {
         // SAFETY: a socket only for the ioctl, closed by OwnedFd.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
-            return Ok(None);
+            return None;
         }
         // SAFETY: fd is a new descriptor owned here.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -120,15 +175,29 @@ impl Iface {
         for (dst, src) in req.ifr_name.iter_mut().zip(self.name.bytes().take(libc::IFNAMSIZ - 1)) {
             *dst = src as libc::c_char;
         }
-        // SAFETY: SIOCGIFHWADDR fills req.ifr_ifru with the hardware address and its type.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
-        if rc < 0 {
-            return Ok(None);
-        }
-        // SAFETY: after SIOCGIFHWADDR the union holds a sockaddr.
-        let family = unsafe { req.ifr_ifru.ifru_hwaddr.sa_family };
-        Ok(Some(matches!(family, libc::ARPHRD_ETHER | libc::ARPHRD_LOOPBACK)))
+        Some((fd, req))
     }
+}
+
+/// `ETHTOOL_GDRVINFO` of linux/ethtool.h (not in the libc crate).
+const ETHTOOL_GDRVINFO: u32 = 0x3;
+
+/// `struct ethtool_drvinfo` of linux/ethtool.h (not in the libc crate).
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
 }
 
 fn name_to_index(name: &str) -> Option<u32> {
@@ -213,6 +282,21 @@ impl fmt::Display for XdpMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Makes `iface` a target of XDP redirects through `devmap` (a DEVMAP or DEVMAP_HASH keyed and
+/// valued by ifindex). The kernel resolves the ifindex in the namespace of the thread that
+/// updates the map, so the update runs inside `netns`.
+pub fn devmap_add(devmap: &libbpf_rs::MapMut<'_>, iface: &Iface, netns: &Netns) -> Result<(), Error> {
+    use libbpf_rs::MapCore as _;
+    let _in_ns = netns.enter()?;
+    let key = iface.index.to_ne_bytes();
+    devmap.update(&key, &key, libbpf_rs::MapFlags::ANY).map_err(|e| {
+        Error::runtime(
+            format!("adding {iface}{} to the XDP redirect map: {e}", netns.suffix()),
+            Some(format!("{iface} cannot be an XDP redirect target (no ndo_xdp_xmit in its driver): use --tc")),
+        )
+    })
 }
 
 /// Attaches `prog` to `iface` with an XDP link (closing it detaches, even after SIGKILL) and

@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod cgroup;
+pub mod forward;
 pub mod packet;
 pub mod skels;
 pub mod sockfilter;

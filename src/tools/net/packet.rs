@@ -262,17 +262,17 @@ impl<'a> Counters<'a> {
 
 /// Interface names by index, looked up once each (in the namespace of the interface) and kept,
 /// so a row costs no lookup. An index seen for the first time is looked up then.
-struct IfaceNames<'a> {
+pub struct IfaceNames<'a> {
     netns: &'a Netns,
     names: RefCell<Vec<(u32, [u8; 16])>>,
 }
 
 impl<'a> IfaceNames<'a> {
-    fn new(netns: &'a Netns) -> Self {
+    pub fn new(netns: &'a Netns) -> Self {
         IfaceNames { netns, names: RefCell::new(Vec::new()) }
     }
 
-    fn get(&self, index: u32) -> [u8; 16] {
+    pub fn get(&self, index: u32) -> [u8; 16] {
         if let Some((_, n)) = self.names.borrow().iter().find(|(i, _)| *i == index) {
             return *n;
         }

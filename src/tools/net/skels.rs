@@ -19,6 +19,15 @@ pub mod cgroup {
     unsafe impl plain::Plain for skel::types::tk_cg_event {}
 }
 
+/// `tracekit forward`: XDP and TC forwarding with bpf_fib_lookup.
+pub mod forward {
+    crate::packet_skel!("forward", OpenForwardSkel, ForwardSkel);
+    // SAFETY: generated from BTF by libbpf-cargo: integers and arrays of them only.
+    unsafe impl plain::Plain for skel::types::tk_fwd_event {}
+    // SAFETY: as above.
+    unsafe impl plain::Plain for skel::types::tk_fwd_sent {}
+}
+
 /// The benchmark's floor: programs that return at once. No transport, so no packet traits.
 pub mod floor {
     crate::include_skel!("floor");

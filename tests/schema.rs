@@ -289,3 +289,60 @@ fn cgroup_tool() {
     let out = run(&with_cmd(&["cgroup", "--json", "--hooks", "dev", "--deny", "dev:c:1:5:w"], &["cat", "/dev/null"]));
     check("cgroup dev", &out, &hooks(&[HOOK_TASK, HOOK_DEV]));
 }
+
+// `tracekit forward` (README "Counters" and "Forward events in JSON"): a decision per packet with
+// --trace, led by the packet header; counters per interface at exit.
+const FORWARD_EVENT: Fields = &[
+    ("time_ns", UInt),
+    ("iface", Str),
+    ("ifindex", UInt),
+    ("netns", UInt),
+    ("cpu", UInt),
+    ("dir", Str),
+    ("len", UInt),
+    ("ethertype", UInt),
+    ("hook", Str),
+    ("outcome", Str),
+    ("action", Str),
+    ("smac", Str),
+    ("dmac", Str),
+];
+const FORWARD_IP: Fields =
+    &[("family", Str), ("proto", Str), ("saddr", Str), ("daddr", Str), ("ttl", UInt), ("fib", Str)];
+const FWD_COUNTS: Fields = &[
+    ("iface", Str),
+    ("ifindex", UInt),
+    ("received", UInt),
+    ("forwarded", UInt),
+    ("passed", UInt),
+    ("dropped", UInt),
+    ("how", Obj),
+    ("reasons", Obj),
+    ("aborted", UInt),
+    ("xmit_drops", UInt),
+    ("sent_packets", UInt),
+    ("sent_bytes", UInt),
+];
+
+#[test]
+fn forward_tool() {
+    if !require_root("schema::forward_tool") {
+        return;
+    }
+    // One veth pair: pings to b's own address are decided (`not_fwded`, up to the stack) with
+    // every field a decision has.
+    let pair = VethPair::new("schemafw");
+    let kinds = [
+        Kind { name: "event", fields: vec![FORWARD_EVENT, FORWARD_IP], required: true },
+        kind("fwd_counts", &[FWD_COUNTS], true),
+        kind("lost", &[LOST], false),
+        kind("summary", &[SUMMARY], true),
+    ];
+    for mode in [&[][..], &["--tc"][..]] {
+        let mut args = vec!["forward", pair.if_b, "--netns", pair.b.name(), "--json", "--trace", "-n", "2"];
+        args.extend_from_slice(mode);
+        let t = Tracer::start(&args);
+        assert!(net::ping(&pair.a, pair.ip4_b, 2), "ping over the pair");
+        check(&format!("forward {mode:?}"), &t.wait(Duration::from_secs(10)), &kinds);
+    }
+}

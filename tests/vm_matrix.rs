@@ -34,6 +34,7 @@ const SUITES: &[(&str, u32)] = &[
     ("pkt_parse", 2),
     ("pcap_filter", 2),
     ("cgroup", 2),
+    ("forward", 2),
 ];
 /// A hang guard, not an expected time: with every suite a TCG guest took 707 s (6.12).
 const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);

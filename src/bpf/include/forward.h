@@ -25,7 +25,7 @@ enum tk_fwd_outcome {
 	TK_FWD_FRAG_NEEDED = 8,
 	TK_FWD_NO_SRC_ADDR = 9,
 	TK_FWD_NOT_IP = 10,       /* neither IPv4 nor IPv6 (ARP, VLAN-tagged, ...) */
-	TK_FWD_TTL = 11,          /* TTL or hop limit 1 or 0: up, for the kernel's ICMP error */
+	TK_FWD_TTL = 11,          /* routed, but TTL or hop limit 1 or 0: up, for the ICMP error */
 	TK_FWD_NOT_OURS = 12,     /* the route leaves through an interface tracekit does not forward on */
 	TK_FWD_ERROR = 13,        /* a truncated header, or the lookup failed (negative errno) */
 	TK_FWD_NEIGH = 14,        /* TC: bpf_redirect_neigh, the kernel fills in the MACs */

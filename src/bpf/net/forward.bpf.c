@@ -145,8 +145,6 @@ static __always_inline __u32 tk_fwd_prepare(void *data, void *data_end, __u32 if
 			return TK_FWD_ERROR;
 		p->ip4 = ip;
 		p->ttl = ip->ttl;
-		if (ip->ttl <= 1)
-			return TK_FWD_TTL;
 		fib->family = TK_AF_INET;
 		fib->tos = ip->tos;
 		fib->l4_protocol = ip->protocol;
@@ -160,8 +158,6 @@ static __always_inline __u32 tk_fwd_prepare(void *data, void *data_end, __u32 if
 			return TK_FWD_ERROR;
 		p->ip6 = ip6;
 		p->ttl = ip6->hop_limit;
-		if (ip6->hop_limit <= 1)
-			return TK_FWD_TTL;
 		fib->family = TK_AF_INET6;
 		fib->flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0FFFFFFF);
 		fib->l4_protocol = ip6->nexthdr;
@@ -213,7 +209,10 @@ static __always_inline void tk_fwd_trace(void *ctx, __u8 hook, __u32 ifindex, __
 		return;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->ifindex = ifindex;
-	e->out_ifindex = rc < 0 && rc != TK_NO_LOOKUP ? 0 : fib->ifindex;
+	/* The lookup writes the egress and the MTU only where it found a route: on a miss the
+	 * fields still hold the input (the ingress ifindex, the packet's length). */
+	e->out_ifindex = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH ||
+				 rc == BPF_FIB_LKUP_RET_FRAG_NEEDED || rc == TK_NO_LOOKUP ? fib->ifindex : 0;
 	e->len = len;
 	e->cpu = bpf_get_smp_processor_id();
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
@@ -226,7 +225,7 @@ static __always_inline void tk_fwd_trace(void *ctx, __u8 hook, __u32 ifindex, __
 	e->hook = hook;
 	e->pad = 0;
 	e->fib_ret = rc;
-	e->mtu = rc == TK_NO_LOOKUP ? 0 : fib->mtu_result;
+	e->mtu = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? fib->mtu_result : 0;
 	if (p->eth) {
 		__builtin_memcpy(e->smac, p->eth->h_source, TK_ETH_ALEN);
 		__builtin_memcpy(e->dmac, p->eth->h_dest, TK_ETH_ALEN);
@@ -269,6 +268,11 @@ int xdp__forward(struct xdp_md *ctx)
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), tk_fwd_config.fib_flags);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		outcome = tk_fwd_missed(rc);
+		goto done;
+	}
+	/* After the lookup: a packet for this host may arrive with any TTL */
+	if (p.ttl <= 1) {
+		outcome = TK_FWD_TTL;
 		goto done;
 	}
 	out = tk_fwd_slot(fib.ifindex);
@@ -332,6 +336,10 @@ int tc__forward(struct __sk_buff *skb)
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), tk_fwd_config.fib_flags);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		outcome = tk_fwd_missed(rc);
+		goto done;
+	}
+	if (p.ttl <= 1) {
+		outcome = TK_FWD_TTL;
 		goto done;
 	}
 	out = tk_fwd_slot(fib.ifindex);

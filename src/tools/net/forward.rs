@@ -133,6 +133,15 @@ pub fn run(args: ForwardArgs) -> Result<i32, Error> {
             Some(format!("add --tc: `tracekit forward --tc {flag} …`")),
         ));
     }
+    let xdp_only = args.mode != Mode::Auto && args.tc;
+    let tc_only = args.backend != Backend::Auto && !args.tc;
+    if xdp_only || tc_only {
+        let (what, hint) = match xdp_only {
+            true => ("--mode is an XDP mode, and --tc forwards at TC", "drop --mode, or drop --tc to forward at XDP"),
+            false => ("--backend is a TC attachment, and this run forwards at XDP", "add --tc, or drop --backend"),
+        };
+        return Err(Error::usage(what, Some(hint.to_owned())));
+    }
     if args.out.count.is_some() && !args.trace {
         return Err(Error::usage("-n counts --trace's events", Some("add --trace, or stop with -d SECS".to_owned())));
     }
@@ -361,6 +370,8 @@ struct ForwardPrinter<'a> {
     names: IfaceNames<'a>,
     slots: Vec<Iface>,
     netns_suffix: String,
+    /// The namespace's inode as packet events carry it (32 bits, like the other packet tools).
+    netns_inode: u32,
     interval: Every,
     /// The counters are also read every second for the hints, which should come when it happens.
     advice: Every,
@@ -380,6 +391,7 @@ impl<'a> ForwardPrinter<'a> {
             names: IfaceNames::new(&plan.netns),
             slots: plan.slots.clone(),
             netns_suffix: plan.netns.suffix(),
+            netns_inode: plan.netns.inode as u32,
             interval: Every::new(interval),
             advice: Every::new(Some(Duration::from_secs(1))),
             trace,
@@ -420,12 +432,20 @@ impl<'a> ForwardPrinter<'a> {
                 self.told_xmit = true;
                 // SAFETY: a plain int in the mmapped .bss, written by the program: read once.
                 let err = self.xmit_err.map_or(0, |e| unsafe { std::ptr::read_volatile(e) });
-                let why = io::Error::from_raw_os_error(-err);
                 eprintln!(
-                    "tracekit: {iface}{} dropped {} forwarded frames ({why}): a veth delivers XDP-redirected frames only \
-                     when its peer has NAPI: attach an XDP program to the peer or turn GRO on there \
-                     (`ethtool -K PEER gro on`, Linux 5.13+); or forward with --mode skb or --tc",
-                    self.netns_suffix, c.outcomes[XMIT_DROP]
+                    "tracekit: {iface}{} could not send {} forwarded frames ({}): {}",
+                    self.netns_suffix,
+                    c.outcomes[XMIT_DROP],
+                    redirect_error(-err),
+                    match -err {
+                        libc::EOPNOTSUPP | libc::ENXIO =>
+                            "a veth takes XDP-redirected frames only when its peer has \
+                            NAPI: attach an XDP program to the peer or turn GRO on there (`ethtool -K PEER gro on`, \
+                            Linux 5.13+); or forward with --mode skb or --tc",
+                        libc::ENETDOWN => "bring it up (`ip link set dev IFACE up`), and its peer if it is a veth",
+                        libc::EMSGSIZE => "the frames are larger than its MTU: raise the MTU or forward with --tc",
+                        _ => "--tc takes the normal transmit path",
+                    }
                 );
             }
             if !self.told_disabled && c.outcomes[FWD_DISABLED] > 0 {
@@ -498,6 +518,18 @@ impl<'a> ForwardPrinter<'a> {
     }
 }
 
+/// Why a redirect failed, from the errno the kernel gave (xdp:xdp_redirect_err and
+/// xdp:xdp_devmap_xmit).
+fn redirect_error(errno: i32) -> String {
+    match errno {
+        libc::EOPNOTSUPP => "EOPNOTSUPP: the kernel refused to redirect to it".to_owned(),
+        libc::ENXIO => "ENXIO: the driver refused the frames".to_owned(),
+        libc::ENETDOWN => "ENETDOWN: it is down".to_owned(),
+        libc::EMSGSIZE => "EMSGSIZE: larger than its MTU".to_owned(),
+        e => format!("errno {e}: {}", io::Error::from_raw_os_error(e)),
+    }
+}
+
 /// `12.3 Mb/s`, like iperf3.
 fn rate(bps: f64) -> String {
     match bps {
@@ -546,7 +578,7 @@ impl Printer for ForwardPrinter<'_> {
             ts_ns: ev.ts_ns,
             ifindex: ev.ifindex,
             iface: self.names.get(ev.ifindex),
-            netns: 0,
+            netns: self.netns_inode,
             cpu: ev.cpu,
             len: ev.len,
             dir: "ingress",

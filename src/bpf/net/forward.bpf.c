@@ -171,6 +171,16 @@ static __always_inline __u32 tk_fwd_prepare(void *data, void *data_end, __u32 if
 	return TK_FWD_REDIRECT;
 }
 
+/* After a lookup that found a route: TK_FWD_REDIRECT with the egress slot in *out, or why the
+ * packet goes up instead. TTL is checked only here: a packet for this host may come with any. */
+static __always_inline __u32 tk_fwd_routed(const struct tk_fwd_pkt *p, __u32 egress, int *out)
+{
+	if (p->ttl <= 1)
+		return TK_FWD_TTL;
+	*out = tk_fwd_slot(egress);
+	return *out < 0 ? TK_FWD_NOT_OURS : TK_FWD_REDIRECT;
+}
+
 /* The hop: TTL or hop limit down by one (RFC 1624 incremental checksum for IPv4). */
 static __always_inline void tk_fwd_hop(struct tk_fwd_pkt *p)
 {
@@ -270,16 +280,9 @@ int xdp__forward(struct xdp_md *ctx)
 		outcome = tk_fwd_missed(rc);
 		goto done;
 	}
-	/* After the lookup: a packet for this host may arrive with any TTL */
-	if (p.ttl <= 1) {
-		outcome = TK_FWD_TTL;
+	outcome = tk_fwd_routed(&p, fib.ifindex, &out);
+	if (outcome != TK_FWD_REDIRECT)
 		goto done;
-	}
-	out = tk_fwd_slot(fib.ifindex);
-	if (out < 0) {
-		outcome = TK_FWD_NOT_OURS;
-		goto done;
-	}
 	tk_fwd_hop(&p);
 	tk_fwd_set_macs(&p, fib.smac, fib.dmac);
 	action = bpf_redirect_map(&tk_fwd_ports, fib.ifindex, 0);
@@ -338,15 +341,9 @@ int tc__forward(struct __sk_buff *skb)
 		outcome = tk_fwd_missed(rc);
 		goto done;
 	}
-	if (p.ttl <= 1) {
-		outcome = TK_FWD_TTL;
+	outcome = tk_fwd_routed(&p, fib.ifindex, &out);
+	if (outcome != TK_FWD_REDIRECT)
 		goto done;
-	}
-	out = tk_fwd_slot(fib.ifindex);
-	if (out < 0) {
-		outcome = TK_FWD_NOT_OURS;
-		goto done;
-	}
 	tk_fwd_hop(&p);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		/* The kernel resolves the neighbour and fills in the MACs itself. NULL parameters: it

@@ -235,7 +235,11 @@ static __always_inline void tk_fwd_trace(void *ctx, __u8 hook, __u32 ifindex, __
 	e->hook = hook;
 	e->pad = 0;
 	e->fib_ret = rc;
-	e->mtu = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? fib->mtu_result : 0;
+	/* mtu_result (5.12+) shares tot_len's place; before it the lookup returned no MTU */
+	e->mtu = 0;
+	if (bpf_core_field_exists(fib->mtu_result) &&
+	    (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_FRAG_NEEDED))
+		e->mtu = fib->mtu_result;
 	if (p->eth) {
 		__builtin_memcpy(e->smac, p->eth->h_source, TK_ETH_ALEN);
 		__builtin_memcpy(e->dmac, p->eth->h_dest, TK_ETH_ALEN);

@@ -177,7 +177,7 @@ fn listen_overflows() -> u64 {
 }
 
 /// Dies with the bench (the bench's main thread spawns every child).
-fn die_with_parent(c: &mut Command, sig: i32) {
+pub(crate) fn die_with_parent(c: &mut Command, sig: i32) {
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         c.pre_exec(move || {

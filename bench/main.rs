@@ -6,7 +6,8 @@
 //! reports, and tracer CPU per million events. Compare ratios from one run: these machines
 //! are noisy. `--smoke` is one small repetition, for CI. The packet tools' rows (per-packet cost
 //! with BPF_PROG_RUN, live capacity on a veth pair next to tcpdump) are in net.rs; `tracekit
-//! cgroup`'s cost to the connect, bind and TCP throughput of a cgroup's processes in cgroup.rs.
+//! cgroup`'s cost to the connect, bind and TCP throughput of a cgroup's processes in cgroup.rs;
+//! `tracekit forward`'s packet rate and latency next to the kernel's forwarding in forward.rs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod cgroup;
+mod forward;
 mod net;
 
 const WORK_COMM: &str = "tkb-work";
@@ -625,6 +627,9 @@ fn main() {
     }
     if only.is_empty() || only.contains(&"cgroup") {
         table.push_str(&cgroup::run(smoke, &mut results));
+    }
+    if only.is_empty() || only.contains(&"forward") {
+        table.push_str(&forward::run(smoke, &mut results));
     }
     println!("{table}");
     if let Some(p) = out_json {

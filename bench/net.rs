@@ -278,13 +278,13 @@ const IP_A: &str = "10.201.0.1";
 const IP_B: &str = "10.201.0.2";
 const PORT: u16 = 9401;
 
-fn ip(args: &[&str]) {
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run `ip` (iproute2)");
     assert!(out.status.success(), "`ip {}`: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
 }
 
 /// Two namespaces `tkb-{a,b}-PID` joined by `tkb0` ↔ `tkb1`; deleted on drop.
-struct Pair {
+pub(crate) struct Pair {
     a: String,
     b: String,
 }
@@ -322,7 +322,7 @@ impl Pair {
     }
 
     /// Runs `f` on a thread inside namespace `ns`.
-    fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    pub(crate) fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
         let file = File::open(format!("/run/netns/{ns}")).expect("open netns");
         thread::spawn(move || {
             // SAFETY: setns reads the fd only; CLONE_NEWNET moves this thread alone.
@@ -384,7 +384,7 @@ fn send_udp(ns: &str, rate: f64, secs: f64) -> (u64, f64) {
 }
 
 /// IPv4 header checksum (RFC 1071).
-fn ip_checksum(h: &[u8]) -> u16 {
+pub(crate) fn ip_checksum(h: &[u8]) -> u16 {
     let mut sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);

@@ -193,11 +193,13 @@ fn xdp_follows_route_changes() {
             _ => Echo::Lost,
         };
         assert_eq!(*first, 1, "{fam:?}: forwarded before any change\n{}", out.stderr);
-        // IPv4 prohibit: the 6.18 kernel of the development host answers nothing, with or without
-        // tracekit (code 13 is what ip_error() is written to send): either is the kernel's answer.
-        let v4_prohibit_silent = *fam == Fam::V4 && *kind == "prohibit" && r == &[Echo::Lost, Echo::Lost];
+        // The kernel rate-limits ICMP errors (net.ipv4.icmp_ratelimit, per destination), so an
+        // answer may be missing; one that comes must be the right one. IPv4 prohibit: the 6.18
+        // kernel of the development host answers nothing, with or without tracekit (code 13 is
+        // what ip_error() is written to send; the 6.1 guest sends it): either is the kernel's.
+        let v4_prohibit = *fam == Fam::V4 && *kind == "prohibit";
         assert!(
-            r == &[want.clone(), want] || v4_prohibit_silent,
+            r.iter().all(|e| *e == want || *e == Echo::Lost) && (r.contains(&want) || v4_prohibit || want == Echo::Lost),
             "{fam:?} {kind} route: the kernel's answer: {r:?}\n{}",
             out.stderr
         );
@@ -616,8 +618,15 @@ fn trace_events_say_why() {
             assert_eq!(e["dmac"], dmac.as_str(), "as sent: {e}");
         }
     }
+    // The lookup returns the route's MTU since 5.12 (mtu_result); before, events carry none.
+    let release = net::kernel_release();
+    let mut version = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let has_mtu_result = (version.next().unwrap_or(0), version.next().unwrap_or(0)) >= (5, 12);
     for e in &ev[..4] {
-        assert_eq!(e["mtu"], 1500, "the route's MTU, from the lookup: {e}");
+        match has_mtu_result {
+            true => assert_eq!(e["mtu"], 1500, "the route's MTU, from the lookup: {e}"),
+            false => assert!(e["mtu"].is_null(), "no MTU from a {release} lookup: {e}"),
+        }
     }
     let ttl = &ev[4];
     assert_eq!(ttl["iface"], FWD0, "{ttl}");
@@ -762,4 +771,147 @@ fn bad_input_is_explained() {
         assert!(r.stdout.is_empty(), "{args:?}: {:?}", r.stdout);
     }
     net::assert_clean(&f.fwd);
+}
+
+// ---- TEMPORARY DIAGNOSTIC (UDP loss in the VM matrix) ----
+fn diag_snmp6(f: &Fwd, field: &str) -> u64 {
+    let s = f.dst.run_in(|| std::fs::read_to_string("/proc/thread-self/net/snmp6").unwrap());
+    s.lines().filter_map(|l| l.split_once(char::is_whitespace)).find(|(n, _)| *n == field).map(|(_, v)| v.trim().parse().unwrap()).unwrap()
+}
+fn diag_rcvbuf_errs(f: &Fwd, fam: Fam) -> u64 {
+    match fam {
+        Fam::V4 => f.snmp(&f.dst, "Udp", "RcvbufErrors"),
+        Fam::V6 => diag_snmp6(f, "Udp6RcvbufErrors"),
+    }
+}
+/// (rx_queue = sk_rmem_alloc, drops) of the dst socket on `port`
+fn diag_sockq(f: &Fwd, fam: Fam, port: u16) -> (u64, u64) {
+    let file = if fam == Fam::V4 { "/proc/thread-self/net/udp" } else { "/proc/thread-self/net/udp6" };
+    let s = f.dst.run_in(|| std::fs::read_to_string(file).unwrap());
+    for l in s.lines().skip(1) {
+        let c: Vec<&str> = l.split_whitespace().collect();
+        let lport = u16::from_str_radix(c[1].rsplit(':').next().unwrap(), 16).unwrap();
+        if lport == port {
+            let rxq = u64::from_str_radix(c[4].split(':').nth(1).unwrap(), 16).unwrap();
+            return (rxq, c[12].parse().unwrap());
+        }
+    }
+    (u64::MAX, u64::MAX)
+}
+fn diag_getrcvbuf(s: &UdpSocket) -> i32 {
+    let mut v: i32 = 0;
+    let mut l = std::mem::size_of::<i32>() as libc::socklen_t;
+    unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&mut v as *mut i32).cast(), &mut l) };
+    v
+}
+fn diag_setrcvbuf(s: &UdpSocket, v: i32) {
+    unsafe {
+        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&v as *const i32).cast(), std::mem::size_of::<i32>() as libc::socklen_t)
+    };
+}
+fn diag_drain(rx: &UdpSocket, wait: Duration) -> Vec<usize> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    rx.set_read_timeout(Some(wait)).unwrap();
+    while let Ok(n) = rx.recv(&mut buf) {
+        if let Some(i) = std::str::from_utf8(&buf[..n]).ok().and_then(|s| s.strip_prefix("tracekit forward ")).and_then(|i| i.parse().ok()) {
+            got.push(i);
+        }
+    }
+    got
+}
+/// mode: "burst" (send all, then read), "rcvbuf" (1 MiB SO_RCVBUF, burst), "concurrent" (reader
+/// running during the sends), "paced" (1 ms between sends, no reader)
+fn diag_udp(f: &Fwd, fam: Fam, mode: &str, n: usize) {
+    let bind = SocketAddr::new(f.dst_addr(fam), 0);
+    let rx = f.dst.run_in(|| UdpSocket::bind(bind)).unwrap();
+    if mode == "rcvbuf" {
+        diag_setrcvbuf(&rx, 1 << 20);
+    }
+    let to = rx.local_addr().unwrap();
+    let from = SocketAddr::new(f.src_addr(fam), 0);
+    let e0 = diag_rcvbuf_errs(f, fam);
+    let (s0, f0, f1, d0) = (f.stats(SRC0), f.stats(FWD0), f.stats(FWD1), f.stats(DST0));
+    let rxc = rx.try_clone().unwrap();
+    let reader = (mode == "concurrent").then(|| std::thread::spawn(move || diag_drain(&rxc, Duration::from_millis(1500))));
+    let paced = mode == "paced";
+    let tx = f.src.run_in(move || {
+        let s = UdpSocket::bind(from).unwrap();
+        for i in 0..n {
+            s.send_to(format!("tracekit forward {i}").as_bytes(), to).unwrap();
+            if paced {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        s
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let q = diag_sockq(f, fam, to.port());
+    let e1 = diag_rcvbuf_errs(f, fam);
+    let mut got = match reader {
+        Some(h) => h.join().unwrap(),
+        None => diag_drain(&rx, Duration::from_millis(500)),
+    };
+    // one more datagram: does a missing one come late?
+    tx.send_to(format!("tracekit forward {n}").as_bytes(), to).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let late = diag_drain(&rx, Duration::from_millis(500));
+    let (s1, f0b, f1b, d1) = (f.stats(SRC0), f.stats(FWD0), f.stats(FWD1), f.stats(DST0));
+    got.sort();
+    let missing: Vec<usize> = (0..n).filter(|i| !got.contains(i)).collect();
+    eprintln!(
+        "DIAG {fam:?} {mode:<10} n={n} rcvbuf={} got={} missing={missing:?} late={late:?} | before reading: rmem_alloc={} sock_drops={} RcvbufErrors+{} (after extra +{}) | src0 tx+{} fwd0 rx+{} fwd1 tx+{} dst0 rx+{} rx_dropped+{}",
+        diag_getrcvbuf(&rx),
+        got.len(),
+        q.0,
+        q.1,
+        e1 - e0,
+        diag_rcvbuf_errs(f, fam) - e0,
+        s1.tx_packets - s0.tx_packets,
+        f0b.rx_packets - f0.rx_packets,
+        f1b.tx_packets - f1.tx_packets,
+        d1.rx_packets - d0.rx_packets,
+        d1.rx_dropped - d0.rx_dropped,
+    );
+}
+
+#[test]
+#[ignore = "diagnostic"]
+fn diag_udp_loss() {
+    let f = Fwd::new("fdg");
+    eprintln!("DIAG kernel {} rmem_default {}", net::kernel_release(), std::fs::read_to_string("/proc/sys/net/core/rmem_default").unwrap().trim());
+    // kernel forwarding (control): 1 datagram (truesize), then the burst
+    for fam in Fam::BOTH {
+        diag_udp(&f, fam, "kernel1", 1);
+        diag_udp(&f, fam, "kernel", 50);
+    }
+    let t = f.tracekit_forward(&[]);
+    for fam in Fam::BOTH {
+        diag_udp(&f, fam, "one", 1);
+    }
+    let out = finish(t);
+    let j = out.json();
+    eprintln!("DIAG tracekit one: fwd0 {} | fwd1 {}", fwd_counts(&j, FWD0), fwd_counts(&j, FWD1));
+    let t = f.tracekit_forward(&[]);
+    for fam in Fam::BOTH {
+        diag_udp(&f, fam, "burst", 50);
+    }
+    let out = finish(t);
+    let j = out.json();
+    eprintln!("DIAG tracekit burst (50+1 per family): fwd0 {} | fwd1 {}", fwd_counts(&j, FWD0), fwd_counts(&j, FWD1));
+    let t = f.tracekit_forward(&[]);
+    for mode in ["rcvbuf", "concurrent", "paced"] {
+        for fam in Fam::BOTH {
+            diag_udp(&f, fam, mode, 50);
+        }
+    }
+    let out = finish(t);
+    let j = out.json();
+    eprintln!("DIAG tracekit rest: fwd0 {} | fwd1 {}", fwd_counts(&j, FWD0), fwd_counts(&j, FWD1));
+    for (ns, dev) in [(&f.src, SRC0), (&f.fwd, FWD0), (&f.fwd, FWD1), (&f.dst, DST0)] {
+        let o = ns.exec(&["ethtool", "-S", dev]);
+        let s = String::from_utf8_lossy(&o.stdout);
+        let nz: Vec<&str> = s.lines().filter(|l| !l.trim_end().ends_with(": 0") && l.contains(':')).map(str::trim).collect();
+        eprintln!("DIAG ethtool -S {dev} (non-zero): {}", nz.join(", "));
+    }
 }

@@ -160,6 +160,36 @@ fn xdp_forwards_ping_tcp_and_udp() {
 /// Route changes apply to the next packet: an unreachable, prohibit or blackhole route for dst
 /// makes the packets go up, counted under that reason (the kernel answers them as it always
 /// does), and the restored route forwards again.
+/// The literal proof that tracekit forwards: with IPv6 forwarding off for the namespace
+/// (`net.ipv6.conf.all.forwarding=0`, which the kernel's ip6_forward() checks) but on for the
+/// two interfaces (which is all bpf_fib_lookup checks), the kernel forwards nothing, and ping and
+/// TCP over IPv6 get through only while tracekit forward runs, at XDP and at TC. (IPv4 has no
+/// such split: the kernel and the lookup both check the receiving interface only.)
+#[test]
+fn ipv6_gets_through_only_while_tracekit_forwards() {
+    if !common::require_root("forward::ipv6_gets_through_only_while_tracekit_forwards") {
+        return;
+    }
+    let f = Fwd::new("fx6");
+    // "all" first: writing it sets every interface, then the two are turned back on.
+    f.fwd.sysctl("ipv6/conf/all/forwarding", "0");
+    f.fwd.sysctl(&format!("ipv6/conf/{FWD0}/forwarding"), "1");
+    f.fwd.sysctl(&format!("ipv6/conf/{FWD1}/forwarding"), "1");
+    assert_eq!(f.ping(Fam::V6, 1), 0, "the kernel itself must not forward IPv6 here");
+    for extra in [&[][..], &["--tc"][..]] {
+        let t = f.tracekit_forward(extra);
+        let replies = f.ping(Fam::V6, 3);
+        let tcp = f.tcp_transfer(Fam::V6, 256 << 10, Duration::from_secs(10));
+        let out = finish(t);
+        assert_eq!(replies, 3, "{extra:?}: ping6 through tracekit\n{}", out.stderr);
+        tcp.unwrap_or_else(|e| panic!("{extra:?}: TCP over IPv6 through tracekit: {e}\n{}", out.stderr));
+        let json = out.json();
+        let c0 = fwd_counts(&json, FWD0);
+        assert!(count(c0, "forwarded") >= 3, "{extra:?}: {c0}");
+        assert_eq!(f.ping(Fam::V6, 1), 0, "{extra:?}: after tracekit exits, IPv6 stops getting through again");
+    }
+}
+
 #[test]
 fn xdp_follows_route_changes() {
     if !common::require_root("forward::xdp_follows_route_changes") {

@@ -318,17 +318,7 @@ impl Tracekit {
             return;
         }
         self.done = true;
-        // SAFETY: kill() on a child we have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.wait();
+        crate::stop_child(&mut self.child);
     }
 
     fn finish(mut self) -> Said {

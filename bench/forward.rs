@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 use libbpf_rs::libbpf_sys as sys;
 
 use crate::median;
-use crate::net::{Pair, ip, ip_checksum};
+use crate::net::{Pair, insn, ip, load_xdp, run_live_frames};
 
 const SRC0: &str = "src0";
 const FWD0: &str = "fwd0";
@@ -270,34 +270,6 @@ impl Drop for Line {
 
 // ---------------------------------------------------------------- small XDP programs
 
-/// One eBPF instruction (`struct bpf_insn`, little-endian).
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    u64::from(code) | u64::from(dst | (src << 4)) << 8 | u64::from(off as u16) << 16 | u64::from(imm as u32) << 32
-}
-
-fn load_xdp(name: &std::ffi::CStr, insns: &[u64]) -> std::io::Result<OwnedFd> {
-    // SAFETY: bpf_prog_load_opts is plain data; zeroed is its documented initial state.
-    let mut opts: sys::bpf_prog_load_opts = unsafe { std::mem::zeroed() };
-    opts.sz = size_of::<sys::bpf_prog_load_opts>() as _;
-    opts.expected_attach_type = sys::BPF_XDP;
-    // SAFETY: insns holds encoded 8-byte bpf_insn; name and license are NUL-terminated.
-    let fd = unsafe {
-        sys::bpf_prog_load(
-            sys::BPF_PROG_TYPE_XDP,
-            name.as_ptr(),
-            c"GPL".as_ptr(),
-            insns.as_ptr().cast(),
-            insns.len() as _,
-            &mut opts,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::from_raw_os_error(-fd));
-    }
-    // SAFETY: a fresh program fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// `return XDP_PASS`: gives a veth NAPI, so that frames XDP redirects into its peer arrive.
 fn xdp_pass() -> std::io::Result<OwnedFd> {
     load_xdp(c"tkb_xdp_pass", &[insn(0xb7, 0, 0, 0, 2), insn(0x95, 0, 0, 0, 0)])
@@ -403,22 +375,7 @@ fn xdp_attach(ns: &str, dev: &str, prog: OwnedFd) -> std::io::Result<OwnedFd> {
 /// 60 bytes: src0 → fwd0's MAC, IPv4 10.201.1.1 → 10.201.2.1, TTL 64, UDP 40000 → UDP_PORT,
 /// 18 bytes of payload, a valid IPv4 header checksum and no UDP checksum.
 fn udp_frame() -> Vec<u8> {
-    let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&MAC_FWD0);
-    f.extend_from_slice(&MAC_SRC0);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut iph = vec![0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 17, 0, 0];
-    iph.extend_from_slice(&IP_SRC);
-    iph.extend_from_slice(&IP_DST);
-    let c = ip_checksum(&iph).to_be_bytes();
-    iph[10..12].copy_from_slice(&c);
-    f.extend_from_slice(&iph);
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&UDP_PORT.to_be_bytes());
-    f.extend_from_slice(&26u16.to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(&[0x5a; 18]);
-    f
+    crate::net::udp_frame_v4(MAC_FWD0, MAC_SRC0, IP_SRC, IP_DST, UDP_PORT)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -507,34 +464,16 @@ fn load_sender(frame: &[u8]) -> std::io::Result<OwnedFd> {
 /// some ms of setup and teardown (idle: an RCU grace period), so calls are sized to about 250 ms of
 /// frames.
 fn send_live(secs: f64) -> std::io::Result<Sent> {
-    let c = std::ffi::CString::new(SRC0).unwrap();
-    // SAFETY: a NUL-terminated name that outlives the call.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    let ifindex = crate::net::ifindex(SRC0);
     let frame = udp_frame();
     let prog = load_sender(&frame)?;
-    let ctx = sys::xdp_md { data: 0, data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
     let mut chunk: u64 = 16_384;
     let cpu0 = thread_cpu_s();
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed().as_secs_f64() < secs {
         let t = Instant::now();
-        let mut opts = sys::bpf_test_run_opts {
-            sz: size_of::<sys::bpf_test_run_opts>() as _,
-            data_in: frame.as_ptr().cast(),
-            data_size_in: frame.len() as u32,
-            ctx_in: (&ctx as *const sys::xdp_md).cast(),
-            ctx_size_in: size_of::<sys::xdp_md>() as u32,
-            repeat: chunk as i32,
-            flags: sys::BPF_F_TEST_XDP_LIVE_FRAMES,
-            batch_size: 64,
-            ..Default::default()
-        };
-        // SAFETY: opts points at frame and ctx, which outlive the call; no output buffers.
-        let rc = unsafe { sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
-        if rc < 0 {
-            return Err(std::io::Error::from_raw_os_error(-rc));
-        }
+        run_live_frames(&prog, &frame, ifindex, chunk)?;
         sent += chunk;
         let rate = chunk as f64 / t.elapsed().as_secs_f64().max(1e-6);
         let left = (secs - start.elapsed().as_secs_f64()).max(0.0);
@@ -654,27 +593,13 @@ impl Forwarder {
             }
         }
         let said = f.seen.join(" / ");
-        f.stop();
+        crate::stop_child(&mut f.child);
         Err(format!("tracekit did not attach: {said}"))
-    }
-
-    fn stop(&mut self) {
-        // SAFETY: kill() on a child we have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.wait();
     }
 
     /// Stops it: its `fwd_counts` objects and what it said on stderr.
     fn finish(mut self) -> (Vec<serde_json::Value>, Vec<String>) {
-        self.stop();
+        crate::stop_child(&mut self.child);
         let mut out = String::new();
         if let Some(mut o) = self.child.stdout.take() {
             let _ = o.read_to_string(&mut out);

@@ -290,18 +290,24 @@ fn start_tracer(t: &Tracer, stdout: Stdio) -> Child {
     c.spawn().unwrap()
 }
 
-fn stop(child: &mut Child) -> String {
+/// Stops a tracer (or any child): SIGINT, then waits for it to exit, SIGKILL after 10 s; reaps it.
+pub(crate) fn stop_child(child: &mut Child) {
     // SAFETY: kill() on a child we have not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
+    while matches!(child.try_wait(), Ok(None)) {
         if Instant::now() > deadline {
             let _ = child.kill();
             break;
         }
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(Duration::from_millis(10));
     }
     let _ = child.wait();
+}
+
+/// `stop_child`, then what it wrote to stderr.
+fn stop(child: &mut Child) -> String {
+    stop_child(child);
     let mut err = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);

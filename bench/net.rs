@@ -7,7 +7,7 @@
 use std::fs::{self, File};
 use std::mem::MaybeUninit;
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use libbpf_rs::libbpf_sys as sys;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject, RingBufferBuilder};
 use tracekit::runtime::skel::{Transport, TransportOpen};
@@ -392,40 +393,59 @@ pub(crate) fn ip_checksum(h: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// The datagram the live-frames sender transmits: a → b, UDP to PORT, 18 bytes of payload,
-/// a valid IPv4 header checksum (the stack checks it) and no UDP checksum.
-fn udp_frame() -> Vec<u8> {
-    let mut f = vec![0x02, 0x00, 0x0a, 0xc9, 0x00, 0x02, 0x02, 0x00, 0x0a, 0xc9, 0x00, 0x01, 0x08, 0x00];
-    let mut ip = vec![0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 17, 0, 0, 10, 201, 0, 1, 10, 201, 0, 2];
-    let c = ip_checksum(&ip).to_be_bytes();
-    ip[10..12].copy_from_slice(&c);
-    f.extend_from_slice(&ip);
+/// 60 bytes: Ethernet `src_mac` → `dst_mac`, IPv4 `src` → `dst` with TTL 64, UDP 40000 →
+/// `dport` with 18 bytes of payload, a valid IPv4 header checksum (the stack checks it) and no
+/// UDP checksum.
+pub(crate) fn udp_frame_v4(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut iph = vec![0x45, 0, 0, 46, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    iph.extend_from_slice(&src);
+    iph.extend_from_slice(&dst);
+    let c = ip_checksum(&iph).to_be_bytes();
+    iph[10..12].copy_from_slice(&c);
+    f.extend_from_slice(&iph);
     f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&PORT.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
     f.extend_from_slice(&26u16.to_be_bytes());
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(&[0x5a; 18]);
     f
 }
 
-/// `r0 = XDP_TX; exit`, as an XDP program: every live frame goes out of `tkb0` to `tkb1`.
-fn load_xdp_tx() -> std::io::Result<std::os::fd::OwnedFd> {
-    use libbpf_rs::libbpf_sys as sys;
-    use std::os::fd::FromRawFd;
-    // BPF_ALU64|BPF_MOV|BPF_K (0xb7) r0 = 3 (XDP_TX); BPF_JMP|BPF_EXIT (0x95)
-    let insns: [u64; 2] = [0xb7 | (3u64 << 32), 0x95];
+/// The datagram the live-frames sender transmits: a (02:00:0a:c9:00:01, 10.201.0.1) → b
+/// (02:00:0a:c9:00:02, 10.201.0.2), UDP to PORT.
+fn udp_frame() -> Vec<u8> {
+    udp_frame_v4(
+        [0x02, 0x00, 0x0a, 0xc9, 0x00, 0x02],
+        [0x02, 0x00, 0x0a, 0xc9, 0x00, 0x01],
+        [10, 201, 0, 1],
+        [10, 201, 0, 2],
+        PORT,
+    )
+}
+
+/// One eBPF instruction (`struct bpf_insn`, little-endian).
+pub(crate) fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    u64::from(code) | u64::from(dst | (src << 4)) << 8 | u64::from(off as u16) << 16 | u64::from(imm as u32) << 32
+}
+
+/// Loads `insns` as an XDP program (GPL) called `name`.
+pub(crate) fn load_xdp(name: &std::ffi::CStr, insns: &[u64]) -> std::io::Result<OwnedFd> {
     // SAFETY: bpf_prog_load_opts is plain data; zeroed is its documented initial state.
     let mut opts: sys::bpf_prog_load_opts = unsafe { std::mem::zeroed() };
     opts.sz = size_of::<sys::bpf_prog_load_opts>() as _;
     opts.expected_attach_type = sys::BPF_XDP;
-    // SAFETY: insns holds two encoded 8-byte bpf_insn; name and license are NUL-terminated.
+    // SAFETY: insns holds encoded 8-byte bpf_insn; name and license are NUL-terminated.
     let fd = unsafe {
         sys::bpf_prog_load(
             sys::BPF_PROG_TYPE_XDP,
-            c"tkb_xdp_tx".as_ptr(),
+            name.as_ptr(),
             c"GPL".as_ptr(),
             insns.as_ptr().cast(),
-            2,
+            insns.len() as _,
             &mut opts,
         )
     };
@@ -433,7 +453,41 @@ fn load_xdp_tx() -> std::io::Result<std::os::fd::OwnedFd> {
         return Err(std::io::Error::from_raw_os_error(-fd));
     }
     // SAFETY: a fresh program fd that nothing else owns.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `r0 = XDP_TX; exit`, as an XDP program: every live frame goes out of `tkb0` to `tkb1`.
+fn load_xdp_tx() -> std::io::Result<OwnedFd> {
+    // BPF_ALU64|BPF_MOV|BPF_K (0xb7) r0 = 3 (XDP_TX); BPF_JMP|BPF_EXIT (0x95)
+    load_xdp(c"tkb_xdp_tx", &[insn(0xb7, 0, 0, 0, 3), insn(0x95, 0, 0, 0, 0)])
+}
+
+/// The index of interface `name` in the calling thread's namespace, 0 if there is none.
+pub(crate) fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a NUL-terminated name that outlives the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// Runs the XDP program `prog` `repeat` times on `frame` with BPF_PROG_RUN live frames (5.18+),
+/// as if received on `ifindex`, in batches of 64: what it does with each frame (XDP_TX,
+/// XDP_REDIRECT) really happens. One call, unpaced; the error is the call's errno.
+pub(crate) fn run_live_frames(prog: &impl AsRawFd, frame: &[u8], ifindex: u32, repeat: u64) -> std::io::Result<()> {
+    let ctx = sys::xdp_md { data: 0, data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
+    let mut opts = sys::bpf_test_run_opts {
+        sz: size_of::<sys::bpf_test_run_opts>() as _,
+        data_in: frame.as_ptr().cast(),
+        data_size_in: frame.len() as u32,
+        ctx_in: (&ctx as *const sys::xdp_md).cast(),
+        ctx_size_in: size_of::<sys::xdp_md>() as u32,
+        repeat: repeat as i32,
+        flags: sys::BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size: 64,
+        ..Default::default()
+    };
+    // SAFETY: opts points at frame and ctx, which outlive the call; no output buffers.
+    let rc = unsafe { sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    if rc < 0 { Err(std::io::Error::from_raw_os_error(-rc)) } else { Ok(()) }
 }
 
 /// Sends the UDP frame out of `tkb0` with BPF_PROG_RUN live frames (5.18+) at `rate` per
@@ -453,34 +507,15 @@ fn send_live(ns: &str, rate: f64, secs: f64) -> std::io::Result<(u64, f64)> {
 }
 
 fn send_live_thread(ns: &str, rate: f64, secs: f64) -> thread::JoinHandle<std::io::Result<(u64, f64)>> {
-    use libbpf_rs::libbpf_sys as sys;
     Pair::in_ns(ns, move || {
         let prog = load_xdp_tx()?;
-        let c = std::ffi::CString::new(IF_A).unwrap();
-        // SAFETY: a NUL-terminated name that outlives the call.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        let ifindex = ifindex(IF_A);
         let frame = udp_frame();
-        let ctx = sys::xdp_md { data: 0, data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
         let chunk = ((rate / 10.0) as u64).clamp(256, 1 << 20);
         let start = Instant::now();
         let mut sent = 0u64;
         while start.elapsed().as_secs_f64() < secs {
-            let mut opts = sys::bpf_test_run_opts {
-                sz: size_of::<sys::bpf_test_run_opts>() as _,
-                data_in: frame.as_ptr().cast(),
-                data_size_in: frame.len() as u32,
-                ctx_in: (&ctx as *const sys::xdp_md).cast(),
-                ctx_size_in: size_of::<sys::xdp_md>() as u32,
-                repeat: chunk as i32,
-                flags: sys::BPF_F_TEST_XDP_LIVE_FRAMES,
-                batch_size: 64,
-                ..Default::default()
-            };
-            // SAFETY: opts points at frame and ctx, which outlive the call; no output buffers.
-            let rc = unsafe { sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
-            if rc < 0 {
-                return Err(std::io::Error::from_raw_os_error(-rc));
-            }
+            run_live_frames(&prog, &frame, ifindex, chunk)?;
             sent += chunk;
             let due = Duration::from_secs_f64(sent as f64 / rate);
             if let Some(wait) = due.checked_sub(start.elapsed()) {

@@ -637,36 +637,6 @@ pub fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn sockaddr_of(addr: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid (unspecified) value.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        IpAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            let sin = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.octets()) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        IpAddr::V6(a) => {
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_addr = libc::in6_addr { s6_addr: a.octets() };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
-fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 fn setsockopt_int(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: value is a live c_int for the duration of the call, its size given.
     let rc = unsafe {
@@ -692,15 +662,8 @@ fn v4_src(pkt: &[u8]) -> IpAddr {
 fn icmp_echo(addr: IpAddr, count: u32, ttl: Option<u8>, wait: Duration) -> io::Result<Vec<Echo>> {
     static NEXT: AtomicU32 = AtomicU32::new(1);
     let v4 = addr.is_ipv4();
-    let (domain, proto, request) =
-        if v4 { (libc::AF_INET, libc::IPPROTO_ICMP, 8u8) } else { (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128) };
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let request = net::echo_types(v4).0;
+    let fd = net::icmp_socket(v4)?;
     if !v4 {
         setsockopt_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
     }
@@ -713,59 +676,21 @@ fn icmp_echo(addr: IpAddr, count: u32, ttl: Option<u8>, wait: Duration) -> io::R
     }
     let unique = NEXT.fetch_add(1, Ordering::Relaxed);
     let ident = (std::process::id() as u16).wrapping_mul(37) ^ (unique as u16).wrapping_mul(0x9e37);
-    let (sa, sa_len) = sockaddr_of(addr);
+    // 48 bytes counting up; a reply carries them back.
+    let mut payload = [0u8; 48];
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b = i as u8;
+    }
     let mut out = Vec::new();
     let mut buf = [0u8; 2048];
     for seq in 0..count {
         let seq = seq as u16;
-        let mut pkt = [0u8; 8 + 48];
-        pkt[0] = request;
-        pkt[4..6].copy_from_slice(&ident.to_be_bytes());
-        pkt[6..8].copy_from_slice(&seq.to_be_bytes());
-        for (i, b) in pkt[8..].iter_mut().enumerate() {
-            *b = i as u8;
-        }
-        if v4 {
-            // ICMPv6 checksums are filled in by the kernel on raw ICMPv6 sockets; ICMPv4 are not.
-            let c = inet_checksum(&pkt);
-            pkt[2..4].copy_from_slice(&c.to_be_bytes());
-        }
-        // SAFETY: pkt and sa are valid for the lengths given for the duration of the call.
-        let sent = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&sa as *const libc::sockaddr_storage).cast(),
-                sa_len,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        net::send_echo(&fd, addr, ident, seq, &payload)?;
         let ours =
             |icmp: &[u8]| icmp.len() >= 8 && icmp[4..6] == ident.to_be_bytes() && icmp[6..8] == seq.to_be_bytes();
         let deadline = Instant::now() + wait;
         let mut got = Echo::Lost;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if r == 0 {
-                break;
-            }
+        while net::wait_readable(&fd, deadline)? {
             // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
             let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
             let mut control = [0u64; 16];
@@ -805,7 +730,7 @@ fn icmp_echo(addr: IpAddr, count: u32, ttl: Option<u8>, wait: Duration) -> io::R
                     continue;
                 }
                 match icmp[0] {
-                    0 if ours(icmp) && icmp[8..] == pkt[8..] => {
+                    0 if ours(icmp) && icmp[8..] == payload[..] => {
                         got = Echo::Reply { ttl: *ip_ttl };
                         break;
                     }
@@ -836,7 +761,7 @@ fn icmp_echo(addr: IpAddr, count: u32, ttl: Option<u8>, wait: Duration) -> io::R
                     continue;
                 }
                 match msg[0] {
-                    129 if ours(msg) && msg[8..] == pkt[8..] => {
+                    129 if ours(msg) && msg[8..] == payload[..] => {
                         got = Echo::Reply { ttl: hoplimit };
                         break;
                     }

@@ -536,79 +536,100 @@ fn sockaddr_of(addr: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (ss, len as libc::socklen_t)
 }
 
-/// Echo requests on a raw ICMP socket of the calling thread's namespace. Replies are matched by
-/// identifier, sequence and an 8-byte tag unique to this call, so concurrent pings in the same
-/// namespace (every raw socket sees every ICMP packet) do not count each other's replies.
-fn icmp_echo(addr: IpAddr, count: u32) -> io::Result<u32> {
-    let v4 = addr.is_ipv4();
-    let (domain, proto, request, reply) = if v4 {
-        (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8)
-    } else {
-        (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128, 129)
-    };
+/// The ICMP types of an echo request and its reply: (8, 0) for IPv4, (128, 129) for ICMPv6.
+pub fn echo_types(v4: bool) -> (u8, u8) {
+    if v4 { (8, 0) } else { (128, 129) }
+}
+
+/// A raw ICMP (IPv4) or ICMPv6 (IPv6) socket in the calling thread's namespace. Every raw
+/// socket sees every ICMP packet of the namespace: match replies by identifier and sequence.
+pub fn icmp_socket(v4: bool) -> io::Result<OwnedFd> {
+    let (domain, proto) = if v4 { (libc::AF_INET, libc::IPPROTO_ICMP) } else { (libc::AF_INET6, libc::IPPROTO_ICMPV6) };
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one echo request (identifier, sequence, then `payload`) to `to` on an `icmp_socket` of
+/// the same family.
+pub fn send_echo(fd: &OwnedFd, to: IpAddr, ident: u16, seq: u16, payload: &[u8]) -> io::Result<()> {
+    let v4 = to.is_ipv4();
+    let mut pkt = vec![0u8; 8 + payload.len()];
+    pkt[0] = echo_types(v4).0;
+    pkt[4..6].copy_from_slice(&ident.to_be_bytes());
+    pkt[6..8].copy_from_slice(&seq.to_be_bytes());
+    pkt[8..].copy_from_slice(payload);
+    if v4 {
+        // ICMPv6 checksums are filled in by the kernel on raw ICMPv6 sockets; ICMPv4 are not.
+        let c = inet_checksum(&pkt);
+        pkt[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    let (sa, sa_len) = sockaddr_of(to);
+    // SAFETY: pkt and sa are valid for the lengths given for the duration of the call.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&sa as *const libc::sockaddr_storage).cast(),
+            sa_len,
+        )
+    };
+    if sent < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Waits until `fd` has something to read (true) or `deadline` passes (false); an interrupted
+/// wait is resumed.
+pub fn wait_readable(fd: &impl AsRawFd, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(r > 0);
+    }
+}
+
+/// Echo requests on a raw ICMP socket of the calling thread's namespace. Replies are matched by
+/// identifier, sequence and an 8-byte tag unique to this call, so concurrent pings in the same
+/// namespace (every raw socket sees every ICMP packet) do not count each other's replies.
+fn icmp_echo(addr: IpAddr, count: u32) -> io::Result<u32> {
+    let v4 = addr.is_ipv4();
+    let reply = echo_types(v4).1;
+    let fd = icmp_socket(v4)?;
     let unique = next_id();
     let ident = (std::process::id() as u16).wrapping_mul(31) ^ unique as u16;
     let mut tag = [0u8; 8];
     tag[..4].copy_from_slice(&std::process::id().to_be_bytes());
     tag[4..].copy_from_slice(&unique.to_be_bytes());
-    let (sa, sa_len) = sockaddr_of(addr);
+    // The tag, then 40 bytes counting up.
+    let mut payload = [0u8; 8 + 40];
+    payload[..8].copy_from_slice(&tag);
+    for (i, b) in payload[8..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
     let mut replies = 0;
     let mut buf = [0u8; 2048];
     for seq in 0..count {
         let seq = seq as u16;
-        let mut pkt = [0u8; 8 + 8 + 40];
-        pkt[0] = request;
-        pkt[4..6].copy_from_slice(&ident.to_be_bytes());
-        pkt[6..8].copy_from_slice(&seq.to_be_bytes());
-        pkt[8..16].copy_from_slice(&tag);
-        for (i, b) in pkt[16..].iter_mut().enumerate() {
-            *b = i as u8;
-        }
-        if v4 {
-            // ICMPv6 checksums are filled in by the kernel on raw ICMPv6 sockets; ICMPv4 are not.
-            let c = inet_checksum(&pkt);
-            pkt[2..4].copy_from_slice(&c.to_be_bytes());
-        }
-        // SAFETY: pkt and sa are valid for the lengths given for the duration of the call.
-        let sent = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&sa as *const libc::sockaddr_storage).cast(),
-                sa_len,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        send_echo(&fd, addr, ident, seq, &payload)?;
         let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if r == 0 {
-                break;
-            }
+        while wait_readable(&fd, deadline)? {
             // SAFETY: buf is valid for buf.len() bytes.
             let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n < 0 {

@@ -157,9 +157,6 @@ fn xdp_forwards_ping_tcp_and_udp() {
     assert_eq!(count(c1, "sent_packets"), from_src, "{c1}");
 }
 
-/// Route changes apply to the next packet: an unreachable, prohibit or blackhole route for dst
-/// makes the packets go up, counted under that reason (the kernel answers them as it always
-/// does), and the restored route forwards again.
 /// The literal proof that tracekit forwards: with IPv6 forwarding off for the namespace
 /// (`net.ipv6.conf.all.forwarding=0`, which the kernel's ip6_forward() checks) but on for the
 /// two interfaces (which is all bpf_fib_lookup checks), the kernel forwards nothing, and ping and
@@ -190,6 +187,9 @@ fn ipv6_gets_through_only_while_tracekit_forwards() {
     }
 }
 
+/// Route changes apply to the next packet: an unreachable, prohibit or blackhole route for dst
+/// makes the packets go up, counted under that reason (the kernel answers them as it always
+/// does), and the restored route forwards again.
 #[test]
 fn xdp_follows_route_changes() {
     if !common::require_root("forward::xdp_follows_route_changes") {

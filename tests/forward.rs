@@ -790,8 +790,10 @@ fn bad_input_is_explained() {
     } else {
         common::skip("forward::bad_input_is_explained (--peer on a bridge)", "no bridge support in this kernel");
     }
-    let peer_bridge: &[&str] = &["forward", FWD0, "tkbr0", "--tc", "--peer", "--netns", ns];
-    let all = cases.iter().copied().chain(bridge.then_some((peer_bridge, &["tkbr0", "veth"][..])));
+    // --peer takes a mix (peer redirect where the egress is a veth, plain elsewhere), but needs
+    // one veth at least.
+    let peer_bridge: &[&str] = &["forward", "tkbr0", "--tc", "--peer", "--netns", ns];
+    let all = cases.iter().copied().chain(bridge.then_some((peer_bridge, &["--peer", "veth"][..])));
     for (args, want) in all {
         let r = run(args);
         assert_eq!(r.status.code(), Some(2), "{args:?}: {}", r.stderr);

@@ -346,7 +346,12 @@ fn forward_tool() {
         std::thread::sleep(Duration::from_millis(300));
         let out = t.stop();
         let icmp = out.events().iter().filter(|e| e["proto"] == "icmp").count();
-        assert!(icmp >= 2, "forward {mode:?}: {icmp} ICMP decisions for 2 pings\n{}\n{}", out.stdout.join("\n"), out.stderr);
+        assert!(
+            icmp >= 2,
+            "forward {mode:?}: {icmp} ICMP decisions for 2 pings\n{}\n{}",
+            out.stdout.join("\n"),
+            out.stderr
+        );
         check(&format!("forward {mode:?}"), &out, &kinds);
     }
 }

@@ -34,7 +34,11 @@ enum tk_fwd_outcome {
 	TK_FWD_ABORTED = 17,      /* the redirect helper refused: dropped */
 	TK_FWD_XMIT_DROP = 18,    /* counted at the egress slot: frames its driver dropped after an
 	                           * XDP redirect (tracepoint xdp:xdp_devmap_xmit) */
-	TK_FWD_NOUTCOMES = 19,
+	TK_FWD_SLOW_PATH = 19,    /* left to the stack, which alone handles it right: not addressed to
+	                           * this interface's MAC (broadcast, multicast, another host's),
+	                           * multicast/broadcast/martian addresses, IPv4 options, an IPv6
+	                           * hop-by-hop header, a VLAN tag at TC */
+	TK_FWD_NOUTCOMES = 20,
 };
 
 /* How TC sends a packet on (--peer, --ingress-to). */
@@ -51,14 +55,19 @@ struct tk_fwd_config {
 	__u32 fib_flags;                  /* BPF_FIB_LOOKUP_DIRECT with --direct */
 	__u32 via;                        /* enum tk_fwd_via */
 	__u32 ingress_to;                 /* --ingress-to's ifindex */
+	__u32 peer_slots;                 /* --peer: bit i set when slot i is a veth (has a peer) */
 	__u64 netns;                      /* inode of the interfaces' namespace */
+	__u8 mac[TK_FWD_MAX_IFACES][6];   /* slot i's MAC: XDP forwards only frames sent to it */
 	__u8 ingress_to_mac[6];           /* its MAC: the frame must be addressed to it */
 	__u8 trace;                       /* an event per decision */
 	__u8 pad;
 };
 
-/* What went out of one interface, read as one: the packets, bytes and the time from the first
- * to the last belong to the same instant, so the rate computed from them is exact. */
+/* What went out of one interface. Per CPU on the hot path (packets, bytes, and the bytes not yet
+ * folded into the shared struct); every TK_FWD_FOLD packets a CPU folds its share into one shared
+ * struct per interface under a bpf_spin_lock, with the time: its packets, bytes and first/last
+ * times are then from one instant, which is what a rate needs. */
+#define TK_FWD_FOLD 64
 struct tk_fwd_sent {
 	__u64 packets;
 	__u64 bytes;

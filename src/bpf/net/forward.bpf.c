@@ -66,6 +66,14 @@ struct {
 	__type(value, struct tk_fwd_sent_locked);
 } tk_fwd_sent SEC(".maps");
 
+/* The hot path's share of tk_fwd_sent, per CPU (first_ns: bytes not yet folded in). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TK_FWD_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct tk_fwd_sent);
+} tk_fwd_sent_cpu SEC(".maps");
+
 /* XDP's way out: the interfaces forwarded between, by ifindex (filled from user space). */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
@@ -102,18 +110,30 @@ static __always_inline void tk_fwd_count(int slot, __u32 outcome, __u64 n)
 static __always_inline void tk_fwd_count_sent(int slot, __u64 len)
 {
 	struct tk_fwd_sent_locked *s;
+	struct tk_fwd_sent *mine;
 	__u32 key = slot;
-	__u64 now;
+	__u64 now, unfolded;
 
 	if (slot < 0)
 		return;
+	mine = bpf_map_lookup_elem(&tk_fwd_sent_cpu, &key);
+	if (!mine)
+		return;
+	mine->packets++;
+	mine->bytes += len;
+	/* first_ns holds this CPU's bytes not yet folded (the per-CPU copy needs no times) */
+	mine->first_ns += len;
+	if (mine->packets % TK_FWD_FOLD)
+		return;
+	unfolded = mine->first_ns;
+	mine->first_ns = 0;
 	s = bpf_map_lookup_elem(&tk_fwd_sent, &key);
 	if (!s)
 		return;
 	now = bpf_ktime_get_ns();
 	bpf_spin_lock(&s->lock);
-	s->sent.packets++;
-	s->sent.bytes += len;
+	s->sent.packets += TK_FWD_FOLD;
+	s->sent.bytes += unfolded;
 	if (!s->sent.first_ns)
 		s->sent.first_ns = now;
 	s->sent.last_ns = now;
@@ -128,8 +148,42 @@ struct tk_fwd_pkt {
 	__u8 ttl;
 };
 
+/* Not for the fast path, whatever the route says: what the kernel's forwarding refuses or
+ * treats specially (multicast, broadcast, martians, link-local sources). */
+static __always_inline bool tk_fwd_ip4_special(__be32 saddr, __be32 daddr)
+{
+	__u32 s = bpf_ntohl(saddr), d = bpf_ntohl(daddr);
+
+	return (d >> 28) == 0xe || d == 0xffffffff || (d >> 24) == 0 || (s >> 28) == 0xe || (s >> 24) == 0 ||
+	       (s >> 24) == 127 || s == 0xffffffff || (d >> 24) == 127;
+}
+
+static __always_inline bool tk_fwd_ip6_special(const struct in6_addr *saddr, const struct in6_addr *daddr)
+{
+	/* multicast ff00::/8 either way, link-local fe80::/10 source or destination, :: or ::1 */
+	__u8 s0 = saddr->in6_u.u6_addr8[0], s1 = saddr->in6_u.u6_addr8[1];
+	__u8 d0 = daddr->in6_u.u6_addr8[0], d1 = daddr->in6_u.u6_addr8[1];
+
+	return s0 == 0xff || d0 == 0xff || (s0 == 0xfe && (s1 & 0xc0) == 0x80) ||
+	       (d0 == 0xfe && (d1 & 0xc0) == 0x80) || (s0 == 0 && s1 == 0 && saddr->in6_u.u6_addr32[1] == 0 &&
+						    saddr->in6_u.u6_addr32[2] == 0 &&
+						    (saddr->in6_u.u6_addr32[3] | bpf_htonl(1)) == bpf_htonl(1));
+}
+
+/* TCP and UDP ports into the lookup, for policy rules that match them (`ip rule … dport`). */
+static __always_inline void tk_fwd_l4_ports(void *l4, void *data_end, __u8 proto, struct bpf_fib_lookup *fib)
+{
+	__be16 *ports = l4;
+
+	if ((proto == 6 || proto == 17) && (void *)(ports + 2) <= data_end) {
+		fib->sport = ports[0];
+		fib->dport = ports[1];
+	}
+}
+
 /* Fills the lookup's parameters from the headers: TK_FWD_REDIRECT when a lookup can run, else
- * the outcome that sends the packet up. */
+ * the outcome that sends the packet up. `want_len`: the packet's own length for the lookup's MTU
+ * check (0 lets an skb helper check the skb itself, for GSO skbs). */
 static __always_inline __u32 tk_fwd_prepare(void *data, void *data_end, __u32 ifindex, bool want_len,
 					    struct bpf_fib_lookup *fib, struct tk_fwd_pkt *p)
 {
@@ -145,12 +199,18 @@ static __always_inline __u32 tk_fwd_prepare(void *data, void *data_end, __u32 if
 			return TK_FWD_ERROR;
 		p->ip4 = ip;
 		p->ttl = ip->ttl;
+		/* options (record route, router alert, …) are the stack's to update */
+		if (ip->version != 4 || ip->ihl != 5 || tk_fwd_ip4_special(ip->saddr, ip->daddr))
+			return TK_FWD_SLOW_PATH;
 		fib->family = TK_AF_INET;
 		fib->tos = ip->tos;
 		fib->l4_protocol = ip->protocol;
 		fib->tot_len = want_len ? bpf_ntohs(ip->tot_len) : 0;
 		fib->ipv4_src = ip->saddr;
 		fib->ipv4_dst = ip->daddr;
+		/* ports only from a first (or only) fragment */
+		if (!(ip->frag_off & bpf_htons(0x1fff)))
+			tk_fwd_l4_ports(ip + 1, data_end, ip->protocol, fib);
 	} else if (eth->h_proto == bpf_htons(TK_ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 
@@ -158,12 +218,17 @@ static __always_inline __u32 tk_fwd_prepare(void *data, void *data_end, __u32 if
 			return TK_FWD_ERROR;
 		p->ip6 = ip6;
 		p->ttl = ip6->hop_limit;
+		/* a hop-by-hop header (router alert, jumbograms) is for every router to read */
+		if (ip6->nexthdr == 0 || tk_fwd_ip6_special(&ip6->saddr, &ip6->daddr))
+			return TK_FWD_SLOW_PATH;
 		fib->family = TK_AF_INET6;
 		fib->flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0FFFFFFF);
 		fib->l4_protocol = ip6->nexthdr;
-		fib->tot_len = want_len ? bpf_ntohs(ip6->payload_len) : 0;
+		/* from the network header on, as for IPv4: the payload plus the 40-byte header */
+		fib->tot_len = want_len ? bpf_ntohs(ip6->payload_len) + sizeof(*ip6) : 0;
 		__builtin_memcpy(fib->ipv6_src, &ip6->saddr, sizeof(fib->ipv6_src));
 		__builtin_memcpy(fib->ipv6_dst, &ip6->daddr, sizeof(fib->ipv6_dst));
+		tk_fwd_l4_ports(ip6 + 1, data_end, ip6->nexthdr, fib);
 	} else {
 		return TK_FWD_NOT_IP;
 	}
@@ -181,6 +246,17 @@ static __always_inline __u32 tk_fwd_routed(const struct tk_fwd_pkt *p, __u32 egr
 	return *out < 0 ? TK_FWD_NOT_OURS : TK_FWD_REDIRECT;
 }
 
+/* Whether the frame is addressed to slot `slot`'s MAC. */
+static __always_inline bool tk_fwd_to_slot_mac(const struct ethhdr *eth, int slot)
+{
+	if (slot < 0 || slot >= TK_FWD_MAX_IFACES)
+		return false;
+	for (int i = 0; i < TK_ETH_ALEN; i++)
+		if (eth->h_dest[i] != tk_fwd_config.mac[slot][i])
+			return false;
+	return true;
+}
+
 /* The hop: TTL or hop limit down by one (RFC 1624 incremental checksum for IPv4). */
 static __always_inline void tk_fwd_hop(struct tk_fwd_pkt *p)
 {
@@ -193,6 +269,25 @@ static __always_inline void tk_fwd_hop(struct tk_fwd_pkt *p)
 	} else if (p->ip6) {
 		p->ip6->hop_limit--;
 	}
+}
+
+/* The hop at TC: as above, and the IPv6 hop limit's change reflected in a CHECKSUM_COMPLETE
+ * skb's csum (the kernel's skb_forward_csum() does that for its own forwarding; bpf_redirect
+ * does not, and the receiver would report a hardware checksum failure). IPv4's TTL and header
+ * checksum change cancel out in the sum. */
+static __always_inline void tk_fwd_hop_skb(struct __sk_buff *skb, struct tk_fwd_pkt *p)
+{
+	__be32 before, after;
+
+	if (!p->ip6) {
+		tk_fwd_hop(p);
+		return;
+	}
+	/* the 32-bit word with payload length, next header and hop limit */
+	before = *((__be32 *)p->ip6 + 1);
+	tk_fwd_hop(p);
+	after = *((__be32 *)p->ip6 + 1);
+	bpf_csum_update(skb, bpf_csum_diff(&before, sizeof(before), &after, sizeof(after), 0));
 }
 
 static __always_inline void tk_fwd_set_macs(struct tk_fwd_pkt *p, const __u8 *smac, const __u8 *dmac)
@@ -221,8 +316,8 @@ static __always_inline void tk_fwd_trace(void *ctx, __u8 hook, __u32 ifindex, __
 	e->ifindex = ifindex;
 	/* The lookup writes the egress and the MTU only where it found a route: on a miss the
 	 * fields still hold the input (the ingress ifindex, the packet's length). */
-	e->out_ifindex = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH ||
-				 rc == BPF_FIB_LKUP_RET_FRAG_NEEDED || rc == TK_NO_LOOKUP ? fib->ifindex : 0;
+	e->out_ifindex = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH || rc == TK_NO_LOOKUP ?
+				 fib->ifindex : 0;
 	e->len = len;
 	e->cpu = bpf_get_smp_processor_id();
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
@@ -279,6 +374,12 @@ int xdp__forward(struct xdp_md *ctx)
 	outcome = tk_fwd_prepare(data, data_end, ifindex, true, &fib, &p);
 	if (outcome != TK_FWD_REDIRECT)
 		goto done;
+	/* Only frames sent to this interface (the kernel forwards PACKET_HOST only): not broadcast,
+	 * multicast, nor another host's frames a promiscuous or veth interface also receives. */
+	if (in < 0 || !tk_fwd_to_slot_mac(p.eth, in)) {
+		outcome = TK_FWD_SLOW_PATH;
+		goto done;
+	}
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), tk_fwd_config.fib_flags);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		outcome = tk_fwd_missed(rc);
@@ -323,10 +424,17 @@ int tc__forward(struct __sk_buff *skb)
 		bpf_skb_pull_data(skb, TK_FWD_PULL);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	/* tot_len 0: the helper checks the skb itself against the MTU, GSO-aware */
-	outcome = tk_fwd_prepare(data, data_end, ifindex, false, &fib, &p);
+	/* A GSO skb's length is the whole train: then the helper checks the skb's segments itself
+	 * (tot_len 0); any other packet is checked by its own length against the route's MTU. */
+	outcome = tk_fwd_prepare(data, data_end, ifindex, skb->gso_size == 0, &fib, &p);
 	if (outcome != TK_FWD_REDIRECT)
 		goto done;
+	/* The kernel forwards PACKET_HOST frames only; a VLAN tag (taken off before TC) would stay
+	 * on the frame through the redirect: both are the stack's. */
+	if (skb->pkt_type != 0 || skb->vlan_present) {
+		outcome = TK_FWD_SLOW_PATH;
+		goto done;
+	}
 	if (tk_fwd_config.via == TK_FWD_VIA_INGRESS) {
 		/* Delivery, not a hop: only the destination MAC changes (a frame for another MAC
 		 * would be dropped as PACKET_OTHERHOST). */
@@ -348,15 +456,27 @@ int tc__forward(struct __sk_buff *skb)
 	outcome = tk_fwd_routed(&p, fib.ifindex, &out);
 	if (outcome != TK_FWD_REDIRECT)
 		goto done;
-	tk_fwd_hop(&p);
+	tk_fwd_hop_skb(skb, &p);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		/* The kernel resolves the neighbour and fills in the MACs itself. NULL parameters: it
-		 * looks the next hop up again (and 5.10's two-argument form reads NULL as flags 0). */
-		action = bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+		/* The kernel resolves the neighbour and fills in the MACs. 5.11+ takes the next hop
+		 * the lookup found; 5.10's two-argument form (NULL reads as flags 0) looks it up again. */
+		if (bpf_core_type_exists(struct bpf_redir_neigh)) {
+			struct bpf_redir_neigh nh = {};
+
+			nh.nh_family = fib.family;
+			if (fib.family == TK_AF_INET)
+				nh.ipv4_nh = fib.ipv4_dst;
+			else
+				__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, sizeof(nh.ipv6_nh));
+			action = bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+		} else {
+			action = bpf_redirect_neigh(fib.ifindex, NULL, 0, 0);
+		}
 		outcome = TK_FWD_NEIGH;
 	} else {
 		tk_fwd_set_macs(&p, fib.smac, fib.dmac);
-		if (tk_fwd_config.via == TK_FWD_VIA_PEER) {
+		if (tk_fwd_config.via == TK_FWD_VIA_PEER && out >= 0 && out < 32 &&
+		    (tk_fwd_config.peer_slots & (1u << out))) {
 			action = bpf_redirect_peer(fib.ifindex, 0);
 			outcome = TK_FWD_PEER;
 		} else {
@@ -403,7 +523,8 @@ int BPF_PROG(tk_fwd_xmit, const struct net_device *from_dev, const struct net_de
 	if (drops <= 0)
 		return 0;
 	slot = tk_fwd_slot(BPF_CORE_READ(to_dev, ifindex));
-	if (slot < 0 || BPF_CORE_READ(to_dev, nd_net.net, ns.inum) != tk_fwd_config.netns)
+	if (slot < 0 || tk_fwd_slot(BPF_CORE_READ(from_dev, ifindex)) < 0 ||
+	    BPF_CORE_READ(to_dev, nd_net.net, ns.inum) != tk_fwd_config.netns)
 		return 0;
 	tk_fwd_count(slot, TK_FWD_XMIT_DROP, drops);
 	tk_fwd_xmit_err = err;

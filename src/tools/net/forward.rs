@@ -53,9 +53,12 @@ const OUTCOME_NAMES: [&str; OUTCOMES] = [
     "ingress",
     "aborted",
     "xmit_drop",
+    "slow_path",
 ];
 const FORWARDED: [usize; 4] = [0, 14, 15, 16];
-const PASSED: std::ops::RangeInclusive<usize> = 1..=13;
+/// Outcomes that went up to the stack: the lookup's misses (1 to 9), not_ip, ttl, not_ours, error,
+/// slow_path.
+const PASSED: [usize; 14] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 19];
 const ABORTED: usize = 17;
 const XMIT_DROP: usize = 18;
 const FWD_DISABLED: usize = 5;
@@ -121,8 +124,12 @@ struct Plan {
     netns: Netns,
     /// The interfaces forwarded between, then --ingress-to's: the programs' slots.
     slots: Vec<Iface>,
+    /// Each slot's MAC: XDP forwards only frames addressed to the interface they came in on.
+    macs: Vec<[u8; 6]>,
     attached: usize,
     ingress_to: Option<(Iface, [u8; 6])>,
+    /// --peer: the slots that are veths (bit i for slot i).
+    peer_slots: u32,
 }
 
 pub fn run(args: ForwardArgs) -> Result<i32, Error> {
@@ -199,7 +206,9 @@ pub fn run(args: ForwardArgs) -> Result<i32, Error> {
         // counted where they happen, at two tracepoints.
         let mut watch = Vec::new();
         if !args.tc {
-            let err = tracing::tracepoint(&skel.progs.tk_fwd_redirect_err, "xdp:xdp_redirect_err", None, None);
+            // A classic tracepoint: tracefs must be there (a fresh machine may not mount it).
+            let err = crate::runtime::kernel::ensure_tracefs()
+                .and_then(|_| tracing::tracepoint(&skel.progs.tk_fwd_redirect_err, "xdp:xdp_redirect_err", None, None));
             let xmit = tracing::raw_tp(&skel.progs.tk_fwd_xmit, "xdp_devmap_xmit");
             for link in [err, xmit] {
                 match link {
@@ -216,29 +225,45 @@ pub fn run(args: ForwardArgs) -> Result<i32, Error> {
 fn check(args: &ForwardArgs) -> Result<Plan, Error> {
     let netns = Netns::resolve(args.netns.as_deref())?;
     let mut slots: Vec<Iface> = Vec::new();
+    let mut macs = Vec::new();
     for name in &args.ifaces {
         let iface = Iface::resolve(name, &netns)?;
         if slots.contains(&iface) {
-            return Err(Error::usage(format!("interface `{name}` is given twice"), None));
+            return Err(Error::usage(
+                format!("interface `{name}` is given twice"),
+                Some("name each interface once".to_owned()),
+            ));
         }
-        if iface.mac(&netns)?.is_none() {
+        let Some(mac) = iface.mac(&netns)? else {
             return Err(Error::usage(
                 format!("`{name}` is not an Ethernet interface: forwarding rewrites Ethernet addresses"),
                 Some("give Ethernet-like interfaces (Ethernet, veth, bonds, bridges)".to_owned()),
             ));
-        }
-        if args.peer && iface.driver(&netns)?.as_deref() != Some("veth") {
-            return Err(Error::usage(
-                format!("--peer needs veth interfaces, and `{name}` is not one"),
-                Some("bpf_redirect_peer hands a packet to the other end of a veth (or netkit) pair".to_owned()),
-            ));
-        }
+        };
         slots.push(iface);
+        macs.push(mac);
     }
     if slots.len() > MAX_IFACES - usize::from(args.ingress_to.is_some()) {
-        return Err(Error::usage(format!("at most {MAX_IFACES} interfaces, got {}", slots.len()), None));
+        return Err(Error::usage(
+            format!("at most {MAX_IFACES} interfaces, got {}", slots.len()),
+            Some("run one tracekit forward per group of interfaces".to_owned()),
+        ));
     }
     let attached = slots.len();
+    // --peer sends into the peer's namespace where the egress has a peer (a veth), and with a
+    // plain redirect elsewhere (a NIC towards the pods, say): at least one must have one.
+    let mut peer_slots = 0u32;
+    for (i, iface) in slots.iter().enumerate() {
+        if args.peer && iface.driver(&netns)?.as_deref() == Some("veth") {
+            peer_slots |= 1 << i;
+        }
+    }
+    if args.peer && peer_slots == 0 {
+        return Err(Error::usage(
+            "--peer needs a veth among the interfaces, and none is one",
+            Some("bpf_redirect_peer hands a packet to the other end of a veth pair; drop --peer".to_owned()),
+        ));
+    }
     let ingress_to = match &args.ingress_to {
         None => None,
         Some(name) => {
@@ -250,9 +275,18 @@ fn check(args: &ForwardArgs) -> Result<Plan, Error> {
                 ));
             }
             let Some(mac) = to.mac(&netns)? else {
-                return Err(Error::usage(format!("--ingress-to `{name}` is not an Ethernet interface"), None));
+                return Err(Error::usage(
+                    format!("--ingress-to `{name}` is not an Ethernet interface"),
+                    Some("the frame is addressed to the target's MAC: give an Ethernet-like interface".to_owned()),
+                ));
             };
+            eprintln!(
+                "tracekit: note: every IP packet {} receives goes to {name}'s receive path, this host's own \
+                 traffic on it included",
+                slots.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
             slots.push(to.clone());
+            macs.push(mac);
             Some((to, mac))
         }
     };
@@ -273,7 +307,7 @@ fn check(args: &ForwardArgs) -> Result<Plan, Error> {
             }
         }
     }
-    Ok(Plan { netns, slots, attached, ingress_to })
+    Ok(Plan { netns, slots, macs, attached, ingress_to, peer_slots })
 }
 
 /// bpf_fib_lookup refuses to forward what arrives on an interface whose forwarding sysctl is
@@ -283,9 +317,10 @@ fn warn_forwarding_off(iface: &Iface, netns: &Netns) -> Result<(), Error> {
         if on == Some(false) {
             eprintln!(
                 "tracekit: warning: {family} forwarding is off on {iface}{}: those packets go up as fwd_disabled \
-                 (turn it on: {}sysctl -w net.{family}.conf.{iface}.forwarding=1)",
+                 (turn it on: {}sysctl -w net.{family}.conf.{}.forwarding=1)",
                 netns.suffix(),
-                netns.exec_prefix()
+                netns.exec_prefix(),
+                sysctl_name(&iface.name)
             );
         }
     }
@@ -307,6 +342,10 @@ fn open_load<'o>(
         *dst = iface.index;
     }
     cfg.nifaces = plan.slots.len() as u32;
+    for (dst, mac) in cfg.mac.iter_mut().zip(&plan.macs) {
+        *dst = *mac;
+    }
+    cfg.peer_slots = plan.peer_slots;
     cfg.fib_flags = if args.direct { libbpf_rs::libbpf_sys::BPF_FIB_LOOKUP_DIRECT } else { 0 };
     cfg.netns = plan.netns.inode;
     cfg.trace = u8::from(args.trace);
@@ -325,7 +364,10 @@ fn open_load<'o>(
     open.progs.tc__forward.set_autoload(args.tc);
     let mut skel = rt.load("forward", open)?;
     if !args.tc {
-        let id = netdev::prog_id_of(skel.progs.xdp__forward.as_fd()).unwrap_or(0);
+        let id = netdev::prog_id_of(skel.progs.xdp__forward.as_fd()).unwrap_or_else(|| {
+            eprintln!("tracekit: note: the program's id is unknown: failed redirects are not counted");
+            0
+        });
         skel.maps.bss_data.as_deref_mut().expect(".bss is mmapped").tk_fwd_prog_id = id;
         // XDP sends out through the devmap: every interface forwarded on is an egress.
         for iface in &plan.slots[..plan.attached] {
@@ -339,7 +381,10 @@ fn open_load<'o>(
 #[derive(Debug, Default, Clone, Copy)]
 struct SlotCounts {
     outcomes: [u64; OUTCOMES],
+    /// Packets and bytes sent out of the interface, exact (the per-CPU shares summed).
     sent: types::tk_fwd_sent,
+    /// The shares folded in under the lock: packets, bytes, first and last time of one instant.
+    folded: types::tk_fwd_sent,
 }
 
 impl SlotCounts {
@@ -350,7 +395,7 @@ impl SlotCounts {
         FORWARDED.iter().map(|&i| self.outcomes[i]).sum()
     }
     fn passed(&self) -> u64 {
-        self.outcomes[PASSED].iter().sum()
+        PASSED.iter().map(|&i| self.outcomes[i]).sum()
     }
     fn dropped(&self) -> u64 {
         self.outcomes[ABORTED] + self.outcomes[XMIT_DROP]
@@ -358,15 +403,20 @@ impl SlotCounts {
     /// Bits per second between the first and the last packet sent, once that is a second or
     /// more (a few packets close together make no rate).
     fn sent_bps(&self) -> Option<f64> {
-        let span = self.sent.last_ns.checked_sub(self.sent.first_ns).filter(|&s| s >= 1_000_000_000)?;
-        Some(self.sent.bytes as f64 * 8.0 * 1e9 / span as f64)
+        let span = self.folded.last_ns.checked_sub(self.folded.first_ns).filter(|&s| s >= 1_000_000_000)?;
+        Some(self.folded.bytes as f64 * 8.0 * 1e9 / span as f64)
     }
 }
 
 struct ForwardPrinter<'a> {
     counts: &'a libbpf_rs::MapMut<'a>,
     sent: &'a libbpf_rs::MapMut<'a>,
-    xmit_err: Option<&'a i32>,
+    sent_cpu: &'a libbpf_rs::MapMut<'a>,
+    /// The program's last redirect error, in the mmapped .bss (the program writes it).
+    xmit_err: Option<*const i32>,
+    /// Each slot's driver (`veth`, …), for the hints.
+    drivers: Vec<Option<String>>,
+    exec_prefix: String,
     names: IfaceNames<'a>,
     slots: Vec<Iface>,
     netns_suffix: String,
@@ -387,7 +437,10 @@ impl<'a> ForwardPrinter<'a> {
         ForwardPrinter {
             counts: &skel.maps.tk_fwd_counts,
             sent: &skel.maps.tk_fwd_sent,
-            xmit_err: skel.maps.bss_data.as_deref().map(|b| &b.tk_fwd_xmit_err),
+            sent_cpu: &skel.maps.tk_fwd_sent_cpu,
+            xmit_err: skel.maps.bss_data.as_deref().map(|b| &b.tk_fwd_xmit_err as *const i32),
+            drivers: plan.slots.iter().map(|i| i.driver(&plan.netns).ok().flatten()).collect(),
+            exec_prefix: plan.netns.exec_prefix(),
             names: IfaceNames::new(&plan.netns),
             slots: plan.slots.clone(),
             netns_suffix: plan.netns.suffix(),
@@ -414,12 +467,20 @@ impl<'a> ForwardPrinter<'a> {
                         .sum();
                 }
             }
-            // The value is the spin lock (4 bytes, padded to 8), then the counts.
             let key = (slot as u32).to_ne_bytes();
+            if let Ok(Some(per_cpu)) = self.sent_cpu.lookup_percpu(&key, MapFlags::ANY) {
+                for value in &per_cpu {
+                    let mut share = types::tk_fwd_sent::default();
+                    let _ = plain::copy_from_bytes(&mut share, value);
+                    c.sent.packets += share.packets;
+                    c.sent.bytes += share.bytes;
+                }
+            }
+            // The value is the spin lock (4 bytes, padded to 8), then the folded counts.
             if let Ok(Some(v)) = self.sent.lookup(&key, MapFlags::LOCK)
                 && let Some(bytes) = v.get(8..)
             {
-                let _ = plain::copy_from_bytes(&mut c.sent, bytes);
+                let _ = plain::copy_from_bytes(&mut c.folded, bytes);
             }
         }
         all
@@ -427,21 +488,28 @@ impl<'a> ForwardPrinter<'a> {
 
     /// One-time hints on what the counters show: dropped redirects, forwarding off.
     fn advise(&mut self, all: &[SlotCounts]) {
-        for (iface, c) in self.slots.iter().zip(all) {
+        for (slot, (iface, c)) in self.slots.iter().zip(all).enumerate() {
             if !self.told_xmit && c.outcomes[XMIT_DROP] > 0 {
                 self.told_xmit = true;
-                // SAFETY: a plain int in the mmapped .bss, written by the program: read once.
+                // SAFETY: a plain int in the mmapped .bss (alive as long as the skeleton this
+                // printer borrows), written by the program: read once, volatile.
                 let err = self.xmit_err.map_or(0, |e| unsafe { std::ptr::read_volatile(e) });
+                let veth = self.drivers.get(slot).and_then(|d| d.as_deref()) == Some("veth");
                 eprintln!(
                     "tracekit: {iface}{} could not send {} forwarded frames ({}): {}",
                     self.netns_suffix,
                     c.outcomes[XMIT_DROP],
                     redirect_error(-err),
                     match -err {
-                        libc::EOPNOTSUPP | libc::ENXIO =>
-                            "a veth takes XDP-redirected frames only when its peer has \
-                            NAPI: attach an XDP program to the peer or turn GRO on there (`ethtool -K PEER gro on`, \
-                            Linux 5.13+); or forward with --mode skb or --tc",
+                        libc::EOPNOTSUPP | libc::ENXIO if veth => {
+                            "a veth takes XDP-redirected frames only when its peer has NAPI: attach an XDP \
+                             program to the peer or turn GRO on there (`ethtool -K PEER gro on`, Linux 5.13+); \
+                             or forward with --mode skb or --tc"
+                        }
+                        libc::EOPNOTSUPP | libc::ENXIO => {
+                            "its driver takes no XDP-redirected frames (no ndo_xdp_xmit): forward with --mode \
+                             skb or --tc"
+                        }
                         libc::ENETDOWN => "bring it up (`ip link set dev IFACE up`), and its peer if it is a veth",
                         libc::EMSGSIZE => "the frames are larger than its MTU: raise the MTU or forward with --tc",
                         _ => "--tc takes the normal transmit path",
@@ -450,10 +518,11 @@ impl<'a> ForwardPrinter<'a> {
             }
             if !self.told_disabled && c.outcomes[FWD_DISABLED] > 0 {
                 self.told_disabled = true;
+                let name = sysctl_name(&iface.name);
                 eprintln!(
-                    "tracekit: {} packets on {iface} went up because forwarding is off there \
-                     (sysctl net.ipv4.conf.{iface}.forwarding / net.ipv6.conf.{iface}.forwarding)",
-                    c.outcomes[FWD_DISABLED]
+                    "tracekit: {} packets on {iface} went up because forwarding is off there (turn it on: \
+                     {}sysctl -w net.ipv4.conf.{name}.forwarding=1 net.ipv6.conf.{name}.forwarding=1)",
+                    c.outcomes[FWD_DISABLED], self.exec_prefix
                 );
             }
         }
@@ -477,7 +546,7 @@ impl<'a> ForwardPrinter<'a> {
                 }
                 out.object_end()?;
                 out.object_start("reasons")?;
-                for i in PASSED.filter(|&i| c.outcomes[i] > 0) {
+                for i in PASSED.into_iter().filter(|&i| c.outcomes[i] > 0) {
                     out.field_u64(OUTCOME_NAMES[i], c.outcomes[i])?;
                 }
                 out.object_end()?;
@@ -508,7 +577,7 @@ impl<'a> ForwardPrinter<'a> {
                 c.sent_bps().map_or_else(|| "-".to_owned(), rate)
             )?;
             let mut first = true;
-            for i in PASSED.filter(|&i| c.outcomes[i] > 0) {
+            for i in PASSED.into_iter().filter(|&i| c.outcomes[i] > 0) {
                 write!(w, "{}{} {}", if first { "" } else { ", " }, OUTCOME_NAMES[i], c.outcomes[i])?;
                 first = false;
             }
@@ -516,6 +585,11 @@ impl<'a> ForwardPrinter<'a> {
         }
         out.flush()
     }
+}
+
+/// An interface name as a sysctl key takes it: `eth0.100` is `eth0/100` (dots separate keys).
+fn sysctl_name(iface: &str) -> String {
+    iface.replace('.', "/")
 }
 
 /// Why a redirect failed, from the errno the kernel gave (xdp:xdp_redirect_err and
@@ -526,6 +600,7 @@ fn redirect_error(errno: i32) -> String {
         libc::ENXIO => "ENXIO: the driver refused the frames".to_owned(),
         libc::ENETDOWN => "ENETDOWN: it is down".to_owned(),
         libc::EMSGSIZE => "EMSGSIZE: larger than its MTU".to_owned(),
+        0 => "no error recorded".to_owned(),
         e => format!("errno {e}: {}", io::Error::from_raw_os_error(e)),
     }
 }

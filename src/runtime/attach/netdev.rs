@@ -294,7 +294,7 @@ pub fn devmap_add(devmap: &libbpf_rs::MapMut<'_>, iface: &Iface, netns: &Netns) 
     devmap.update(&key, &key, libbpf_rs::MapFlags::ANY).map_err(|e| {
         Error::runtime(
             format!("adding {iface}{} to the XDP redirect map: {e}", netns.suffix()),
-            Some(format!("{iface} cannot be an XDP redirect target (no ndo_xdp_xmit in its driver): use --tc")),
+            Some(format!("the kernel looks {iface}'s index up when the map is filled: is it still there?")),
         )
     })
 }

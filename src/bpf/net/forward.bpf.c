@@ -316,7 +316,8 @@ static __always_inline void tk_fwd_trace(void *ctx, __u8 hook, __u32 ifindex, __
 	e->ifindex = ifindex;
 	/* The lookup writes the egress and the MTU only where it found a route: on a miss the
 	 * fields still hold the input (the ingress ifindex, the packet's length). */
-	e->out_ifindex = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH || rc == TK_NO_LOOKUP ?
+	e->out_ifindex = rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH ||
+					 (rc == TK_NO_LOOKUP && outcome == TK_FWD_INGRESS) ?
 				 fib->ifindex : 0;
 	e->len = len;
 	e->cpu = bpf_get_smp_processor_id();
@@ -424,8 +425,9 @@ int tc__forward(struct __sk_buff *skb)
 		bpf_skb_pull_data(skb, TK_FWD_PULL);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
-	/* A GSO skb's length is the whole train: then the helper checks the skb's segments itself
-	 * (tot_len 0); any other packet is checked by its own length against the route's MTU. */
+	/* A packet is checked by its own length against the route's MTU. A GSO skb's length is the
+	 * whole train: it goes with tot_len 0, and the helper then accepts it whatever its segment
+	 * size (is_skb_forwardable), so smaller MTUs on the way out are not caught (README). */
 	outcome = tk_fwd_prepare(data, data_end, ifindex, skb->gso_size == 0, &fib, &p);
 	if (outcome != TK_FWD_REDIRECT)
 		goto done;

@@ -243,9 +243,10 @@ fn check(args: &ForwardArgs) -> Result<Plan, Error> {
         slots.push(iface);
         macs.push(mac);
     }
-    if slots.len() > MAX_IFACES - usize::from(args.ingress_to.is_some()) {
+    let most = MAX_IFACES - usize::from(args.ingress_to.is_some());
+    if slots.len() > most {
         return Err(Error::usage(
-            format!("at most {MAX_IFACES} interfaces, got {}", slots.len()),
+            format!("at most {most} interfaces (with --ingress-to's target, {MAX_IFACES}), got {}", slots.len()),
             Some("run one tracekit forward per group of interfaces".to_owned()),
         ));
     }

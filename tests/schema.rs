@@ -45,7 +45,8 @@ type Fields = &'static [(&'static str, Ty)];
 // The README's schema table, one constant per row (and per variant of a row).
 const TASK_EVENT: Fields =
     &[("time_ns", UInt), ("pid", UInt), ("tid", UInt), ("uid", UInt), ("cpu", UInt), ("comm", Str)];
-const PACKET_EVENT: Fields = &[
+/// What every packet event leads with (the packet tools' and forward's).
+const PACKET_HEADER: Fields = &[
     ("time_ns", UInt),
     ("iface", Str),
     ("ifindex", UInt),
@@ -53,10 +54,8 @@ const PACKET_EVENT: Fields = &[
     ("cpu", UInt),
     ("dir", Str),
     ("len", UInt),
-    ("hook", Str),
-    ("ethertype", UInt),
-    ("verdict", Str),
 ];
+const PACKET_EVENT: Fields = &[("hook", Str), ("ethertype", UInt), ("verdict", Str)];
 const COUNTERS: Fields = &[("seen", UInt), ("matched", UInt), ("pass", UInt), ("drop", UInt)];
 const LOST: Fields = &[("count", UInt), ("total", UInt)];
 const SUMMARY: Fields = &[("schema", UInt), ("events", UInt), ("lost", UInt), ("duration_s", Num)];
@@ -109,7 +108,7 @@ fn streaming(tool_fields: Fields) -> Vec<Kind> {
 
 fn packets() -> Vec<Kind> {
     vec![
-        kind("event", &[PACKET_EVENT], true),
+        kind("event", &[PACKET_HEADER, PACKET_EVENT], true),
         kind("counters", &[COUNTERS], true),
         kind("lost", &[LOST], false),
         kind("summary", &[SUMMARY], true),
@@ -292,21 +291,8 @@ fn cgroup_tool() {
 
 // `tracekit forward` (README "Counters" and "Forward events in JSON"): a decision per packet with
 // --trace, led by the packet header; counters per interface at exit.
-const FORWARD_EVENT: Fields = &[
-    ("time_ns", UInt),
-    ("iface", Str),
-    ("ifindex", UInt),
-    ("netns", UInt),
-    ("cpu", UInt),
-    ("dir", Str),
-    ("len", UInt),
-    ("ethertype", UInt),
-    ("hook", Str),
-    ("outcome", Str),
-    ("action", Str),
-    ("smac", Str),
-    ("dmac", Str),
-];
+const FORWARD_EVENT: Fields =
+    &[("ethertype", UInt), ("hook", Str), ("outcome", Str), ("action", Str), ("smac", Str), ("dmac", Str)];
 const FORWARD_IP: Fields =
     &[("family", Str), ("proto", Str), ("saddr", Str), ("daddr", Str), ("ttl", UInt), ("fib", Str)];
 const FWD_COUNTS: Fields = &[
@@ -333,7 +319,7 @@ fn forward_tool() {
     // every field a decision has.
     let pair = VethPair::new("schemafw");
     let kinds = [
-        Kind { name: "event", fields: vec![FORWARD_EVENT, FORWARD_IP], required: true },
+        Kind { name: "event", fields: vec![PACKET_HEADER, FORWARD_EVENT, FORWARD_IP], required: true },
         kind("fwd_counts", &[FWD_COUNTS], true),
         kind("lost", &[LOST], false),
         kind("summary", &[SUMMARY], true),

@@ -65,6 +65,8 @@ enum Command {
     Cgroup(tools::net::cgroup::CgroupArgs),
     /// Forward packets between interfaces in XDP or TC, on the kernel's routes and neighbours
     Forward(tools::net::forward::ForwardArgs),
+    /// TCP congestion control: watch each flow's cwnd and srtt, or load an algorithm in BPF
+    Tcpcc(tools::net::tcpcc::TcpccArgs),
     /// What can be traced: kernel functions, tracepoints, functions of a binary
     List(tools::meta::list::ListArgs),
     /// Shell completions (bash, zsh, fish, …), generated from these options
@@ -97,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Sockfilter(a) => tools::net::sockfilter::run(a)?,
         Command::Cgroup(a) => tools::net::cgroup::run(a)?,
         Command::Forward(a) => tools::net::forward::run(a)?,
+        Command::Tcpcc(a) => tools::net::tcpcc::run(a)?,
         Command::List(a) => tools::meta::list::run(&a)?,
         Command::Completions(a) => tools::meta::docs::completions(&a, Cli::command())?,
         Command::Man(a) => tools::meta::docs::man(&a, Cli::command())?,

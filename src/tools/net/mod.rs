@@ -7,6 +7,7 @@ pub mod packet;
 pub mod skels;
 pub mod sockfilter;
 pub mod tc;
+pub mod tcpcc;
 pub mod xdp;
 
 use std::mem::MaybeUninit;

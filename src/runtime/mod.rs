@@ -20,6 +20,7 @@ pub mod signals;
 pub mod skel;
 pub mod stackcount;
 pub mod symbolize;
+pub mod sysctl;
 pub mod target;
 pub mod tracefs;
 pub mod value;
@@ -76,6 +77,9 @@ pub trait Printer {
     fn stack_ids(_ev: &Self::Event) -> Option<(u32, i32, i32)> {
         None
     }
+    /// Sees every event, printed or not (before it is): for tools that keep state from their
+    /// events, such as a table printed every `--interval` instead of rows.
+    fn observe(&mut self, _ev: &Self::Event) {}
     /// Whether events are printed (as rows or JSON); a capture to stdout (`-w -`) prints none.
     fn prints_events(&self) -> bool {
         true
@@ -451,6 +455,28 @@ impl Runtime {
         Ok((Some(c), links))
     }
 
+    /// `-- CMD` in a cgroup of its own, for tools whose programs attach to a cgroup: removes
+    /// the transient cgroups killed tracekits left, creates one below `root`'s transient parent,
+    /// starts CMD in it held at its gate (it dies with tracekit) and places it: the run releases
+    /// it once attached. End with [`attach::TransientCgroup::finish`].
+    pub fn command_in_cgroup(
+        &mut self,
+        root: &std::path::Path,
+        command: &[std::ffi::OsString],
+    ) -> Result<attach::TransientCgroup, Error> {
+        let parent = attach::cgroup::transient_parent(root);
+        for stale in attach::TransientCgroup::sweep_stale(&parent) {
+            eprintln!("tracekit: removed cgroup `{}`, left empty by a tracekit that was killed", stale.display());
+        }
+        let hint = std::path::Path::new(&command[0]).file_name().map(|n| n.to_string_lossy().into_owned());
+        let t = self.step("cgroup", || attach::TransientCgroup::create(&parent, hint.as_deref().unwrap_or("cmd")))?;
+        self.say(format_args!("transient cgroup {}", t.path().display()));
+        let child = GatedChild::spawn_with(command, true)?;
+        t.add_pid(child.pid())?;
+        self.place_child(child);
+        Ok(t)
+    }
+
     /// Hands over a `-- CMD` the tool started (held at its gate) and placed where its programs
     /// see it: the run releases it once attached, ends with it and exits with its status.
     pub fn place_child(&mut self, child: GatedChild) {
@@ -597,6 +623,7 @@ impl<P: Printer> StreamState<'_, P> {
         if self.first_event.is_none() {
             self.first_event = Some(Instant::now());
         }
+        self.printer.observe(&ev);
         let trailer = data.get(size_of::<P::Event>()..).unwrap_or_default();
         let r = if !trailer.is_empty() { self.printer.trailer(&ev, trailer) } else { Ok(()) };
         let r = if r.is_err() || !self.printer.prints_events() {

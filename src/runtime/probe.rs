@@ -109,6 +109,8 @@ features! {
     CgroupLink => "cgroup_link", Some("5.7"), probe_cgroup_link;
     NetnsLink => "netns_link", Some("5.9"), probe_netns_link;
     SockmapLink => "sockmap_link", Some("6.10"), probe_sockmap_link;
+    StructOps => "struct_ops", Some("5.6"), probe_struct_ops;
+    StructOpsLink => "struct_ops_link", Some("6.4"), probe_struct_ops_link;
     Lsm => "lsm", Some("5.7"), probe_lsm;
     Tracefs => "tracefs", None, probe_tracefs;
     Cgroup2 => "cgroup_v2", Some("4.5"), probe_cgroup2;
@@ -426,6 +428,40 @@ fn probe_fexit(f: Feature) -> Status {
 /// tp_btf needs kernel BTF and Linux 5.5, nothing else (no ftrace trampoline, unlike fentry).
 /// Decided from those two facts: a probe load would parse the kernel's BTF (several ms and
 /// MiB), which the tool's own load then does again.
+/// Whether the kernel's BTF has `struct NAME` (types that come with a feature's code).
+fn kernel_has_struct(name: &str) -> Option<bool> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: no arguments; the result is checked and freed below.
+    let btf = unsafe { libbpf_sys::btf__load_vmlinux_btf() };
+    if btf.is_null() || (btf as isize) < 0 && (btf as isize) > -4096 {
+        return None;
+    }
+    // SAFETY: btf is a valid BTF object; c a NUL-terminated name.
+    let id = unsafe { libbpf_sys::btf__find_by_name_kind(btf, c.as_ptr(), libbpf_sys::BTF_KIND_STRUCT) };
+    // SAFETY: btf came from btf__load_vmlinux_btf and is freed once.
+    unsafe { libbpf_sys::btf__free(btf) };
+    Some(id > 0)
+}
+
+/// TCP congestion control in BPF: the kernel's struct_ops wrapper of `tcp_congestion_ops`
+/// exists (5.6+, with CONFIG_BPF_JIT).
+fn probe_struct_ops(f: Feature) -> Status {
+    match kernel_has_struct("bpf_struct_ops_tcp_congestion_ops") {
+        Some(true) => Status::Supported,
+        Some(false) => unsupported(f, "no struct_ops for tcp_congestion_ops in the kernel's BTF"),
+        None => unsupported(f, "no kernel BTF (/sys/kernel/btf/vmlinux)"),
+    }
+}
+
+/// struct_ops links (6.4): the kernel has `struct bpf_struct_ops_link`.
+fn probe_struct_ops_link(f: Feature) -> Status {
+    match kernel_has_struct("bpf_struct_ops_link") {
+        Some(true) => Status::Supported,
+        Some(false) => unsupported(f, "no struct_ops links (Linux 6.4)"),
+        None => unsupported(f, "no kernel BTF (/sys/kernel/btf/vmlinux)"),
+    }
+}
+
 fn probe_tp_btf(f: Feature) -> Status {
     if !probe_btf(Feature::Btf).is_supported() {
         return unsupported(f, "no kernel BTF (/sys/kernel/btf/vmlinux)");

@@ -388,6 +388,20 @@ impl TransientCgroup {
         true
     }
 
+    /// The end of a `-- CMD` run: ends what is left in the cgroup, then drops `held` (the
+    /// programs attached to the cgroup, which must hold until its last process is gone: CMD's
+    /// grace period after Ctrl-C, processes CMD left behind), then removes the cgroup. Failures
+    /// are warnings: the run's result stands.
+    pub fn finish<T>(self, held: T) {
+        if !self.kill_all() {
+            eprintln!("tracekit: warning: processes of {} did not end within 2 s of SIGKILL", self.path.display());
+        }
+        drop(held);
+        if let Err(e) = self.remove() {
+            eprintln!("tracekit: warning: {e}");
+        }
+    }
+
     /// Removes the cgroup now and reports a failure (Drop can only warn on stderr).
     pub fn remove(mut self) -> Result<(), Error> {
         self.removed = true;

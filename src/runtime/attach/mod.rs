@@ -9,6 +9,7 @@
 //! - [`cgroup`]: cgroup links, and the transient cgroup of `-- CMD`.
 //! - [`sk_lookup`]: sk_lookup programs through netns links.
 //! - [`sockmap`]: sk_msg/sk_skb programs on a sockmap (link, or legacy behind a guard).
+//! - [`struct_ops`]: struct_ops maps (TCP congestion control): link, or legacy behind a guard.
 //! - [`tracing`]: the tracing kinds (fentry, kprobe, tracepoints, uprobes, perf events).
 
 pub mod cgroup;
@@ -17,9 +18,10 @@ pub mod netns;
 pub mod sk_lookup;
 pub mod socket;
 pub mod sockmap;
+pub mod struct_ops;
 pub mod tracing;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use libbpf_rs::libbpf_sys;
 
@@ -54,11 +56,13 @@ enum Kind {
     Socket(#[allow(dead_code)] OwnedFd),
     /// A legacy sockmap program (`bpf_prog_attach` on the map), detached by the guard's Drop.
     Sockmap(sockmap::SockmapGuard),
+    /// A registered struct_ops map (link or legacy), unregistered by the guard's Drop.
+    StructOps(struct_ops::StructOpsGuard),
 }
 
 impl Attachment {
     pub(crate) fn link(fd: OwnedFd, describe: impl FnOnce(Option<u32>) -> String) -> Attachment {
-        let id = link_id_of(&fd);
+        let id = link_id_of_fd(fd.as_fd());
         Attachment { describe: describe(id), kind: Kind::Link { fd, id }, notes: Vec::new() }
     }
 
@@ -72,6 +76,10 @@ impl Attachment {
 
     pub(crate) fn sockmap(guard: sockmap::SockmapGuard, describe: String) -> Attachment {
         Attachment { kind: Kind::Sockmap(guard), describe, notes: Vec::new() }
+    }
+
+    pub(crate) fn struct_ops(guard: struct_ops::StructOpsGuard, describe: String) -> Attachment {
+        Attachment { kind: Kind::StructOps(guard), describe, notes: Vec::new() }
     }
 
     /// For `-v` and errors: `xdp link on tk0 (native mode), link id 12`.
@@ -98,6 +106,7 @@ impl Attachment {
         match self.kind {
             Kind::Tc(guard) => guard.remove(),
             Kind::Sockmap(guard) => guard.remove(),
+            Kind::StructOps(guard) => guard.remove(),
             Kind::Link { .. } | Kind::Socket(_) => Ok(()),
         }
     }
@@ -109,7 +118,7 @@ impl std::fmt::Debug for Attachment {
     }
 }
 
-fn link_id_of(fd: &OwnedFd) -> Option<u32> {
+pub(crate) fn link_id_of_fd(fd: BorrowedFd<'_>) -> Option<u32> {
     // SAFETY: bpf_link_info is plain data (integers and a union of integers); all zero is valid.
     let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;

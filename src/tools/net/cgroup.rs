@@ -25,9 +25,8 @@ use libbpf_rs::{MapCore, MapFlags, MapMut, ProgramType};
 use super::packet::proto_name;
 use super::skels::cgroup::skel::{CgroupSkel, CgroupSkelBuilder, OpenCgroupSkel, types};
 use crate::error::Error;
-use crate::runtime::attach::cgroup::{cgroup_dir, cgroup2_root, transient_parent};
-use crate::runtime::attach::{Attachment, TransientCgroup, attach_cgroup};
-use crate::runtime::child::GatedChild;
+use crate::runtime::attach::cgroup::{cgroup_dir, cgroup2_root};
+use crate::runtime::attach::{Attachment, attach_cgroup};
 use crate::runtime::cli::task::parse_duration;
 use crate::runtime::fastfmt::{self, Endpoint};
 use crate::runtime::output::{EventHeader, HookHeader, Sink, c_chars};
@@ -306,20 +305,8 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
     let skel = open_load(&rt, &rules, observe, needed, transport, &mut storage)?;
     let transient = match &given {
         Some(_) => None,
-        None => {
-            let parent = transient_parent(&root);
-            for stale in TransientCgroup::sweep_stale(&parent) {
-                eprintln!("tracekit: removed cgroup `{}`, left empty by a tracekit that was killed", stale.display());
-            }
-            let hint = Path::new(&args.command[0]).file_name().map(|n| n.to_string_lossy().into_owned());
-            let t = rt.step("cgroup", || TransientCgroup::create(&parent, hint.as_deref().unwrap_or("cmd")))?;
-            rt.say(format_args!("transient cgroup {}", t.path().display()));
-            // The rules confine CMD only while tracekit runs: it dies with tracekit.
-            let child = GatedChild::spawn_with(&args.command, true)?;
-            t.add_pid(child.pid())?;
-            rt.place_child(child);
-            Some(t)
-        }
+        // The rules confine CMD only while tracekit runs: it dies with tracekit.
+        None => Some(rt.command_in_cgroup(&root, &args.command)?),
     };
     let dir = match (&given, &transient) {
         (Some(d), _) => d.clone(),
@@ -338,13 +325,7 @@ pub fn run(args: CgroupArgs) -> Result<i32, Error> {
         Ok(())
     });
     if let Some(t) = transient {
-        if !t.kill_all() {
-            eprintln!("tracekit: warning: processes of {} did not end within 2 s of SIGKILL", t.path().display());
-        }
-        drop(links);
-        if let Err(e) = t.remove() {
-            eprintln!("tracekit: warning: {e}");
-        }
+        t.finish(links);
     }
     code
 }

@@ -45,6 +45,9 @@ const MODULES: &[&str] = &[
     "cls_bpf",
     "cls_u32",
     "tun",
+    // tcpcc: loss and delay on a veth (netem), and the kernel's vegas to compare tk_vegas with.
+    "sch_netem",
+    "tcp_vegas",
 ];
 
 pub fn cache_dir() -> PathBuf {

@@ -34,6 +34,8 @@ const _: () = assert!(size_of::<types::tk_cc_event>() == 96);
 
 const DEFAULT_SYSCTL: &str = "net.ipv4.tcp_congestion_control";
 const INFINITE_SSTHRESH: u32 = 0x7fff_ffff;
+/// tk_vegas's "no RTT sample" (TK_VEGAS_NO_RTT in tcpcc.bpf.c).
+const NO_RTT: u32 = 0x7fff_ffff;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Algo {
@@ -156,12 +158,13 @@ pub fn run(args: LoadArgs) -> Result<i32, Error> {
         args.algos.iter().map(|a| a.name()).collect::<Vec<_>>().join(" "),
         if link { "struct_ops links" } else { "struct_ops maps (no links before Linux 6.4)" }
     ));
-    for note in struct_ops::sweep_stale(&Algo::ALL.map(Algo::name)) {
-        eprintln!("tracekit: {note}");
-    }
+    // The default a killed tracekit set goes back first: it names the algorithm swept next.
     if args.default
         && let Some(note) = SysctlGuard::sweep_stale(DEFAULT_SYSCTL)
     {
+        eprintln!("tracekit: {note}");
+    }
+    for note in struct_ops::sweep_stale(&Algo::ALL.map(Algo::name)) {
         eprintln!("tracekit: {note}");
     }
 
@@ -368,8 +371,13 @@ impl Printer for CcPrinter<'_> {
         out.field_u64("srtt_us", ev.srtt_us.into())?;
         out.field_u64("in_flight", ev.in_flight.into())?;
         out.field_u64("acked", ev.acked.into())?;
-        if ev.algo as usize == Algo::Vegas.index() && ev.base_rtt_us != 0x7fff_ffff && ev.base_rtt_us != 0 {
-            out.field_u64("min_rtt_us", ev.min_rtt_us.into())?;
+        if ev.algo as usize == Algo::Vegas.index() && ev.base_rtt_us != NO_RTT && ev.base_rtt_us != 0 {
+            // No RTT sample yet in this round (a round just began): null, not 2^31 - 1.
+            if ev.min_rtt_us == NO_RTT || ev.min_rtt_us == 0 {
+                out.field_raw("min_rtt_us", "null")?;
+            } else {
+                out.field_u64("min_rtt_us", ev.min_rtt_us.into())?;
+            }
             out.field_u64("base_rtt_us", ev.base_rtt_us.into())?;
         }
         Ok(())

@@ -18,7 +18,7 @@ use crate::runtime::attach::cgroup::{cgroup_dir, cgroup2_root};
 use crate::runtime::attach::{Attachment, attach_cgroup, struct_ops};
 use crate::runtime::cli::output::OutputArgs;
 use crate::runtime::cli::task::parse_duration;
-use crate::runtime::fastfmt::{self, Endpoint};
+use crate::runtime::fastfmt::Endpoint;
 use crate::runtime::output::{EventHeader, HookHeader, Sink};
 use crate::runtime::sysctl::SysctlGuard;
 use crate::runtime::watch::Every;
@@ -320,7 +320,7 @@ impl<'a> CcPrinter<'a> {
 
 impl Printer for CcPrinter<'_> {
     type Event = types::tk_cc_event;
-    const COLUMNS: &'static str = "FLOW                           ALGO     EVENT        CWND  SSTHRESH  SRTT_MS FLIGHT";
+    const COLUMNS: &'static str = "FLOW                            ALGO     EVENT       CWND SSTHRESH  SRTT_MS FLIGHT";
 
     fn header(&self, ev: &Self::Event) -> EventHeader<'_> {
         EventHeader::Hook(HookHeader { ts_ns: ev.ts_ns, cpu: ev.cpu, pid: 0, comm: [0; 16] })
@@ -335,21 +335,15 @@ impl Printer for CcPrinter<'_> {
         let remote = Endpoint::new(address(ev.family, &ev.daddr), ev.dport);
         let algo = Algo::ALL.get(usize::from(ev.algo)).map_or("?", |a| a.name());
         let w = out.w();
-        let mut flow = [0u8; 64];
-        let mut cur = io::Cursor::new(&mut flow[..]);
-        let _ = write!(cur, "{}>{}", local.as_str(), remote.as_str());
-        let len = cur.position() as usize;
-        fastfmt::col(w, &flow[..len], 30)?;
-        fastfmt::col(w, algo.as_bytes(), 8)?;
-        fastfmt::col(w, reason_name(ev.reason).as_bytes(), 11)?;
-        fastfmt::int_col(w, ev.cwnd, 6)?;
+        let flow_len = local.as_str().len() + 1 + remote.as_str().len();
+        write!(w, "{}>{}{:pad$}", local.as_str(), remote.as_str(), "", pad = 32usize.saturating_sub(flow_len))?;
+        write!(w, "{algo:<9}{:<11}{:>5}", reason_name(ev.reason), ev.cwnd)?;
         if ev.ssthresh >= INFINITE_SSTHRESH {
-            w.write_all(b"       inf")?;
+            w.write_all(b"      inf")?;
         } else {
-            fastfmt::int_col(w, ev.ssthresh, 10)?;
+            write!(w, "{:>9}", ev.ssthresh)?;
         }
-        write!(w, " {:8.3}", f64::from(ev.srtt_us) / 1e3)?;
-        fastfmt::int_col(w, ev.in_flight, 7)
+        write!(w, "{:>9.3}{:>7}", f64::from(ev.srtt_us) / 1e3, ev.in_flight)
     }
 
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {

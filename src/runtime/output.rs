@@ -2,6 +2,7 @@
 //! (after every event when stdout is a terminal). Nothing here allocates per event.
 
 use std::io::{self, BufWriter, IsTerminal, Stdout, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::fastfmt;
 
@@ -65,6 +66,18 @@ impl EventHeader<'_> {
 impl From<TaskHeader> for EventHeader<'_> {
     fn from(h: TaskHeader) -> Self {
         EventHeader::Task(h)
+    }
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// An address as socket events carry it (tcpstate, tcpcc): 16 bytes, IPv4 in the first 4.
+pub fn sock_addr(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*raw))
     }
 }
 
@@ -241,6 +254,21 @@ impl Sink {
     pub fn field_str(&mut self, key: &str, v: &str) -> io::Result<()> {
         self.key(key)?;
         serde_json::to_writer(&mut self.out, v).map_err(io::Error::other)
+    }
+
+    /// A socket's two ends, as every socket event names them: `family`, `laddr`, `lport`,
+    /// `raddr`, `rport` (addresses as [`sock_addr`] reads them).
+    pub fn field_sock_ends(
+        &mut self,
+        family: u16,
+        local: (&[u8; 16], u16),
+        remote: (&[u8; 16], u16),
+    ) -> io::Result<()> {
+        self.field_str("family", if family == AF_INET { "ipv4" } else { "ipv6" })?;
+        self.field_display("laddr", sock_addr(family, local.0))?;
+        self.field_u64("lport", local.1.into())?;
+        self.field_display("raddr", sock_addr(family, remote.0))?;
+        self.field_u64("rport", remote.1.into())
     }
 
     /// A field whose value is formatted by Display (addresses), quoted as a JSON string.

@@ -5,7 +5,6 @@
 
 use std::io::{self, Write};
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use clap::{Args, ValueEnum};
 
@@ -13,7 +12,7 @@ use crate::error::Error;
 use crate::runtime::attach::tracing::{self, TpHook};
 use crate::runtime::fastfmt;
 use crate::runtime::fastfmt::Endpoint;
-use crate::runtime::output::{EventHeader, Sink, TaskHeader};
+use crate::runtime::output::{AF_INET, AF_INET6, EventHeader, Sink, TaskHeader, sock_addr};
 use crate::runtime::{CommonArgs, Printer, Runtime};
 
 crate::tool_skel!("tcpstate", OpenTcpstateSkel, TcpstateSkel, tk_tcpstate_event);
@@ -24,8 +23,6 @@ const _: () = assert!(size_of::<types::tk_tcpstate_event>() == 104);
 
 /// Must match TK_TCPSTATE_MAX_PORTS in tcpstate.h.
 const MAX_PORTS: usize = 8;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -145,14 +142,6 @@ pub fn state_name(s: i32) -> &'static str {
     usize::try_from(s).ok().and_then(|i| STATES.get(i)).copied().unwrap_or("UNKNOWN")
 }
 
-fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
-    if family == AF_INET {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*raw))
-    }
-}
-
 struct TcpstatePrinter {
     wide: bool,
 }
@@ -168,8 +157,8 @@ impl Printer for TcpstatePrinter {
 
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
         let h = TaskHeader::from(&ev.hdr);
-        let local = Endpoint::new(addr(ev.family, &ev.saddr), ev.sport);
-        let remote = Endpoint::new(addr(ev.family, &ev.daddr), ev.dport);
+        let local = Endpoint::new(sock_addr(ev.family, &ev.saddr), ev.sport);
+        let remote = Endpoint::new(sock_addr(ev.family, &ev.daddr), ev.dport);
         let comm = crate::runtime::output::c_str(&h.comm);
         let w = out.w();
         fastfmt::int_col(w, h.pid, 7)?;
@@ -188,11 +177,7 @@ impl Printer for TcpstatePrinter {
     }
 
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
-        out.field_str("family", if ev.family == AF_INET { "ipv4" } else { "ipv6" })?;
-        out.field_display("laddr", addr(ev.family, &ev.saddr))?;
-        out.field_u64("lport", ev.sport.into())?;
-        out.field_display("raddr", addr(ev.family, &ev.daddr))?;
-        out.field_u64("rport", ev.dport.into())?;
+        out.field_sock_ends(ev.family, (&ev.saddr, ev.sport), (&ev.daddr, ev.dport))?;
         out.field_str("oldstate", state_name(ev.oldstate))?;
         out.field_str("newstate", state_name(ev.newstate))?;
         out.field_f64("ms", ev.delta_ns as f64 / 1e6, 3)?;

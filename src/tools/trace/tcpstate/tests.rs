@@ -1,5 +1,7 @@
 //! Unit tests of tcpstate: state names, endpoints, the event layout.
 
+use std::net::{IpAddr, Ipv6Addr};
+
 use super::*;
 
 fn event(family: u16) -> types::tk_tcpstate_event {
@@ -28,10 +30,10 @@ fn state_names_match_the_kernel() {
 fn endpoints_format_both_families() {
     let mut ev = event(AF_INET);
     ev.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    assert_eq!(Endpoint::new(addr(ev.family, &ev.saddr), ev.sport).as_str(), "127.0.0.1:8080");
+    assert_eq!(Endpoint::new(sock_addr(ev.family, &ev.saddr), ev.sport).as_str(), "127.0.0.1:8080");
     let mut ev6 = event(AF_INET6);
     ev6.saddr[15] = 1;
-    assert_eq!(Endpoint::new(addr(ev6.family, &ev6.saddr), 443).as_str(), "[::1]:443");
+    assert_eq!(Endpoint::new(sock_addr(ev6.family, &ev6.saddr), 443).as_str(), "[::1]:443");
     let full = Ipv6Addr::new(0xfe80, 1, 2, 3, 4, 5, 6, 7);
     assert_eq!(Endpoint::new(IpAddr::V6(full), 65535).as_str(), "[fe80:1:2:3:4:5:6:7]:65535");
 }

@@ -242,3 +242,246 @@ fn flood_losses_are_counted_exactly() {
     assert!(lost > 0, "a 4 KiB buffer cannot hold {SENT} events: {summary}");
     assert_eq!(delivered + lost, matched, "delivered {delivered} + lost {lost} = generated {matched}");
 }
+
+/// The counters tracekit printed last (at exit).
+fn final_counters(out: &common::Finished) -> Value {
+    out.json().into_iter().rev().find(|v| v["type"] == "counters").expect("a counters object")
+}
+
+/// A UDP socket in `ns` whose receive buffer holds every datagram a test sends in a burst (a
+/// full buffer would drop datagrams and be taken for the program's drops).
+fn udp_receiver(ns: &net::Netns, addr: impl Into<std::net::IpAddr>, port: u16) -> std::net::UdpSocket {
+    use std::os::fd::AsRawFd;
+    let sock = net::udp_bind(ns, addr, port).expect("bind the receiver");
+    let size: libc::c_int = 32 << 20;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int; the fd is open.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+    sock
+}
+
+/// The `tracekit udp <i>` numbers of datagrams received (what `net::udp_recv` got).
+fn datagram_numbers(got: &[(std::net::SocketAddr, Vec<u8>)]) -> Vec<usize> {
+    got.iter()
+        .map(|(_, p)| {
+            let text = std::str::from_utf8(p).expect("UTF-8 payload");
+            text.strip_prefix("tracekit udp ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{text:?}"))
+        })
+        .collect()
+}
+
+/// Sends datagrams `tracekit udp 0`, `1`, ... `count - 1` from `from` (any port), each to every
+/// address of `to` in turn. Call it on a thread inside the sender's namespace.
+fn send_numbered(from: std::net::IpAddr, to: &[std::net::SocketAddr], count: usize) -> std::io::Result<()> {
+    let s = std::net::UdpSocket::bind((from, 0))?;
+    for i in 0..count {
+        for dst in to {
+            s.send_to(format!("tracekit udp {i}").as_bytes(), dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// One counter of /proc/net/snmp in `ns` (`Tcp`, `RetransSegs`).
+fn snmp(ns: &net::Netns, group: &str, name: &str) -> u64 {
+    let text = ns.exec_ok(&["cat", "/proc/net/snmp"]);
+    let prefix = format!("{group}:");
+    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (rows.next().expect("header row"), rows.next().expect("value row"));
+    let at = names.split_whitespace().position(|n| n == name).unwrap_or_else(|| panic!("no {group} {name}"));
+    values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("a number")
+}
+
+/// The Nth, 2Nth, ... matched packet is dropped, in the order they arrive, and nothing else:
+/// the receiver misses exactly those datagrams, tracekit's counters say so, and the events are
+/// the drops and only them. Datagrams to another port, sent in between, all arrive.
+#[test]
+fn drop_every_drops_exactly_every_nth_match() {
+    if !common::require_root("xdp::drop_every_drops_exactly_every_nth_match") {
+        return;
+    }
+    let pair = VethPair::new("xdp8");
+    let matched = udp_receiver(&pair.b, pair.ip4_b, 7600);
+    let other = udp_receiver(&pair.b, pair.ip4_b, 7601);
+    const SENT: usize = 103;
+    const N: usize = 5;
+    let t = xdp(&pair, &["--drop-every", &N.to_string(), "--proto", "udp", "--port", "7600"]);
+    let to = [(pair.ip4_b, 7600).into(), (pair.ip4_b, 7601).into()];
+    pair.a.run_in(|| send_numbered(pair.ip4_a.into(), &to, SENT)).expect("send");
+    // as many as should arrive, then a short wait for any that should not
+    let mut got = datagram_numbers(&net::udp_recv(&matched, SENT - SENT / N, Duration::from_secs(5)));
+    got.extend(datagram_numbers(&net::udp_recv(&matched, 1, Duration::from_millis(200))));
+    let got_other = net::udp_recv(&other, SENT, Duration::from_secs(5));
+    let out = t.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    let expected: Vec<usize> = (0..SENT).filter(|i| (i + 1) % N != 0).collect();
+    assert_eq!(got, expected, "the receiver misses datagrams 5, 10, ... (counting from 1)");
+    assert_eq!(got_other.len(), SENT, "unmatched datagrams are never dropped");
+    let dropped = (SENT / N) as u64;
+    let c = final_counters(&out);
+    assert_eq!(c["matched"], SENT as u64, "{c}");
+    assert_eq!(c["drop"], dropped, "{c}");
+    assert_eq!(c["pass"], (SENT - SENT / N) as u64, "{c}");
+    let ev = out.events();
+    assert_eq!(ev.len() as u64, dropped, "only the drops are events: {ev:?}");
+    assert!(ev.iter().all(|e| e["verdict"] == "drop" && e["dport"] == 7600), "{ev:?}");
+    assert_eq!(snmp(&pair.b, "Udp", "RcvbufErrors"), 0, "the receiver's buffer lost none");
+}
+
+/// Pins the calling thread to the `nth` CPU it may run on (modulo how many those are).
+fn pin_to_cpu(nth: usize) {
+    let size = size_of::<libc::cpu_set_t>();
+    // SAFETY: a zeroed cpu_set_t is an empty set, a valid value.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the kernel writes at most `size` bytes into `set`.
+    let rc = unsafe { libc::sched_getaffinity(0, size, &mut set) };
+    assert_eq!(rc, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+    // SAFETY: CPU_ISSET reads one bit of the set, at an index below CPU_SETSIZE.
+    let allowed: Vec<usize> =
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect();
+    let cpu = allowed[nth % allowed.len()];
+    // SAFETY: as above, a zeroed set is empty.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` came from the set, so it is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut one) };
+    // SAFETY: pid 0 is the calling thread; the set outlives the call.
+    let rc = unsafe { libc::sched_setaffinity(0, size, &one) };
+    assert_eq!(rc, 0, "sched_setaffinity to CPU {cpu}: {}", std::io::Error::last_os_error());
+}
+
+/// Two senders on two CPUs at once: one count decides for both, so exactly floor(total / N)
+/// are dropped. In skb mode a veth's packets are received on the sending CPU, so the program
+/// runs on both CPUs concurrently (a per-CPU count would drop 2 × floor(2006 / 7) = 572 here,
+/// not floor(4012 / 7) = 573).
+#[test]
+fn drop_every_is_exact_across_cpus() {
+    if !common::require_root("xdp::drop_every_is_exact_across_cpus") {
+        return;
+    }
+    let pair = VethPair::new("xdp9");
+    let sink = udp_receiver(&pair.b, pair.ip4_b, 7610);
+    const PER_SENDER: usize = 2006;
+    const TOTAL: usize = 2 * PER_SENDER;
+    const N: usize = 7;
+    let t = xdp(&pair, &["--mode", "skb", "--drop-every", &N.to_string(), "--proto", "udp", "--port", "7610"]);
+    let reader = std::thread::spawn(move || {
+        // as many as should arrive, then a short wait for any that should not
+        let expected = net::udp_recv(&sink, TOTAL - TOTAL / N, Duration::from_secs(10)).len();
+        expected + net::udp_recv(&sink, 1, Duration::from_millis(200)).len()
+    });
+    let (from, to) = (pair.ip4_a.into(), (pair.ip4_b, 7610).into());
+    let senders: Vec<_> = (0..2)
+        .map(|cpu| {
+            pair.a.spawn_in(move || {
+                pin_to_cpu(cpu);
+                send_numbered(from, &[to], PER_SENDER)
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().expect("sender").expect("send");
+    }
+    let received = reader.join().expect("reader");
+    let out = t.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    let dropped = (TOTAL / N) as u64;
+    let c = final_counters(&out);
+    assert_eq!(c["matched"], TOTAL as u64, "{c}");
+    assert_eq!(c["drop"], dropped, "{c}");
+    assert_eq!(received as u64, TOTAL as u64 - dropped, "the receiver agrees with the counters");
+    let ev = out.events();
+    assert_eq!(ev.len() as u64, dropped, "{}", out.stderr);
+    let mut cpus: Vec<u64> = ev.iter().filter_map(|e| e["cpu"].as_u64()).collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        assert!(cpus.len() >= 2, "drops on one CPU only ({cpus:?}): the test did not run the program concurrently");
+    }
+    assert_eq!(snmp(&pair.b, "Udp", "RcvbufErrors"), 0, "the receiver's buffer lost none");
+}
+
+/// Loss injected into a TCP transfer, as netem's `loss` would: 1 data segment in 50 dropped,
+/// TCP retransmits, and 4 MiB arrive byte for byte. Only data segments match (`greater 100`):
+/// the handshake and pure ACKs pass, so the connection is set up without a SYN timeout.
+#[test]
+fn drop_every_tcp_transfer_recovers() {
+    if !common::require_root("xdp::drop_every_tcp_transfer_recovers") {
+        return;
+    }
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+
+    let pair = VethPair::new("xdp10");
+    const SIZE: usize = 4 << 20;
+    // not a repeating pattern: a segment delivered at the wrong offset would show
+    let data: Vec<u8> = (0..SIZE as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let listener = pair.b.run_in(|| TcpListener::bind((pair.ip4_b, 5201))).expect("listen");
+    let t = xdp(&pair, &["--drop-every", "50", "tcp", "dst", "port", "5201", "and", "greater", "100"]);
+    let retrans_before = snmp(&pair.a, "Tcp", "RetransSegs");
+    let started = std::time::Instant::now();
+    let receiver = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut got = Vec::with_capacity(SIZE);
+        s.read_to_end(&mut got)?;
+        Ok(got)
+    });
+    let to = std::net::SocketAddr::new(pair.ip4_b.into(), 5201);
+    let sent = data.clone();
+    pair.a
+        .run_in(move || -> std::io::Result<()> {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+            s.set_write_timeout(Some(Duration::from_secs(30)))?;
+            s.write_all(&sent)?;
+            s.shutdown(Shutdown::Write)
+        })
+        .expect("send 4 MiB");
+    let got = receiver.join().expect("receiver").expect("receive");
+    let took = started.elapsed();
+    let retrans = snmp(&pair.a, "Tcp", "RetransSegs") - retrans_before;
+    let out = t.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+
+    assert_eq!(got.len(), SIZE, "every byte arrived");
+    assert!(got == data, "byte for byte");
+    let c = final_counters(&out);
+    let (matched, dropped) = (c["matched"].as_u64().unwrap(), c["drop"].as_u64().unwrap());
+    assert_eq!(dropped, matched / 50, "{c}");
+    // 4 MiB is about 2900 full segments (MSS 1448): about 58 drops
+    assert!(dropped >= SIZE as u64 / 1500 / 50, "{c}");
+    assert!(retrans >= 1, "the sender retransmitted what was dropped: RetransSegs +{retrans}, {c}");
+    let ev = out.events();
+    assert_eq!(ev.len() as u64, dropped, "one event per drop");
+    assert!(
+        ev.iter().all(|e| e["verdict"] == "drop" && e["dport"] == 5201 && e["len"].as_u64().unwrap() > 100),
+        "{ev:?}"
+    );
+    eprintln!("4 MiB in {took:?}: {matched} data segments, {dropped} dropped, {retrans} retransmitted");
+}
+
+/// N below 2 and --drop with --drop-every are usage errors (exit 2) that say what to do; they
+/// are found before anything is loaded, so they need no root.
+#[test]
+fn drop_every_usage_errors() {
+    for (args, says) in [
+        (&["xdp", "lo", "--drop-every", "1"][..], "use --drop"),
+        (&["xdp", "lo", "--drop-every", "0"][..], "at least 2"),
+        (&["xdp", "lo", "--drop-every", "many"][..], "`many` is not a whole number"),
+        (&["xdp", "lo", "--drop-every", "4", "--drop"][..], "cannot be used with"),
+    ] {
+        let r = run(args);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(says) && r.stderr.contains("--drop"), "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
+}

@@ -146,7 +146,10 @@ struct tk_pkt_filter {
 	__u8 skip_lo_outgoing;  /* sockfilter: skip packets leaving lo (each is seen leaving and arriving) */
 	__u8 pcap;              /* a tcpdump expression was given: tk_pcap_filter() was replaced by it */
 	__u32 snaplen;          /* -w: copy up to this many bytes of each matched frame (0: none) */
+	__u32 drop_every;       /* --drop-every N (xdp): XDP_DROP the Nth, 2Nth, ... matched packet,
+				 * counted across CPUs; only those become events (0: off) */
 	__u8 no_decode;         /* -w without --print, --sock or field filters: skip the parser */
+	__u8 _pad[3];
 };
 
 #endif

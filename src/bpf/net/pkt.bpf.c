@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The packet tools' programs, one per hook, in one object: xdp (every packet an interface
- * receives; may drop), tc ingress and egress (never decide: TC_ACT_UNSPEC / TCX_NEXT), and a
- * socket filter (on tracekit's own packet socket, which receives nothing). All of them run the
- * same parser and filter (pkt.bpf.h), so the same bytes decode the same at every hook; a tool
- * loads only the programs of its hook. */
+ * receives; may drop: --drop, --drop-every), tc ingress and egress (never decide:
+ * TC_ACT_UNSPEC / TCX_NEXT), and a socket filter (on tracekit's own packet socket, which
+ * receives nothing). All of them run the same parser and filter (pkt.bpf.h), so the same bytes
+ * decode the same at every hook; a tool loads only the programs of its hook. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -15,6 +15,48 @@
 #define TK_LOOPBACK_IFINDEX 1
 
 /* ---- xdp ---- */
+
+/* --drop-every N: matched packets since the last one dropped, one count for all CPUs, so that
+ * exactly every Nth matched packet is dropped wherever it arrives (a per-CPU count could drop
+ * fewer, and which ones would depend on how the flows spread over CPUs). A spin lock, not
+ * __sync_fetch_and_add: the drop decision needs the count's old value, and the fetching
+ * atomics (BPF_FETCH) came in 5.12, after 5.10 (whose verifier rejects them: "BPF_XADD uses
+ * reserved fields"); XDP has had bpf_spin_lock since 5.1. Only xdp__observe may use this map:
+ * the verifier refuses a socket filter that uses a map holding a spin lock. */
+struct tk_drop_seq {
+	struct bpf_spin_lock lock;
+	__u32 since_drop;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tk_drop_seq);
+} tk_drop_every SEC(".maps");
+
+/* What to do with a matched packet: --drop drops it, --drop-every N the Nth of every N. */
+static __always_inline __u8 tk_xdp_verdict(void)
+{
+	__u32 every = tk_pkt_filter.drop_every;
+	struct tk_drop_seq *s;
+	__u32 zero = 0;
+	bool drop;
+
+	if (tk_pkt_filter.drop)
+		return TK_VERDICT_DROP;
+	if (!every)
+		return TK_VERDICT_PASS;
+	s = bpf_map_lookup_elem(&tk_drop_every, &zero);
+	if (!s) /* a 1-entry array always has its entry */
+		return TK_VERDICT_PASS;
+	bpf_spin_lock(&s->lock);
+	/* a count that restarts at each drop, not a running count modulo N: no division */
+	drop = ++s->since_drop >= every;
+	if (drop)
+		s->since_drop = 0;
+	bpf_spin_unlock(&s->lock);
+	return drop ? TK_VERDICT_DROP : TK_VERDICT_PASS;
+}
 
 /* The whole frame: with multi-buffer XDP (5.18+, also what BPF_PROG_RUN builds from frames
  * larger than a page) data_end ends the first buffer only. Older kernels have no such frames
@@ -76,8 +118,12 @@ int xdp__observe(struct xdp_md *ctx)
 	if (!tk_pcap_allows(&c, len))
 		return XDP_PASS;
 	tk_pkt_count(cnt, TK_CNT_MATCHED);
-	verdict = tk_pkt_filter.drop ? TK_VERDICT_DROP : TK_VERDICT_PASS;
+	verdict = tk_xdp_verdict();
 	tk_pkt_count(cnt, verdict == TK_VERDICT_DROP ? TK_CNT_DROP : TK_CNT_PASS);
+	/* --drop-every injects loss into traffic at full rate: an event per packet passed would
+	 * cost a record each and bury the drops; the counters have the passes */
+	if (tk_pkt_filter.drop_every && verdict == TK_VERDICT_PASS)
+		return XDP_PASS;
 
 	cap = tk_capture_slot();
 	e = cap ? &cap->event : tk_reserve(sizeof(*e));

@@ -43,6 +43,8 @@ pub struct PacketFilter {
     ports: Vec<u16>,
     host: Option<(HostPrefix, types::tk_host_side)>,
     pub drop: bool,
+    /// `--drop-every N` (xdp): drop the Nth, 2Nth, ... matched packet; 0 for off.
+    pub drop_every: u32,
     pub sock: bool,
     /// The tcpdump expression and what libpcap compiled it to.
     pub pcap: Option<(String, Vec<ClassicInsn>)>,
@@ -138,6 +140,7 @@ impl PacketFilter {
             ports: a.ports.clone(),
             host,
             drop,
+            drop_every: 0,
             sock,
             pcap,
             write: a.write.clone(),
@@ -163,6 +166,7 @@ impl PacketFilter {
         let field_filters = self.family != 0 || self.proto.is_some() || !self.ports.is_empty() || self.host.is_some();
         f.no_decode = (self.write.is_some() && !self.print && !field_filters && !self.sock) as u8;
         f.drop = self.drop as u8;
+        f.drop_every = self.drop_every;
         f.sock = self.sock as u8;
         // Namespace inodes are 32-bit in practice (proc_inum): what the header carries.
         f.netns = netns_inode as u32;

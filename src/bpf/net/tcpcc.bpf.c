@@ -148,7 +148,11 @@ static __always_inline void tk_decided(void *ctx, struct sock *sk, __u32 algo, _
 		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
 		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_v6_daddr, 16);
 	}
+	/* At release the kernel has already given the port back (inet_put_port zeroes skc_num);
+	 * inet_sport (network order) still holds it. */
 	e->sport = sk->__sk_common.skc_num;
+	if (!e->sport)
+		e->sport = __builtin_bswap16(((struct inet_sock *)sk)->inet_sport);
 	e->dport = __builtin_bswap16(sk->__sk_common.skc_dport);
 	e->algo = algo;
 	e->reason = reason;
@@ -211,9 +215,11 @@ void BPF_PROG(tk_reno_cong_avoid, struct sock *sk, __u32 ack, __u32 acked)
 	if (!tk_cwnd_limited(tp))
 		return;
 	if (tk_in_slow_start(tp)) {
-		acked = tk_slow_start(tp, acked);
+		__u32 left = tk_slow_start(tp, acked);
+
 		if (tp->snd_cwnd != before)
 			tk_decided(ctx, sk, TK_CC_RENO, TK_CC_SLOW_START, before, tp->snd_cwnd, tp->snd_ssthresh, acked, 0, 0);
+		acked = left;
 		if (!acked)
 			return;
 		before = tp->snd_cwnd;
@@ -364,9 +370,11 @@ static __always_inline void tk_vegas_reno(void *ctx, struct sock *sk, __u32 acke
 	if (!tk_cwnd_limited(tp))
 		return;
 	if (tk_in_slow_start(tp)) {
-		acked = tk_slow_start(tp, acked);
+		__u32 left = tk_slow_start(tp, acked);
+
 		if (tp->snd_cwnd != before)
 			tk_decided(ctx, sk, TK_CC_VEGAS, TK_CC_SLOW_START, before, tp->snd_cwnd, tp->snd_ssthresh, acked, v->min_rtt, v->base_rtt);
+		acked = left;
 		if (!acked)
 			return;
 		before = tp->snd_cwnd;

@@ -1454,17 +1454,9 @@ fn every_exit_leaves_nothing_attached() {
             drop(t.stdout_raw.take());
         }
         run_py(Some(&cg), DEVNULL_BODY, json!({}));
-        match exit {
-            Exit::Interrupt => t.signal(libc::SIGINT),
-            Exit::Terminate => t.signal(libc::SIGTERM),
-            Exit::Kill => t.signal(libc::SIGKILL),
-            Exit::Duration | Exit::Count | Exit::ClosedPipe => {}
-        }
+        exit.signal(&t);
         let out = t.wait(Duration::from_secs(10));
-        match exit {
-            Exit::Kill => assert_eq!(out.status.signal_code(), Some(libc::SIGKILL), "{exit:?}"),
-            _ => assert_eq!(out.status.code(), Some(0), "{exit:?}: {}", out.stderr),
-        }
+        exit.assert_status(&out, "cgroup");
         if matches!(exit, Exit::Count) {
             assert_eq!(out.events().len(), 1, "{exit:?}: {:?}", out.stdout);
             assert_eq!(out.events()[0]["hook"], "dev");

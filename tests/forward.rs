@@ -704,12 +704,7 @@ fn run_and_end(f: &Fwd, extra: &[&str], exit: Exit) -> (BpfIdsAndOut, u32) {
         drop(t.stdout_raw.take());
     }
     let replies = f.ping(Fam::V4, 1);
-    match exit {
-        Exit::Interrupt => t.signal(libc::SIGINT),
-        Exit::Terminate => t.signal(libc::SIGTERM),
-        Exit::Kill => t.signal(libc::SIGKILL),
-        Exit::Duration | Exit::Count | Exit::ClosedPipe => {}
-    }
+    exit.signal(&t);
     let ids = t.ids.clone();
     (BpfIdsAndOut { ids, out: t.wait(Duration::from_secs(10)) }, replies)
 }

@@ -53,10 +53,7 @@ fn conformance(tag: &str, tool: &[&str]) {
         let t = run_and_end(&pair, tool, exit);
         let ids = t.ids.clone();
         let out = t.wait(Duration::from_secs(10));
-        match exit {
-            Exit::Kill => assert_eq!(out.status.code(), None, "{tool:?}: killed"),
-            _ => assert_eq!(out.status.code(), Some(0), "{tool:?} {exit:?}: {}", out.stderr),
-        }
+        exit.assert_status(&out, &format!("{tool:?}"));
         let legacy_tc = tool.contains(&"clsact");
         if matches!(exit, Exit::Kill) && legacy_tc {
             // A clsact filter is not owned by a descriptor: it outlives a SIGKILL, and the

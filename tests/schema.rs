@@ -341,3 +341,88 @@ fn forward_tool() {
         check(&format!("forward {mode:?}"), &out, &kinds);
     }
 }
+
+// `tracekit tcpcc` (README "tracekit tcpcc watch" and "tracekit tcpcc load"): a sample per change
+// of a flow's congestion state; a decision per event of a BPF algorithm, counters at exit.
+const FLOW: Fields = &[("family", Str), ("laddr", Str), ("lport", UInt), ("raddr", Str), ("rport", UInt)];
+const TCPCC_SAMPLE: Fields = &[
+    ("time_ns", UInt),
+    ("cpu", UInt),
+    ("skaddr", Str),
+    ("algo", Str),
+    ("ca_state", Str),
+    ("cwnd", UInt),
+    ("ssthresh", Any),
+    ("srtt_us", UInt),
+    ("rttvar_us", UInt),
+    ("min_rtt_us", Any),
+    ("snd_wnd", UInt),
+    ("rcv_wnd", UInt),
+    ("mss", UInt),
+    ("inflight", UInt),
+    ("packets_out", UInt),
+    ("sacked_out", UInt),
+    ("lost_out", UInt),
+    ("retrans_out", UInt),
+    ("total_retrans", UInt),
+    ("bytes_acked", UInt),
+    ("bytes_received", UInt),
+];
+const TCPCC_DECISION: Fields = &[
+    ("time_ns", UInt),
+    ("cpu", UInt),
+    ("algo", Str),
+    ("event", Str),
+    ("sock", Str),
+    ("cwnd_before", UInt),
+    ("cwnd", UInt),
+    ("ssthresh", Any),
+    ("srtt_us", UInt),
+    ("in_flight", UInt),
+    ("acked", UInt),
+];
+const TCPCC_COUNTS: Fields = &[
+    ("algo", Str),
+    ("init", UInt),
+    ("release", UInt),
+    ("slow_start", UInt),
+    ("avoidance", UInt),
+    ("loss", UInt),
+    ("undo", UInt),
+    ("delay_down", UInt),
+    ("delay_hold", UInt),
+];
+
+#[test]
+fn tcpcc_tool() {
+    if !require_root("schema::tcpcc_tool") {
+        return;
+    }
+    const PORT: u16 = 19480;
+    const PACED: u32 = 50_000_000;
+    let pair = VethPair::new("schemacc");
+    let t = Tracer::start(&["tcpcc", "watch", "--json", "-D", &PORT.to_string()]);
+    std::thread::sleep(Duration::from_millis(300));
+    net::bulk_transfer(&pair, PORT, "cubic", 2 << 20, PACED);
+    let out = t.stop();
+    let kinds = [
+        Kind { name: "event", fields: vec![FLOW, TCPCC_SAMPLE], required: true },
+        kind("lost", &[LOST], false),
+        kind("summary", &[SUMMARY], true),
+    ];
+    check("tcpcc watch", &out, &kinds);
+
+    // The algorithm names are the kernel's: one registering test at a time, across binaries.
+    let _names = common::lock_tcpcc_names();
+    let t = Tracer::start(&["tcpcc", "load", "tk_reno", "--events", "--json"]);
+    std::thread::sleep(Duration::from_millis(300));
+    net::bulk_transfer(&pair, PORT, "tk_reno", 2 << 20, PACED);
+    let out = t.stop();
+    let kinds = [
+        Kind { name: "event", fields: vec![FLOW, TCPCC_DECISION], required: true },
+        kind("tcpcc_counts", &[TCPCC_COUNTS], true),
+        kind("lost", &[LOST], false),
+        kind("summary", &[SUMMARY], true),
+    ];
+    check("tcpcc load", &out, &kinds);
+}

@@ -25,12 +25,11 @@ use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::net::{Netns, VethPair};
+use common::net::{self, Netns, VethPair};
 use common::{BpfIds, Exit, Finished, Tracer, assert_released, require_root};
 use libbpf_rs::libbpf_sys as sys;
 use serde_json::Value;
 
-const LOCK: &str = "/run/lock/tracekit-tcpcc.lock";
 const ALGOS: [&str; 2] = ["tk_reno", "tk_vegas"];
 const SYSCTL: &str = "/proc/sys/net/ipv4/tcp_congestion_control";
 const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
@@ -61,12 +60,7 @@ fn begin(test: &str) -> Option<Serial> {
 }
 
 fn serial(test: &str) -> Serial {
-    // The VM guests mount an empty tmpfs on /run.
-    std::fs::create_dir_all("/run/lock").expect("mkdir /run/lock");
-    let f = File::options().create(true).append(true).open(LOCK).unwrap_or_else(|e| panic!("open {LOCK}: {e}"));
-    // SAFETY: flock on an fd we own; blocks until no other open file description holds it.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock {LOCK}: {}", io::Error::last_os_error());
+    let f = common::lock_tcpcc_names();
     // A name registered by a program that does not take the lock makes every registration here
     // fail. (A map-form registration a killed tracekit left is not in the way: tracekit removes
     // it at its start, which the SIGKILL tests check.)
@@ -243,30 +237,9 @@ fn socket_with_cc(cc: Option<&str>) -> OwnedFd {
     // SAFETY: a fresh fd nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if let Some(cc) = cc {
-        set_cc(&fd, cc).unwrap_or_else(|e| panic!("TCP_CONGESTION `{cc}`: {e}"));
+        net::set_congestion(&fd, cc).unwrap_or_else(|e| panic!("TCP_CONGESTION `{cc}`: {e}"));
     }
     fd
-}
-
-fn set_cc(fd: &impl AsRawFd, cc: &str) -> io::Result<()> {
-    // SAFETY: the kernel reads cc.len() bytes of cc, which outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CONGESTION, cc.as_ptr().cast(), cc.len() as _)
-    };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
-}
-
-/// The socket's congestion control, as getsockopt(TCP_CONGESTION) names it.
-#[track_caller]
-fn congestion(fd: &impl AsRawFd) -> String {
-    let mut name = [0u8; 16];
-    let mut len = name.len() as libc::socklen_t;
-    // SAFETY: name is valid for writes of len bytes; len is updated by the kernel.
-    let rc = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_mut_ptr().cast(), &mut len)
-    };
-    assert_eq!(rc, 0, "getsockopt TCP_CONGESTION: {}", io::Error::last_os_error());
-    String::from_utf8_lossy(&name[..len as usize]).trim_end_matches('\0').to_owned()
 }
 
 /// TCP_INFO of a socket.
@@ -356,7 +329,7 @@ fn bulk(pair: &VethPair, cc: &str, midway: impl FnOnce(&TcpStream)) -> Sent {
         .run_in(move || connect(socket_with_cc(Some(&cc_owned)), to))
         .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
     let lport = s.local_addr().expect("local addr").port();
-    let cc_connected = congestion(&s);
+    let cc_connected = net::congestion(&s);
     let (first, second) = payload().split_at(BULK / 2);
     s.write_all(first).expect("send the first half");
     midway(&s);
@@ -365,7 +338,7 @@ fn bulk(pair: &VethPair, cc: &str, midway: impl FnOnce(&TcpStream)) -> Sent {
     // The receiver closes once it has read everything: every segment was acked by then.
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).expect("wait for the receiver's close");
-    let cc_end = congestion(&s);
+    let cc_end = net::congestion(&s);
     let retrans = tcp_info(&s).tcpi_total_retrans;
     drop(s);
     let got = rx.join().expect("the receiver");
@@ -644,11 +617,11 @@ fn default_selects_in_its_namespace_and_is_restored_at_exit() {
     assert_eq!(text, format!("{}\nreno\ntk_reno\n", tk.child.id()), "{}", state.display());
     // New sockets of the namespace are on it without asking, on both ends.
     let (client, server) = local_pair(&ns, None);
-    assert_eq!((congestion(&client), congestion(&server)), ("tk_reno".into(), "tk_reno".into()));
+    assert_eq!((net::congestion(&client), net::congestion(&server)), ("tk_reno".into(), "tk_reno".into()));
     drop((client, server));
     // The root namespace is untouched.
     assert_eq!(std::fs::read_to_string(SYSCTL).unwrap(), root_before, "the root namespace's default");
-    assert_ne!(congestion(&socket_with_cc(None)), "tk_reno", "a new socket of the root namespace");
+    assert_ne!(net::congestion(&socket_with_cc(None)), "tk_reno", "a new socket of the root namespace");
 
     let out = stop(tk);
     assert!(
@@ -659,7 +632,7 @@ fn default_selects_in_its_namespace_and_is_restored_at_exit() {
     assert_eq!(default_of(&ns), "reno", "restored at exit");
     assert!(!state.exists(), "{} is removed at exit", state.display());
     let (client, _server) = local_pair(&ns, None);
-    assert_eq!(congestion(&client), "reno", "a new socket after the exit");
+    assert_eq!(net::congestion(&client), "reno", "a new socket after the exit");
     serial.assert_nothing_left(&ids, "--default after SIGINT");
 }
 
@@ -739,7 +712,7 @@ fn accept_n(l: TcpListener, n: usize) -> JoinHandle<Vec<String>> {
         let mut got = Vec::new();
         while got.len() < n {
             match l.accept() {
-                Ok((s, _)) => got.push(congestion(&s)),
+                Ok((s, _)) => got.push(net::congestion(&s)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(5))
                 }
@@ -785,7 +758,7 @@ fn cmd_sockets_use_the_algorithm_and_no_others() {
     // A socket of the same namespace, outside CMD's cgroup, connected meanwhile.
     let to = SocketAddrV4::new(pair.ip4_b, port.parse().unwrap());
     let outside = pair.a.run_in(move || connect(socket_with_cc(None), to)).expect("connect from outside the cgroup");
-    let outside_cc = congestion(&outside);
+    let outside_cc = net::congestion(&outside);
     let out = tk.wait(Duration::from_secs(30));
     drop(outside);
     assert_eq!(out.status.code(), Some(3), "tracekit exits with CMD's status: {}", out.stderr);
@@ -865,17 +838,9 @@ fn every_exit_leaves_nothing_registered() {
         if !matches!(exit, Exit::Duration) {
             use_reno_once(&ns);
         }
-        match exit {
-            Exit::Interrupt => t.signal(libc::SIGINT),
-            Exit::Terminate => t.signal(libc::SIGTERM),
-            Exit::Kill => t.signal(libc::SIGKILL),
-            Exit::Duration | Exit::Count | Exit::ClosedPipe => {}
-        }
+        exit.signal(&t);
         let out = t.wait(Duration::from_secs(10));
-        match exit {
-            Exit::Kill => assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{how}"),
-            _ => assert_eq!(out.status.code(), Some(0), "{how}: {}", out.stderr),
-        }
+        exit.assert_status(&out, &how);
         assert!(!out.stderr.contains("panicked"), "{how}: {}", out.stderr);
         if !matches!(exit, Exit::Kill | Exit::ClosedPipe) {
             let (reno, vegas) = (counts(&out, "tk_reno"), counts(&out, "tk_vegas"));
@@ -928,10 +893,11 @@ fn a_socket_keeps_the_algorithm_after_tracekit_ends() {
         assert!(out.stderr.contains("registered struct_ops `tk_reno`"), "{}", out.stderr);
         assert!(eventually(10, || available().is_empty()), "unregistered at exit: {:?}", available());
         // No new socket can pick it any more...
-        let err = set_cc(&socket_with_cc(None), "tk_reno").expect_err("TCP_CONGESTION tk_reno after the exit");
+        let err =
+            net::set_congestion(&socket_with_cc(None), "tk_reno").expect_err("TCP_CONGESTION tk_reno after the exit");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
         // ... while this one stays on it.
-        assert_eq!(congestion(s), "tk_reno", "midway, after tracekit ended");
+        assert_eq!(net::congestion(s), "tk_reno", "midway, after tracekit ended");
         retrans_midway = tcp_info(s).tcpi_total_retrans;
     });
     let dropped = stop(drops);
@@ -972,7 +938,7 @@ fn a_second_registration_is_refused_naming_the_first() {
     // The first one still serves it.
     let ns = Netns::new("tcl7");
     let (client, _server) = local_pair(&ns, Some("tk_reno"));
-    assert_eq!(congestion(&client), "tk_reno");
+    assert_eq!(net::congestion(&client), "tk_reno");
     drop(client);
     stop(first);
     serial.assert_nothing_left(&ids, "the first, after SIGINT");

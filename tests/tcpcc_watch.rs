@@ -8,97 +8,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::net::{Netns, VethPair};
+use common::net::{self, VethPair};
 use common::{Finished, Tracer, require_root};
 use serde_json::Value;
 
 const BULK: usize = 8 << 20;
-
-/// A server in `ns` on `addr:port` that accepts `conns` connections and reads each to its end.
-/// Gives up (and fails the test) after 30 s.
-fn sink(ns: &Netns, addr: Ipv4Addr, port: u16, conns: usize) -> JoinHandle<()> {
-    let listener = ns.run_in(|| TcpListener::bind((addr, port))).expect("listen in the receiver's namespace");
-    listener.set_nonblocking(true).expect("nonblocking listener");
-    ns.spawn_in(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut readers = Vec::new();
-        while readers.len() < conns {
-            match listener.accept() {
-                Ok((mut s, _)) => readers.push(thread::spawn(move || {
-                    s.set_nonblocking(false).expect("blocking stream");
-                    s.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
-                    let mut buf = vec![0u8; 1 << 16];
-                    while s.read(&mut buf).is_ok_and(|n| n > 0) {}
-                })),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(5))
-                }
-                Err(e) => panic!("accept on port {port}: {e}"),
-            }
-        }
-        for r in readers {
-            r.join().expect("reader");
-        }
-    })
-}
-
-/// TCP_CONGESTION on a connected socket: the flow's samples from then on name `cc`.
-fn set_cc(s: &TcpStream, cc: &str) {
-    // SAFETY: setsockopt reads cc.len() bytes from cc, which outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_CONGESTION,
-            cc.as_ptr().cast(),
-            cc.len() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_CONGESTION {cc}: {}", io::Error::last_os_error());
-}
-
-/// Connects to `to` with congestion control `cc`, sends `bytes`, closes and waits for the peer
-/// to have read it all. Returns the local port. Runs in the calling thread's namespace.
-fn send(to: SocketAddr, cc: &str, bytes: usize) -> u16 {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
-    set_cc(&s, cc);
-    // SAFETY: setsockopt reads the 4 bytes of PACING, which outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, (&PACING as *const u32).cast(), 4)
-    };
-    assert_eq!(rc, 0, "SO_MAX_PACING_RATE: {}", io::Error::last_os_error());
-    s.set_write_timeout(Some(Duration::from_secs(30))).expect("write timeout");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
-    let port = s.local_addr().expect("local addr").port();
-    let chunk = vec![0x5au8; 1 << 16];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        s.write_all(&chunk[..n]).expect("send");
-        left -= n;
-    }
-    s.shutdown(Shutdown::Write).expect("shutdown");
-    // The peer closes once it has read everything: every ACK has arrived by then.
-    let _ = s.read(&mut [0u8; 16]);
-    port
-}
-
-/// One transfer from `a` to `b`'s `port`: the sender's local port.
-fn transfer(pair: &VethPair, port: u16, cc: &str, bytes: usize) -> u16 {
-    let server = sink(&pair.b, pair.ip4_b, port, 1);
-    let to = SocketAddr::from((pair.ip4_b, port));
-    let cc = cc.to_owned();
-    let lport = pair.a.run_in(move || send(to, &cc, bytes));
-    server.join().expect("the receiver");
-    lport
-}
 
 /// What the sender paces itself to (SO_MAX_PACING_RATE, bytes/s): a bare veth moves 8 MiB in a
 /// few milliseconds, too fast to be sampled more than once or twice; paced, a transfer lasts a
@@ -178,8 +98,8 @@ fn samples_each_flow_with_its_algorithm() {
     let senders = watch(&["--json", "-D", &p, "--host", "10.200.0.0/24"]);
     let receivers = watch(&["--json", "-L", &p]);
     let none = watch(&["--json", "--port", &p, "-6"]);
-    let cubic = transfer(&pair, PORT, "cubic", BULK);
-    let reno = transfer(&pair, PORT, "reno", BULK);
+    let cubic = net::bulk_transfer(&pair, PORT, "cubic", BULK, PACING);
+    let reno = net::bulk_transfer(&pair, PORT, "reno", BULK, PACING);
 
     let out = stop(both);
     let events = out.events();
@@ -238,7 +158,7 @@ fn cwnd_falls_at_the_losses_xdp_makes() {
     let plot = kept_plot("tcpcc-watch-loss.svg");
     let _ = std::fs::remove_file(&plot);
     let t = watch(&["--json", "-D", &p, "--plot", plot.to_str().unwrap()]);
-    let lport = transfer(&pair, PORT, "cubic", 4 * BULK);
+    let lport = net::bulk_transfer(&pair, PORT, "cubic", 4 * BULK, PACING);
     let out = stop(t);
     let dropped = xdp.stop();
     assert!(dropped.status.success(), "{}", dropped.stderr);
@@ -317,10 +237,12 @@ fn plot_on_interrupt_has_a_line_per_flow_and_the_table_fits() {
     // A data segment in 300 lost on the way: cubic and reno react differently.
     let xdp = drop_every(&pair, PORT, 300);
     let t = watch(&["-D", &p, "-i", "0.2", "--plot", plot.to_str().unwrap()]);
-    let server = sink(&pair.b, pair.ip4_b, PORT, 2);
+    let server = net::bulk_sink(&pair.b, pair.ip4_b, PORT, 2);
     let to = SocketAddr::from((pair.ip4_b, PORT));
-    let senders: Vec<JoinHandle<u16>> =
-        ["cubic", "reno"].into_iter().map(|cc| pair.a.spawn_in(move || send(to, cc, 2 * BULK))).collect();
+    let senders: Vec<JoinHandle<u16>> = ["cubic", "reno"]
+        .into_iter()
+        .map(|cc| pair.a.spawn_in(move || net::bulk_send(to, cc, 2 * BULK, PACING)))
+        .collect();
     let lports: Vec<u16> = senders.into_iter().map(|h| h.join().expect("sender")).collect();
     server.join().expect("receiver");
     thread::sleep(Duration::from_millis(500));
@@ -354,7 +276,7 @@ fn plot_at_the_end_of_duration_and_none_without_samples() {
     let dir = tempfile::tempdir().expect("temp dir");
     let plot = dir.path().join("one.svg");
     let t = watch(&["--json", "-D", &p, "-d", "3", "--plot", plot.to_str().unwrap()]);
-    let lport = transfer(&pair, PORT, "reno", BULK);
+    let lport = net::bulk_transfer(&pair, PORT, "reno", BULK, PACING);
     let out = t.wait(Duration::from_secs(20));
     assert!(out.status.success(), "{}", out.stderr);
     let series = svg_series(&plot);

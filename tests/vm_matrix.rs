@@ -1,8 +1,9 @@
 //! The kernel matrix: the root test suites of the tracing tools (tcpstate, uprobe, kprobe,
 //! tracepoint, profile, rawtp, count) and of the packet tools (xdp, tc, sockfilter, net_cleanup,
-//! attach_net, netfixtures, pkt_parse, pcap_filter) and tcpcc_load (one test at a time: the algorithm
-//! names it registers are global to the kernel) run inside QEMU on Debian's stock 5.10, 6.1 and 6.12
-//! kernels (the host kernel runs them natively as the other test targets). One test per kernel;
+//! attach_net, netfixtures, pkt_parse, pcap_filter, cgroup, forward), tcpcc_watch, and tcpcc_load
+//! (one test at a time: the algorithm names it registers are global to the kernel) run inside
+//! QEMU on Debian's stock 5.10, 6.1 and 6.12 kernels (the host kernel runs them natively as the
+//! other test targets). One test per kernel;
 //! they take turns, since each VM wants both cores.
 
 mod vm;
@@ -36,6 +37,7 @@ const SUITES: &[(&str, u32)] = &[
     ("pcap_filter", 2),
     ("cgroup", 2),
     ("forward", 2),
+    ("tcpcc_watch", 2),
     ("tcpcc_load", 1),
 ];
 /// A hang guard, not an expected time: with every suite a TCG guest took 997 s (5.10, one test

@@ -297,3 +297,40 @@ pub enum Exit {
     ClosedPipe,
     Kill,
 }
+
+impl Exit {
+    /// Sends the signal this way of ending is (the others end by themselves).
+    pub fn signal(self, t: &Tracer) {
+        match self {
+            Exit::Interrupt => t.signal(libc::SIGINT),
+            Exit::Terminate => t.signal(libc::SIGTERM),
+            Exit::Kill => t.signal(libc::SIGKILL),
+            Exit::Duration | Exit::Count | Exit::ClosedPipe => {}
+        }
+    }
+
+    /// The status a run ended this way must have: killed by SIGKILL, else exit 0.
+    pub fn assert_status(self, out: &Finished, what: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        match self {
+            Exit::Kill => assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{what}: killed"),
+            _ => assert_eq!(out.status.code(), Some(0), "{what} {self:?}: {}", out.stderr),
+        }
+    }
+}
+
+/// The congestion control names `tracekit tcpcc load` registers are the kernel's, not a
+/// namespace's: every test that registers them holds this lock for its whole run (an exclusive
+/// `flock`, across test binaries; released when the file closes, also on a panic).
+pub fn lock_tcpcc_names() -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    const LOCK: &str = "/run/lock/tracekit-tcpcc.lock";
+    // The VM guests mount an empty tmpfs on /run.
+    std::fs::create_dir_all("/run/lock").expect("mkdir /run/lock");
+    let f =
+        std::fs::File::options().create(true).append(true).open(LOCK).unwrap_or_else(|e| panic!("open {LOCK}: {e}"));
+    // SAFETY: flock on an fd we own; blocks until no other open file description holds it.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {LOCK}: {}", std::io::Error::last_os_error());
+    f
+}

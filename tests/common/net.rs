@@ -855,3 +855,90 @@ pub fn kernel_has_tcx() -> bool {
     let mut it = r.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
     (it.next().unwrap_or(0), it.next().unwrap_or(0)) >= (6, 6)
 }
+
+/// setsockopt(TCP_CONGESTION): the socket's congestion control by name.
+pub fn set_congestion(fd: &impl AsRawFd, cc: &str) -> io::Result<()> {
+    // SAFETY: the kernel reads cc.len() bytes of cc, which outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CONGESTION, cc.as_ptr().cast(), cc.len() as _)
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The socket's congestion control, as getsockopt(TCP_CONGESTION) names it.
+#[track_caller]
+pub fn congestion(fd: &impl AsRawFd) -> String {
+    let mut name = [0u8; 16];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: name is valid for writes of len bytes; len is updated by the kernel.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_mut_ptr().cast(), &mut len)
+    };
+    assert_eq!(rc, 0, "getsockopt TCP_CONGESTION: {}", io::Error::last_os_error());
+    String::from_utf8_lossy(&name[..len as usize]).trim_end_matches('\0').to_owned()
+}
+
+/// A server in `ns` on `addr:port` that accepts `conns` connections and reads each to its end.
+/// Gives up (and fails the test) after 30 s.
+pub fn bulk_sink(ns: &Netns, addr: Ipv4Addr, port: u16, conns: usize) -> JoinHandle<()> {
+    let listener = ns.run_in(|| TcpListener::bind((addr, port))).expect("listen in the receiver's namespace");
+    listener.set_nonblocking(true).expect("nonblocking listener");
+    ns.spawn_in(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut readers = Vec::new();
+        while readers.len() < conns {
+            match listener.accept() {
+                Ok((mut s, _)) => readers.push(thread::spawn(move || {
+                    s.set_nonblocking(false).expect("blocking stream");
+                    s.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+                    let mut buf = vec![0u8; 1 << 16];
+                    while s.read(&mut buf).is_ok_and(|n| n > 0) {}
+                })),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("accept on port {port}: {e}"),
+            }
+        }
+        for r in readers {
+            r.join().expect("reader");
+        }
+    })
+}
+
+/// Connects to `to` with congestion control `cc`, paced to `pacing` bytes/s (SO_MAX_PACING_RATE),
+/// sends `bytes`, closes and waits for the peer to have read it all. Returns the local port.
+/// Runs in the calling thread's namespace.
+pub fn bulk_send(to: SocketAddr, cc: &str, bytes: usize, pacing: u32) -> u16 {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+    set_congestion(&s, cc).unwrap_or_else(|e| panic!("TCP_CONGESTION {cc}: {e}"));
+    // SAFETY: setsockopt reads the 4 bytes of `pacing`, which outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, (&raw const pacing).cast(), 4)
+    };
+    assert_eq!(rc, 0, "SO_MAX_PACING_RATE: {}", io::Error::last_os_error());
+    s.set_write_timeout(Some(Duration::from_secs(30))).expect("write timeout");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+    let port = s.local_addr().expect("local addr").port();
+    let chunk = vec![0x5au8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n]).expect("send");
+        left -= n;
+    }
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    // The peer closes once it has read everything: every ACK has arrived by then.
+    let _ = s.read(&mut [0u8; 16]);
+    port
+}
+
+/// One transfer from `a` to `b`'s `port`: the sender's local port.
+pub fn bulk_transfer(pair: &VethPair, port: u16, cc: &str, bytes: usize, pacing: u32) -> u16 {
+    let server = bulk_sink(&pair.b, pair.ip4_b, port, 1);
+    let to = SocketAddr::from((pair.ip4_b, port));
+    let cc = cc.to_owned();
+    let lport = pair.a.run_in(move || bulk_send(to, &cc, bytes, pacing));
+    server.join().expect("the receiver");
+    lport
+}

@@ -206,8 +206,11 @@ __u32 BPF_PROG(tk_reno_ssthresh, struct sock *sk)
 	return tk_half_cwnd(ctx, sk, TK_CC_RENO);
 }
 
-SEC("struct_ops/tk_reno_cong_avoid")
-void BPF_PROG(tk_reno_cong_avoid, struct sock *sk, __u32 ack, __u32 acked)
+/* Reno's growth (RFC 5681): slow start below ssthresh, then one segment per window acked; only
+ * while cwnd limits the sender. `min_rtt`/`base_rtt` only go into the events (vegas uses this
+ * too, for rounds without enough RTT samples and while recovering). */
+static __always_inline void tk_reno_grow(void *ctx, struct sock *sk, __u32 algo, __u32 acked, __u32 min_rtt,
+					 __u32 base_rtt)
 {
 	struct tcp_sock *tp = tk_tcp_sk(sk);
 	__u32 before = tp->snd_cwnd;
@@ -218,7 +221,8 @@ void BPF_PROG(tk_reno_cong_avoid, struct sock *sk, __u32 ack, __u32 acked)
 		__u32 left = tk_slow_start(tp, acked);
 
 		if (tp->snd_cwnd != before)
-			tk_decided(ctx, sk, TK_CC_RENO, TK_CC_SLOW_START, before, tp->snd_cwnd, tp->snd_ssthresh, acked, 0, 0);
+			tk_decided(ctx, sk, algo, TK_CC_SLOW_START, before, tp->snd_cwnd, tp->snd_ssthresh, acked,
+				   min_rtt, base_rtt);
 		acked = left;
 		if (!acked)
 			return;
@@ -226,7 +230,14 @@ void BPF_PROG(tk_reno_cong_avoid, struct sock *sk, __u32 ack, __u32 acked)
 	}
 	tk_additive_increase(tp, tp->snd_cwnd, acked);
 	if (tp->snd_cwnd != before)
-		tk_decided(ctx, sk, TK_CC_RENO, TK_CC_AVOIDANCE, before, tp->snd_cwnd, tp->snd_ssthresh, acked, 0, 0);
+		tk_decided(ctx, sk, algo, TK_CC_AVOIDANCE, before, tp->snd_cwnd, tp->snd_ssthresh, acked, min_rtt,
+			   base_rtt);
+}
+
+SEC("struct_ops/tk_reno_cong_avoid")
+void BPF_PROG(tk_reno_cong_avoid, struct sock *sk, __u32 ack, __u32 acked)
+{
+	tk_reno_grow(ctx, sk, TK_CC_RENO, acked, 0, 0);
 }
 
 /* A spurious loss: back to the cwnd before it (prior_cwnd, kept by the kernel). */
@@ -363,25 +374,9 @@ __u32 BPF_PROG(tk_vegas_undo_cwnd, struct sock *sk)
 /* Reno's growth, for the rounds without enough samples and while vegas is off. */
 static __always_inline void tk_vegas_reno(void *ctx, struct sock *sk, __u32 acked)
 {
-	struct tcp_sock *tp = tk_tcp_sk(sk);
 	struct tk_vegas *v = tk_vegas_of(sk);
-	__u32 before = tp->snd_cwnd;
 
-	if (!tk_cwnd_limited(tp))
-		return;
-	if (tk_in_slow_start(tp)) {
-		__u32 left = tk_slow_start(tp, acked);
-
-		if (tp->snd_cwnd != before)
-			tk_decided(ctx, sk, TK_CC_VEGAS, TK_CC_SLOW_START, before, tp->snd_cwnd, tp->snd_ssthresh, acked, v->min_rtt, v->base_rtt);
-		acked = left;
-		if (!acked)
-			return;
-		before = tp->snd_cwnd;
-	}
-	tk_additive_increase(tp, tp->snd_cwnd, acked);
-	if (tp->snd_cwnd != before)
-		tk_decided(ctx, sk, TK_CC_VEGAS, TK_CC_AVOIDANCE, before, tp->snd_cwnd, tp->snd_ssthresh, acked, v->min_rtt, v->base_rtt);
+	tk_reno_grow(ctx, sk, TK_CC_VEGAS, acked, v->min_rtt, v->base_rtt);
 }
 
 SEC("struct_ops/tk_vegas_cong_avoid")

@@ -5,7 +5,6 @@
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +18,7 @@ use crate::runtime::attach::{Attachment, attach_cgroup, struct_ops};
 use crate::runtime::cli::output::OutputArgs;
 use crate::runtime::cli::task::parse_duration;
 use crate::runtime::fastfmt::Endpoint;
-use crate::runtime::output::{EventHeader, HookHeader, Sink};
+use crate::runtime::output::{EventHeader, HookHeader, Sink, sock_addr};
 use crate::runtime::sysctl::SysctlGuard;
 use crate::runtime::watch::Every;
 use crate::runtime::{Printer, Runtime, Transport};
@@ -254,14 +253,6 @@ fn reason_name(r: u8) -> &'static str {
     REASONS.get(usize::from(r)).copied().unwrap_or("unknown")
 }
 
-fn address(family: u16, raw: &[u8; 16]) -> IpAddr {
-    if family == 2 {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*raw))
-    }
-}
-
 struct CcPrinter<'a> {
     counts: &'a MapMut<'a>,
     algos: Vec<Algo>,
@@ -331,8 +322,8 @@ impl Printer for CcPrinter<'_> {
     }
 
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
-        let local = Endpoint::new(address(ev.family, &ev.saddr), ev.sport);
-        let remote = Endpoint::new(address(ev.family, &ev.daddr), ev.dport);
+        let local = Endpoint::new(sock_addr(ev.family, &ev.saddr), ev.sport);
+        let remote = Endpoint::new(sock_addr(ev.family, &ev.daddr), ev.dport);
         let algo = Algo::ALL.get(usize::from(ev.algo)).map_or("?", |a| a.name());
         let w = out.w();
         let flow_len = local.as_str().len() + 1 + remote.as_str().len();
@@ -349,11 +340,7 @@ impl Printer for CcPrinter<'_> {
     fn json(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
         out.field_str("algo", Algo::ALL.get(usize::from(ev.algo)).map_or("?", |a| a.name()))?;
         out.field_str("event", reason_name(ev.reason))?;
-        out.field_str("family", if ev.family == 2 { "ipv4" } else { "ipv6" })?;
-        out.field_display("laddr", address(ev.family, &ev.saddr))?;
-        out.field_u64("lport", ev.sport.into())?;
-        out.field_display("raddr", address(ev.family, &ev.daddr))?;
-        out.field_u64("rport", ev.dport.into())?;
+        out.field_sock_ends(ev.family, (&ev.saddr, ev.sport), (&ev.daddr, ev.dport))?;
         out.field_display("sock", format_args!("{:#x}", ev.sk))?;
         out.field_u64("cwnd_before", ev.cwnd_before.into())?;
         out.field_u64("cwnd", ev.cwnd.into())?;

@@ -425,28 +425,33 @@ fn probe_fexit(f: Feature) -> Status {
     probe_tracing(f, libbpf_sys::BPF_TRACE_FEXIT, &[c"bpf_fentry_test1", c"do_sys_openat2"])
 }
 
-/// tp_btf needs kernel BTF and Linux 5.5, nothing else (no ftrace trampoline, unlike fentry).
-/// Decided from those two facts: a probe load would parse the kernel's BTF (several ms and
-/// MiB), which the tool's own load then does again.
-/// Whether the kernel's BTF has `struct NAME` (types that come with a feature's code).
-fn kernel_has_struct(name: &str) -> Option<bool> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: no arguments; the result is checked and freed below.
-    let btf = unsafe { libbpf_sys::btf__load_vmlinux_btf() };
-    if btf.is_null() || (btf as isize) < 0 && (btf as isize) > -4096 {
-        return None;
-    }
-    // SAFETY: btf is a valid BTF object; c a NUL-terminated name.
-    let id = unsafe { libbpf_sys::btf__find_by_name_kind(btf, c.as_ptr(), libbpf_sys::BTF_KIND_STRUCT) };
-    // SAFETY: btf came from btf__load_vmlinux_btf and is freed once.
-    unsafe { libbpf_sys::btf__free(btf) };
-    Some(id > 0)
+/// The struct_ops types of the kernel's BTF: (`bpf_struct_ops_tcp_congestion_ops`: congestion
+/// control in BPF, 5.6+; `bpf_struct_ops_link`: struct_ops links, 6.4+), None without BTF. The
+/// BTF is parsed once for both (several ms and MiB), and only by the tools that register
+/// struct_ops and by `tracekit probe`.
+fn struct_ops_types() -> Option<(bool, bool)> {
+    static TYPES: OnceLock<Option<(bool, bool)>> = OnceLock::new();
+    *TYPES.get_or_init(|| {
+        // SAFETY: no arguments; the result is checked and freed below.
+        let btf = unsafe { libbpf_sys::btf__load_vmlinux_btf() };
+        if btf.is_null() || (btf as isize) < 0 && (btf as isize) > -4096 {
+            return None;
+        }
+        let has = |name: &std::ffi::CStr| {
+            // SAFETY: btf is a valid BTF object; name is NUL-terminated.
+            unsafe { libbpf_sys::btf__find_by_name_kind(btf, name.as_ptr(), libbpf_sys::BTF_KIND_STRUCT) > 0 }
+        };
+        let types = (has(c"bpf_struct_ops_tcp_congestion_ops"), has(c"bpf_struct_ops_link"));
+        // SAFETY: btf came from btf__load_vmlinux_btf and is freed once.
+        unsafe { libbpf_sys::btf__free(btf) };
+        Some(types)
+    })
 }
 
 /// TCP congestion control in BPF: the kernel's struct_ops wrapper of `tcp_congestion_ops`
 /// exists (5.6+, with CONFIG_BPF_JIT).
 fn probe_struct_ops(f: Feature) -> Status {
-    match kernel_has_struct("bpf_struct_ops_tcp_congestion_ops") {
+    match struct_ops_types().map(|t| t.0) {
         Some(true) => Status::Supported,
         Some(false) => unsupported(f, "no struct_ops for tcp_congestion_ops in the kernel's BTF"),
         None => unsupported(f, "no kernel BTF (/sys/kernel/btf/vmlinux)"),
@@ -455,13 +460,16 @@ fn probe_struct_ops(f: Feature) -> Status {
 
 /// struct_ops links (6.4): the kernel has `struct bpf_struct_ops_link`.
 fn probe_struct_ops_link(f: Feature) -> Status {
-    match kernel_has_struct("bpf_struct_ops_link") {
+    match struct_ops_types().map(|t| t.1) {
         Some(true) => Status::Supported,
         Some(false) => unsupported(f, "no struct_ops links (Linux 6.4)"),
         None => unsupported(f, "no kernel BTF (/sys/kernel/btf/vmlinux)"),
     }
 }
 
+/// tp_btf needs kernel BTF and Linux 5.5, nothing else (no ftrace trampoline, unlike fentry).
+/// Decided from those two facts: a probe load would parse the kernel's BTF (several ms and
+/// MiB), which the tool's own load then does again.
 fn probe_tp_btf(f: Feature) -> Status {
     if !probe_btf(Feature::Btf).is_supported() {
         return unsupported(f, "no kernel BTF (/sys/kernel/btf/vmlinux)");

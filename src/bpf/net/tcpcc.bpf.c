@@ -14,8 +14,8 @@
  * algorithm needs no map per connection.
  *
  * Both algorithms are written for this project from their papers and RFCs, not copied from the
- * kernel's tcp_cong.c / tcp_vegas.c; their arithmetic follows the same rules so that the
- * kernel's own reno and vegas are a fair yardstick in the benchmark. */
+ * kernel's tcp_cong.c / tcp_vegas.c. tk_reno follows the same rules as the kernel's reno, so
+ * that it is a fair yardstick; where tk_vegas differs from the kernel's vegas is said below. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -144,7 +144,8 @@ static __always_inline void tk_decided(void *ctx, struct sock *sk, __u32 algo, _
 	if (e->family == TK_AF_INET) {
 		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_rcv_saddr, 4);
 		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_daddr, 4);
-	} else {
+	} else if (bpf_core_field_exists(sk->__sk_common.skc_v6_rcv_saddr)) {
+		/* absent from kernels built without IPv6: the program must still load there */
 		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
 		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_v6_daddr, 16);
 	}
@@ -273,7 +274,13 @@ struct tcp_congestion_ops tk_reno = {
  * base_rtt) with what the last round got (cwnd / rtt). Their difference, in segments,
  * diff = cwnd * (rtt - base_rtt) / rtt, is how many of our segments sit in queues. Keep it
  * between alpha and beta: grow by one below alpha, shrink by one above beta. In slow start, leave
- * it as soon as more than gamma segments queue up. Losses are handled as by reno. */
+ * it as soon as more than gamma segments queue up. Losses are handled as by reno.
+ *
+ * Differences from the kernel's tcp_vegas.c: diff divides by rtt, the paper's "Expected -
+ * Actual" in segments (the kernel divides by base_rtt, which counts more queued segments the
+ * longer the queue); ssthresh is not raised towards 3/4 cwnd at the end of a round
+ * (tcp_current_ssthresh), so it stays where the last loss or delay_hold put it; and avoidance
+ * grows only while cwnd limits the sender. */
 
 #define TK_VEGAS_ALPHA 2
 #define TK_VEGAS_BETA 4
@@ -351,12 +358,18 @@ void BPF_PROG(tk_vegas_set_state, struct sock *sk, __u8 new_state)
 		tk_vegas_new_round(sk);
 }
 
-/* After an idle period or at the start of sending, the last round's samples say nothing. */
+/* After an idle period or at the start of sending, start over, base_rtt included: the path
+ * may have changed while nothing was measured (as the kernel's vegas does). */
 SEC("struct_ops/tk_vegas_cwnd_event")
 void BPF_PROG(tk_vegas_cwnd_event, struct sock *sk, enum tcp_ca_event event)
 {
-	if (event == CA_EVENT_CWND_RESTART || event == CA_EVENT_TX_START)
+	struct tk_vegas *v = tk_vegas_of(sk);
+
+	if (event == CA_EVENT_CWND_RESTART || event == CA_EVENT_TX_START) {
+		v->base_rtt = TK_VEGAS_NO_RTT;
+		v->on = 1;
 		tk_vegas_new_round(sk);
+	}
 }
 
 SEC("struct_ops/tk_vegas_ssthresh")
@@ -384,7 +397,7 @@ void BPF_PROG(tk_vegas_cong_avoid, struct sock *sk, __u32 ack, __u32 acked)
 {
 	struct tcp_sock *tp = tk_tcp_sk(sk);
 	struct tk_vegas *v = tk_vegas_of(sk);
-	__u32 before = tp->snd_cwnd, cwnd = tp->snd_cwnd, rtt, base, reason;
+	__u32 before = tp->snd_cwnd, cwnd = tp->snd_cwnd, ssthresh_before = tp->snd_ssthresh, rtt, base, reason;
 	__u64 diff;
 
 	if (!v->on) {
@@ -437,7 +450,8 @@ void BPF_PROG(tk_vegas_cong_avoid, struct sock *sk, __u32 ack, __u32 acked)
 	if (cwnd < 2)
 		cwnd = 2;
 	tk_set_cwnd(tp, cwnd);
-	if (reason != TK_CC_NREASONS && tp->snd_cwnd != before)
+	/* delay_hold may lower only ssthresh: a decision too */
+	if (reason != TK_CC_NREASONS && (tp->snd_cwnd != before || tp->snd_ssthresh != ssthresh_before))
 		tk_decided(ctx, sk, TK_CC_VEGAS, reason, before, tp->snd_cwnd, tp->snd_ssthresh, acked, rtt, base);
 	tk_vegas_new_round(sk);
 }

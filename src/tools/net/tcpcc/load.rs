@@ -15,7 +15,7 @@ use libbpf_rs::{MapCore, MapFlags, MapMut};
 use crate::error::Error;
 use crate::runtime::attach::cgroup::{cgroup_dir, cgroup2_root};
 use crate::runtime::attach::{Attachment, attach_cgroup, struct_ops};
-use crate::runtime::cli::output::OutputArgs;
+use crate::runtime::cli::output::{OutputArgs, TransportChoice};
 use crate::runtime::cli::task::parse_duration;
 use crate::runtime::fastfmt::Endpoint;
 use crate::runtime::output::{EventHeader, HookHeader, Sink, sock_addr};
@@ -130,10 +130,16 @@ fn check(args: &LoadArgs) -> Result<(), Error> {
         return Err(Error::usage("--default selects for the whole system, -- CMD for CMD's sockets: give one", None));
     }
     if let Some(dup) = args.algos.iter().enumerate().find(|(i, a)| args.algos[..*i].contains(a)) {
-        return Err(Error::usage(format!("`{}` is given twice", dup.1.name()), None));
+        return Err(Error::usage(
+            format!("`{}` is given twice", dup.1.name()),
+            Some("name each algorithm once".to_owned()),
+        ));
     }
     if args.out.count.is_some() && !args.events {
-        return Err(Error::usage("-n counts events: it needs --events", None));
+        return Err(Error::usage(
+            "-n counts events: it needs --events",
+            Some("add --events, or end the run with --duration or Ctrl-C".to_owned()),
+        ));
     }
     Ok(())
 }
@@ -144,10 +150,18 @@ pub fn run(args: LoadArgs) -> Result<i32, Error> {
     struct_ops::check_supported(&rt.probes, "tcp_congestion_ops")?;
     let transport = rt.step("transport", || rt.transport())?;
     if args.events && matches!(transport, Transport::PerfBuf { .. }) {
-        return Err(Error::usage(
-            "--events needs the ring buffer: congestion control programs cannot write to a perf buffer",
-            Some("drop --transport perfbuf (the ring buffer needs Linux 5.8)".to_owned()),
-        ));
+        let why = "congestion control programs cannot write to a perf buffer";
+        return Err(match rt.out.transport {
+            TransportChoice::Perfbuf => Error::usage(
+                format!("--events needs the ring buffer: {why}"),
+                Some("drop --transport perfbuf".to_owned()),
+            ),
+            _ => Error::Unsupported {
+                feature: "ringbuf",
+                reason: format!("--events needs the ring buffer (Linux 5.8): {why}"),
+                hint: Some("run without --events (the counters at exit still count every decision)".into()),
+            },
+        });
     }
     let link = struct_ops::has_link(&rt.probes);
     let root = if args.cgroup.is_some() || !args.command.is_empty() { Some(cgroup2_root()?) } else { None };
@@ -158,9 +172,9 @@ pub fn run(args: LoadArgs) -> Result<i32, Error> {
         if link { "struct_ops links" } else { "struct_ops maps (no links before Linux 6.4)" }
     ));
     // The default a killed tracekit set goes back first: it names the algorithm swept next.
-    if args.default
-        && let Some(note) = SysctlGuard::sweep_stale(DEFAULT_SYSCTL)
-    {
+    // On every run, not only with --default: a default left on an algorithm that is then
+    // unregistered keeps giving new sockets an algorithm nobody runs.
+    if let Some(note) = SysctlGuard::sweep_stale(DEFAULT_SYSCTL) {
         eprintln!("tracekit: {note}");
     }
     for note in struct_ops::sweep_stale(&Algo::ALL.map(Algo::name)) {

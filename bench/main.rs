@@ -7,7 +7,10 @@
 //! are noisy. `--smoke` is one small repetition, for CI. The packet tools' rows (per-packet cost
 //! with BPF_PROG_RUN, live capacity on a veth pair next to tcpdump) are in net.rs; `tracekit
 //! cgroup`'s cost to the connect, bind and TCP throughput of a cgroup's processes in cgroup.rs;
-//! `tracekit forward`'s packet rate and latency next to the kernel's forwarding in forward.rs.
+//! `tracekit forward`'s packet rate and latency next to the kernel's forwarding in forward.rs;
+//! `tracekit tcpcc load`'s congestion control algorithms next to the kernel's, over netem, in
+//! tcpcc.rs. `--out FILE` writes the raw results as JSON; `--json` prints them on stdout instead
+//! of the table (which then goes to stderr).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 mod cgroup;
 mod forward;
 mod net;
+mod tcpcc;
 
 const WORK_COMM: &str = "tkb-work";
 const MARK: &str = "tkbmark";
@@ -637,7 +641,15 @@ fn main() {
     if only.is_empty() || only.contains(&"forward") {
         table.push_str(&forward::run(smoke, &mut results));
     }
-    println!("{table}");
+    if only.is_empty() || only.contains(&"tcpcc") {
+        table.push_str(&tcpcc::run(smoke, only.contains(&"tcpcc"), &args, &mut results));
+    }
+    if args.iter().any(|a| a == "--json") {
+        eprintln!("{table}");
+        println!("{}", serde_json::to_string_pretty(&results).unwrap());
+    } else {
+        println!("{table}");
+    }
     if let Some(p) = out_json {
         fs::write(&p, serde_json::to_string_pretty(&results).unwrap()).unwrap();
         eprintln!("bench: raw results in {}", p.display());

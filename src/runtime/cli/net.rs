@@ -32,6 +32,14 @@ impl Proto {
 }
 
 /// An address with a prefix length: `10.0.0.1`, `10.0.0.0/8`, `fd00::/64`.
+/// The mask of a prefix length over 16 bytes: `prefix` leading one bits, then zeros.
+pub fn prefix_mask(prefix: u8) -> [u8; 16] {
+    std::array::from_fn(|i| {
+        let keep = u32::from(prefix).saturating_sub(i as u32 * 8).min(8);
+        if keep == 0 { 0 } else { 0xffu8 << (8 - keep) }
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostPrefix {
     pub addr: IpAddr,
@@ -46,12 +54,15 @@ impl HostPrefix {
             IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
             IpAddr::V6(a) => out.copy_from_slice(&a.octets()),
         }
-        for (i, b) in out.iter_mut().enumerate() {
-            let bits_before = (i * 8) as u32;
-            let keep = u32::from(self.prefix).saturating_sub(bits_before).min(8);
-            *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+        for (b, m) in out.iter_mut().zip(prefix_mask(self.prefix)) {
+            *b &= m;
         }
         out
+    }
+
+    /// The prefix's mask, laid out as [`HostPrefix::masked_bytes`] lays out the address.
+    pub fn mask_bytes(&self) -> [u8; 16] {
+        prefix_mask(self.prefix)
     }
 
     pub fn is_ipv4(&self) -> bool {
@@ -158,6 +169,9 @@ mod tests {
         assert_eq!(parse_host("[::1]").unwrap().prefix, 128);
         let h = parse_host("10.255.255.255/12").unwrap();
         assert_eq!(&h.masked_bytes()[..4], &[10, 240, 0, 0]);
+        assert_eq!(h.mask_bytes(), [255, 240, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(prefix_mask(0), [0; 16]);
+        assert_eq!(prefix_mask(128), [255; 16]);
         assert!(parse_host("10.0.0.1/33").unwrap_err().contains("0 to 32"));
         assert!(parse_host("nohost").unwrap_err().contains("not an IP address"));
         assert!(parse_host("::1/129").is_err());

@@ -335,12 +335,7 @@ pub fn words(addr: &[u8; 16]) -> [u32; 4] {
 
 /// The mask of a prefix length as [`words`].
 pub fn mask_words(prefix: u8) -> [u32; 4] {
-    let mut bytes = [0u8; 16];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        let keep = u32::from(prefix).saturating_sub(i as u32 * 8).min(8);
-        *b = if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
-    }
-    words(&bytes)
+    words(&crate::runtime::cli::net::prefix_mask(prefix))
 }
 
 pub fn ip_bytes(ip: IpAddr) -> [u8; 16] {

@@ -150,12 +150,7 @@ impl Filter {
                         Some(format!("drop {flag}, or give an address of that family")),
                     ));
                 }
-                // The mask is the all-ones address cut to the same prefix.
-                let ones = crate::runtime::cli::net::HostPrefix {
-                    addr: if p.is_ipv4() { [255u8; 4].into() } else { [255u8; 16].into() },
-                    prefix: p.prefix,
-                };
-                Some((p.masked_bytes(), ones.masked_bytes(), fam))
+                Some((p.masked_bytes(), p.mask_bytes(), fam))
             }
         };
         Ok(Filter {

@@ -817,6 +817,7 @@ fn every_exit_leaves_nothing_registered() {
     let links = struct_ops_links();
     for exit in [Exit::Interrupt, Exit::Terminate, Exit::Duration, Exit::Count, Exit::ClosedPipe, Exit::Kill] {
         let how = format!("{exit:?}");
+        println!("exit path {how}");
         let mut args = vec!["tcpcc", "load", "tk_reno", "tk_vegas", "--json"];
         match exit {
             Exit::Duration => args.extend(["-d", "0.5"]),

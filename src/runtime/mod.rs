@@ -337,7 +337,7 @@ impl Runtime {
                 }
                 break;
             };
-            let polled = source.poll(timeout);
+            let polled = source.poll(timeout).and_then(|()| source.consume_unwoken());
             let paused = std::mem::take(&mut state.borrow_mut().paused);
             if let Err(e) = polled
                 && !state.borrow().done
@@ -696,6 +696,17 @@ impl<'a> EventSource<'a> {
         match self {
             EventSource::Ring(rb) => rb.poll(timeout),
             EventSource::Perf(pb) => pb.poll(timeout),
+        }
+    }
+
+    /// Records the kernel submitted without a wakeup (the batching in transport.bpf.h): the
+    /// tail of a burst followed by silence would otherwise wait for the next event's wakeup,
+    /// for ever if none comes. Looking after every poll bounds their delay by the poll
+    /// interval. A perf buffer wakes on every record, so there is nothing to look for.
+    fn consume_unwoken(&self) -> libbpf_rs::Result<()> {
+        match self {
+            EventSource::Ring(rb) => rb.consume(),
+            EventSource::Perf(_) => Ok(()),
         }
     }
 

@@ -222,7 +222,10 @@ impl Tracer {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("tracekit did not exit within {timeout:?}");
+                while let Ok(l) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+                    self.stderr_seen.push(l);
+                }
+                panic!("tracekit did not exit within {timeout:?}; stderr:\n{}", self.stderr_seen.join("\n"));
             }
             thread::sleep(Duration::from_millis(10));
         };

@@ -67,6 +67,8 @@ enum Command {
     Forward(tools::net::forward::ForwardArgs),
     /// TCP congestion control: watch each flow's cwnd and srtt, or load an algorithm in BPF
     Tcpcc(tools::net::tcpcc::TcpccArgs),
+    /// A cgroup's TCP connections from a sockops program: states, RTT, retransmits, no kprobes
+    Sockops(tools::net::sockops::SockopsArgs),
     /// What can be traced: kernel functions, tracepoints, functions of a binary
     List(tools::meta::list::ListArgs),
     /// Shell completions (bash, zsh, fish, …), generated from these options
@@ -100,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cgroup(a) => tools::net::cgroup::run(a)?,
         Command::Forward(a) => tools::net::forward::run(a)?,
         Command::Tcpcc(a) => tools::net::tcpcc::run(a)?,
+        Command::Sockops(a) => tools::net::sockops::run(a)?,
         Command::List(a) => tools::meta::list::run(&a)?,
         Command::Completions(a) => tools::meta::docs::completions(&a, Cli::command())?,
         Command::Man(a) => tools::meta::docs::man(&a, Cli::command())?,

@@ -426,3 +426,39 @@ fn tcpcc_tool() {
     ];
     check("tcpcc load", &out, &kinds);
 }
+
+// `tracekit sockops` (README "tracekit sockops"): every event has the connection's numbers; the
+// kind's own fields (states, RTT, retransmission, summary) are checked by tests/sockops.rs.
+const SOCKOPS_EVENT: Fields = &[
+    ("time_ns", UInt),
+    ("cpu", UInt),
+    ("event", Str),
+    ("cookie", UInt),
+    ("cwnd", UInt),
+    ("ssthresh", Any),
+    ("total_retrans", UInt),
+    ("bytes_acked", UInt),
+    ("bytes_received", UInt),
+];
+const SOCKOPS_COUNTS: Fields =
+    &[("connect", UInt), ("accept", UInt), ("state", UInt), ("rtt", UInt), ("retrans", UInt), ("closed", UInt)];
+
+#[test]
+fn sockops_tool() {
+    if !require_root("schema::sockops_tool") {
+        return;
+    }
+    const PORT: u16 = 19481;
+    const PACED: u32 = 50_000_000;
+    let pair = VethPair::new("schemaso");
+    let t = Tracer::start(&["sockops", "--json", "--rtt", "--samples", "-D", &PORT.to_string()]);
+    net::bulk_transfer(&pair, PORT, "cubic", 1 << 20, PACED);
+    let out = t.stop();
+    let kinds = [
+        Kind { name: "event", fields: vec![FLOW, SOCKOPS_EVENT], required: true },
+        kind("sockops_counts", &[SOCKOPS_COUNTS], true),
+        kind("lost", &[LOST], false),
+        kind("summary", &[SUMMARY], true),
+    ];
+    check("sockops", &out, &kinds);
+}

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use clap::{Args, ValueEnum};
 
+use crate::error::Error;
+
 /// At most this many `--port` values (TK_PKT_MAX_PORTS in pkt.h; checked against the generated
 /// type where the filter is written).
 pub const MAX_PORTS: usize = 8;
@@ -97,6 +99,24 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
         Ok(p) => Err(format!("port {p} is out of range (1-65535)")),
         Err(_) => Err(format!("`{s}` is not a port number (1-65535)")),
     }
+}
+
+/// A port filter's values (`-L 80,443` arrives as two strings), at most `max`; `without` says
+/// what to do instead of filtering, e.g. "watch without the port filter".
+pub fn port_list(flag: &str, given: &[String], max: usize, without: &str) -> Result<Vec<u16>, Error> {
+    if given.len() > max {
+        return Err(Error::usage(
+            format!("{flag} takes at most {max} ports, got {}", given.len()),
+            Some(format!("{without} and select in the JSON output instead")),
+        ));
+    }
+    given
+        .iter()
+        .map(|p| {
+            parse_port(p)
+                .map_err(|e| Error::usage(format!("{flag}: {e}"), Some(format!("e.g. {flag} 5201, or {flag} 80,443"))))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Default, Args)]

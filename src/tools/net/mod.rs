@@ -6,6 +6,7 @@ pub mod forward;
 pub mod packet;
 pub mod skels;
 pub mod sockfilter;
+pub mod sockops;
 pub mod tc;
 pub mod tcpcc;
 pub mod xdp;

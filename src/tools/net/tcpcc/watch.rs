@@ -20,7 +20,7 @@ use clap::Args;
 
 use crate::error::Error;
 use crate::runtime::attach::tracing;
-use crate::runtime::cli::net::{parse_host, parse_port};
+use crate::runtime::cli::net::{parse_host, port_list};
 use crate::runtime::cli::task::parse_duration;
 use crate::runtime::fastfmt::Endpoint;
 use crate::runtime::output::{AF_INET, AF_INET6, EventHeader, HookHeader, Sink, c_chars, sock_addr};
@@ -109,19 +109,7 @@ struct Filter {
 }
 
 fn ports(flag: &str, given: &[String]) -> Result<Vec<u16>, Error> {
-    if given.len() > MAX_PORTS {
-        return Err(Error::usage(
-            format!("{flag} takes at most {MAX_PORTS} ports, got {}", given.len()),
-            Some("watch without the port filter and select flows in the JSON output instead".to_owned()),
-        ));
-    }
-    given
-        .iter()
-        .map(|p| {
-            parse_port(p)
-                .map_err(|e| Error::usage(format!("{flag}: {e}"), Some(format!("e.g. {flag} 5201, or {flag} 80,443"))))
-        })
-        .collect()
+    port_list(flag, given, MAX_PORTS, "watch without the port filter")
 }
 
 impl Filter {

@@ -67,6 +67,8 @@ enum Command {
     Forward(tools::net::forward::ForwardArgs),
     /// TCP congestion control: watch each flow's cwnd and srtt, or load an algorithm in BPF
     Tcpcc(tools::net::tcpcc::TcpccArgs),
+    /// Steer connections and datagrams for many ports and addresses to one socket (sk_lookup)
+    Sklookup(tools::net::sklookup::SklookupArgs),
     /// A cgroup's TCP connections from a sockops program: states, RTT, retransmits, no kprobes
     Sockops(tools::net::sockops::SockopsArgs),
     /// What can be traced: kernel functions, tracepoints, functions of a binary
@@ -102,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cgroup(a) => tools::net::cgroup::run(a)?,
         Command::Forward(a) => tools::net::forward::run(a)?,
         Command::Tcpcc(a) => tools::net::tcpcc::run(a)?,
+        Command::Sklookup(a) => tools::net::sklookup::run(a)?,
         Command::Sockops(a) => tools::net::sockops::run(a)?,
         Command::List(a) => tools::meta::list::run(&a)?,
         Command::Completions(a) => tools::meta::docs::completions(&a, Cli::command())?,

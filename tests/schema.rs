@@ -462,3 +462,26 @@ fn sockops_tool() {
     ];
     check("sockops", &out, &kinds);
 }
+
+// `tracekit sklookup` (README "tracekit sklookup"): an event per lookup of the port set, the
+// counters at exit.
+const SKLOOKUP_EVENT: Fields = &[("time_ns", UInt), ("cpu", UInt), ("proto", Str), ("verdict", Str), ("cookie", UInt)];
+const SKLOOKUP_COUNTS: Fields = &[("lookups", UInt), ("hits", UInt), ("misses", UInt)];
+
+#[test]
+fn sklookup_tool() {
+    if !require_root("schema::sklookup_tool") {
+        return;
+    }
+    let ns = net::Netns::new("schemaskl");
+    let t = Tracer::start(&["sklookup", "--netns", ns.name(), "--ports", "7", "--echo", "--json"]);
+    net::tcp_connect(&ns, std::net::Ipv4Addr::LOCALHOST, 7, Duration::from_secs(3)).expect("echo on port 7");
+    let out = t.stop();
+    let kinds = [
+        Kind { name: "event", fields: vec![FLOW, SKLOOKUP_EVENT], required: true },
+        kind("sklookup_counts", &[SKLOOKUP_COUNTS], true),
+        kind("lost", &[LOST], false),
+        kind("summary", &[SUMMARY], true),
+    ];
+    check("sklookup", &out, &kinds);
+}

@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod forward;
 pub mod packet;
 pub mod skels;
+pub mod sklookup;
 pub mod sockfilter;
 pub mod sockops;
 pub mod tc;

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* In-kernel counting (count, profile): one more for a key, a full table counted as a drop. */
+/* In-kernel counting: one more for a key (count, profile; a full table counted as a drop), or
+ * at an index of a per-CPU array (a tool's counters). */
 #ifndef TK_COUNTS_BPF_H
 #define TK_COUNTS_BPF_H
 
@@ -14,6 +15,16 @@ static __always_inline void tk_count_in(void *map, const void *key)
 		__sync_fetch_and_add(n, 1);
 	else if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
 		tk_count_drop();
+}
+
+/* One more at `index` of a per-CPU array of __u64 counts (a tool's counters, summed by user
+ * space): no atomics needed, each CPU has its own slot. */
+static __always_inline void tk_count_at(void *map, __u32 index)
+{
+	__u64 *n = bpf_map_lookup_elem(map, &index);
+
+	if (n)
+		*n += 1;
 }
 
 #endif

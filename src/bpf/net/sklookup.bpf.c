@@ -8,6 +8,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "transport.bpf.h"
+#include "counts.bpf.h"
 #include "sklookup.h"
 
 #define TK_AF_INET 2
@@ -62,10 +63,7 @@ struct {
 
 static __always_inline void tk_skl_count(__u32 counter)
 {
-	__u64 *n = bpf_map_lookup_elem(&tk_skl_counts, &counter);
-
-	if (n)
-		*n += 1;
+	tk_count_at(&tk_skl_counts, counter);
 }
 
 /* The context's fields are read one by one, each at a constant offset: the verifier rejects a

@@ -18,6 +18,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "transport.bpf.h"
+#include "counts.bpf.h"
 #include "sockops.h"
 
 #define TK_AF_INET 2
@@ -49,10 +50,7 @@ struct {
 
 static __always_inline void tk_so_count(__u32 kind)
 {
-	__u64 *n = bpf_map_lookup_elem(&tk_so_counts, &kind);
-
-	if (n)
-		*n += 1;
+	tk_count_at(&tk_so_counts, kind);
 }
 
 static __always_inline bool tk_so_port_in(const volatile __u16 *ports, __u32 n, __u16 port)

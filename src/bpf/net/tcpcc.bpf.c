@@ -21,6 +21,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include "transport.bpf.h"
+#include "counts.bpf.h"
 #include "tcpcc.h"
 
 #define TK_AF_INET 2
@@ -116,11 +117,7 @@ static __always_inline void tk_additive_increase(struct tcp_sock *tp, __u32 w, _
 
 static __always_inline void tk_count(__u32 algo, __u32 reason)
 {
-	__u32 key = algo * TK_CC_NREASONS + reason;
-	__u64 *n = bpf_map_lookup_elem(&tk_cc_counts, &key);
-
-	if (n)
-		*n += 1;
+	tk_count_at(&tk_cc_counts, algo * TK_CC_NREASONS + reason);
 }
 
 /* Counts a decision and, with --events, reports it. The new `cwnd` and `ssthresh` are passed

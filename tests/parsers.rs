@@ -142,6 +142,13 @@ proptest! {
     fn net_hosts_and_ports(s in hostile()) {
         let _ = net::parse_host(&s);
         let _ = net::parse_port(&s);
+        let _ = net::port_list("-L", &[s.clone(), format!("80,{s}")], 8, "x");
+    }
+
+    #[test]
+    fn port_lists_keep_every_port(ports in prop::collection::vec(1u16..=u16::MAX, 0..=8)) {
+        let given: Vec<String> = ports.iter().map(u16::to_string).collect();
+        prop_assert_eq!(net::port_list("-L", &given, 8, "x").ok(), Some(ports));
     }
 
     #[test]
@@ -205,6 +212,10 @@ proptest! {
         clap_parse::<XdpArgs>(&[s]);
         clap_parse::<TcArgs>(&[s, "--port", s]);
         clap_parse::<SockfilterArgs>(&["--port", &format!("{s},{s}")]);
+        for flag in ["-L", "-D", "--cgroup", "-i"] {
+            clap_parse::<tracekit::tools::net::sockops::SockopsArgs>(&[flag, s]);
+        }
+        clap_parse::<tracekit::tools::net::sklookup::SklookupArgs>(&["--ports", s, "--to", s, "--addr", s, "--pid", s]);
         clap_parse::<KprobeArgs>(&[s, "-a", s]);
         clap_parse::<UprobeArgs>(&[s, "--sig", s]);
         let _ = check_utf8(&[OsString::from("tracekit"), OsString::from(s), OsString::from_vec(bytes)]);

@@ -815,6 +815,21 @@ mod tests {
         assert_eq!(show_ports(&BTreeSet::from([65535])), "65535");
     }
 
+    proptest::proptest! {
+        /// Any set of ports prints as a list that parses back to the same set, and any text is
+        /// a set or an error, never a panic.
+        #[test]
+        fn port_lists_round_trip(ports in proptest::collection::btree_set(1u16..=u16::MAX, 1..64)) {
+            let shown = show_ports(&ports);
+            proptest::prop_assert_eq!(port_set(&items(&shown)), Ok(ports), "{}", shown);
+        }
+
+        #[test]
+        fn port_lists_never_panic(s in "[0-9, -]{0,24}|\\PC{0,12}") {
+            let _ = port_set(&items(&s));
+        }
+    }
+
     #[test]
     fn prefixes() {
         let p = parse_host("10.0.0.0/8").unwrap();

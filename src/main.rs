@@ -71,6 +71,8 @@ enum Command {
     Sklookup(tools::net::sklookup::SklookupArgs),
     /// A cgroup's TCP connections from a sockops program: states, RTT, retransmits, no kprobes
     Sockops(tools::net::sockops::SockopsArgs),
+    /// TCP served in the kernel through a sockmap: an echo server whose bytes stay there
+    Sockmap(tools::net::sockmap::SockmapArgs),
     /// What can be traced: kernel functions, tracepoints, functions of a binary
     List(tools::meta::list::ListArgs),
     /// Shell completions (bash, zsh, fish, …), generated from these options
@@ -106,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Tcpcc(a) => tools::net::tcpcc::run(a)?,
         Command::Sklookup(a) => tools::net::sklookup::run(a)?,
         Command::Sockops(a) => tools::net::sockops::run(a)?,
+        Command::Sockmap(a) => tools::net::sockmap::run(a)?,
         Command::List(a) => tools::meta::list::run(&a)?,
         Command::Completions(a) => tools::meta::docs::completions(&a, Cli::command())?,
         Command::Man(a) => tools::meta::docs::man(&a, Cli::command())?,

@@ -485,3 +485,28 @@ fn sklookup_tool() {
     ];
     check("sklookup", &out, &kinds);
 }
+
+// `tracekit sockmap echo` (README "tracekit sockmap"): an event when a connection is spliced
+// and when it closes (with the bytes echoed), the totals at exit.
+const SOCKMAP_EVENT: Fields = &[("time_ns", UInt), ("cpu", UInt), ("event", Str), ("cookie", UInt)];
+const SOCKMAP_COUNTS: Fields = &[("connections", UInt), ("bytes", UInt)];
+
+#[test]
+fn sockmap_tool() {
+    if !require_root("schema::sockmap_tool") {
+        return;
+    }
+    let ns = net::Netns::new("schemasm");
+    let args = ["sockmap", "echo", "127.0.0.1:7", "--json"];
+    let t = ns.run_in(|| Tracer::start(&args));
+    net::tcp_connect(&ns, std::net::Ipv4Addr::LOCALHOST, 7, Duration::from_secs(3)).expect("echo on port 7");
+    std::thread::sleep(Duration::from_millis(200));
+    let out = t.stop();
+    let kinds = [
+        Kind { name: "event", fields: vec![FLOW, SOCKMAP_EVENT], required: true },
+        kind("sockmap_counts", &[SOCKMAP_COUNTS], true),
+        kind("lost", &[LOST], false),
+        kind("summary", &[SUMMARY], true),
+    ];
+    check("sockmap", &out, &kinds);
+}

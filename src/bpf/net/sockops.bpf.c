@@ -16,13 +16,11 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
-#include <bpf/bpf_endian.h>
 #include "transport.bpf.h"
 #include "counts.bpf.h"
+#include "skops.bpf.h"
 #include "sockops.h"
 
-#define TK_AF_INET 2
-#define TK_AF_INET6 10
 #define TK_TCP_CLOSE 7
 
 char LICENSE[] SEC("license") = "GPL";
@@ -63,12 +61,6 @@ static __always_inline bool tk_so_port_in(const volatile __u16 *ports, __u32 n, 
 	return false;
 }
 
-static __always_inline __u16 tk_so_dport(const struct bpf_sock_ops *skops)
-{
-	/* network byte order in the upper 16 bits of the u32 (filter.c shifts it there) */
-	return bpf_ntohl(skops->remote_port);
-}
-
 static __always_inline bool tk_so_wanted(const struct bpf_sock_ops *skops)
 {
 	__u32 family = skops->family;
@@ -78,7 +70,7 @@ static __always_inline bool tk_so_wanted(const struct bpf_sock_ops *skops)
 	if (tk_so_config.family && family != tk_so_config.family)
 		return false;
 	return tk_so_port_in(tk_so_config.lports, tk_so_config.nlports, skops->local_port) &&
-	       tk_so_port_in(tk_so_config.rports, tk_so_config.nrports, tk_so_dport(skops));
+	       tk_so_port_in(tk_so_config.rports, tk_so_config.nrports, tk_skops_dport(skops));
 }
 
 static __always_inline struct tk_so_sock *tk_so_sock(struct bpf_sock_ops *skops, bool create)
@@ -104,24 +96,6 @@ static __always_inline void tk_so_remember_task(struct bpf_sock_ops *skops)
 	task = (struct task_struct *)bpf_get_current_task();
 	s->pid = BPF_CORE_READ(task, tgid);
 	BPF_CORE_READ_STR_INTO(&s->comm, task, comm);
-}
-
-static __always_inline void tk_so_addrs(struct tk_so_event *e, const struct bpf_sock_ops *skops)
-{
-	e->family = skops->family;
-	e->sport = skops->local_port;
-	e->dport = tk_so_dport(skops);
-	if (e->family == TK_AF_INET) {
-		__builtin_memcpy(e->saddr, &skops->local_ip4, 4);
-		__builtin_memcpy(e->daddr, &skops->remote_ip4, 4);
-	} else {
-		/* one load per word: the verifier only takes constant offsets into the context */
-		__u32 l[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3] };
-		__u32 r[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3] };
-
-		__builtin_memcpy(e->saddr, l, 16);
-		__builtin_memcpy(e->daddr, r, 16);
-	}
 }
 
 /* RTT_CB runs inside the kernel's RTT estimator. Since Linux 6.10 it passes the new sample and
@@ -150,7 +124,7 @@ static __always_inline void tk_so_emit(struct bpf_sock_ops *skops, __u8 kind, co
 	e->cookie = bpf_get_socket_cookie(skops);
 	e->kind = kind;
 	e->oldstate = e->newstate = skops->state;
-	tk_so_addrs(e, skops);
+	tk_skops_ends(skops, &e->family, &e->sport, &e->dport, e->saddr, e->daddr);
 	e->bytes_acked = skops->bytes_acked;
 	e->bytes_received = skops->bytes_received;
 	e->srtt_us = skops->srtt_us >> 3;

@@ -7,6 +7,7 @@ pub mod packet;
 pub mod skels;
 pub mod sklookup;
 pub mod sockfilter;
+pub mod sockmap;
 pub mod sockops;
 pub mod tc;
 pub mod tcpcc;

@@ -103,6 +103,14 @@ fn sockops(args: &[&str]) -> Tracer {
     Tracer::start(&[&["sockops", "-v"], args].concat())
 }
 
+/// `tracekit sockops OPTS -- ip netns exec A python3 CLIENT` sending `n` bytes to B:`port`,
+/// CLIENT's report going to `report`.
+fn client_run(pair: &VethPair, port: u16, n: usize, report: &Path, opts: &[&str]) -> Tracer {
+    let (b, a, port, n) = (pair.ip4_b.to_string(), pair.a.name().to_owned(), port.to_string(), n.to_string());
+    let cmd = ["--", "ip", "netns", "exec", &a, python(), "-c", CLIENT, &b, &port, &n, report.to_str().unwrap()];
+    sockops(&[opts, &cmd[..]].concat())
+}
+
 fn num(v: &Value, field: &str) -> u64 {
     v[field].as_u64().unwrap_or_else(|| panic!("no number `{field}` in {v}"))
 }
@@ -132,24 +140,7 @@ fn cmd_connections_give_connect_states_and_rtt() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report");
     const N: usize = 1 << 20;
-    let (b, a, port_s, n) = (pair.ip4_b.to_string(), pair.a.name().to_owned(), port.to_string(), N.to_string());
-    let t = sockops(&[
-        "--json",
-        "--samples",
-        "--rtt",
-        "--",
-        "ip",
-        "netns",
-        "exec",
-        &a,
-        python(),
-        "-c",
-        CLIENT,
-        &b,
-        &port_s,
-        &n,
-        report.to_str().unwrap(),
-    ]);
+    let t = client_run(&pair, port, N, &report, &["--json", "--samples", "--rtt"]);
     let ids = t.ids.clone();
     // The same namespace and server, outside CMD's cgroup: not reported.
     let (outside_port, outside_reply) = send_from(&pair.a, SocketAddr::new(pair.ip4_b.into(), port), 1000);
@@ -285,23 +276,7 @@ fn retransmits_are_reported_with_their_sequence() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report");
     const N: usize = 4 << 20;
-    let (b, a, port_s, n) = (pair.ip4_b.to_string(), pair.a.name().to_owned(), port.to_string(), N.to_string());
-    let t = sockops(&[
-        "--json",
-        "--retrans",
-        "--",
-        "ip",
-        "netns",
-        "exec",
-        &a,
-        python(),
-        "-c",
-        CLIENT,
-        &b,
-        &port_s,
-        &n,
-        report.to_str().unwrap(),
-    ]);
+    let t = client_run(&pair, port, N, &report, &["--json", "--retrans"]);
     let out = t.wait(Duration::from_secs(90));
     let dropped = dropper.stop();
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);

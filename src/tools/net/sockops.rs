@@ -193,6 +193,12 @@ fn short_state(s: u8) -> &'static str {
     SHORT.get(usize::from(s)).copied().unwrap_or("UNKNOWN")
 }
 
+/// The event's comm as bytes (the generated type has C `char`s), on the stack: no allocation
+/// per event.
+fn comm_bytes(ev: &types::tk_so_event) -> [u8; 16] {
+    ev.comm.map(|c| c as u8)
+}
+
 fn kind_name(k: u8) -> &'static str {
     KINDS.get(usize::from(k)).copied().unwrap_or("unknown")
 }
@@ -244,15 +250,13 @@ impl Printer for SockopsPrinter<'_> {
     const COLUMNS: &'static str = "PID     COMM       LADDR:LPORT           RADDR:RPORT           EVENT";
 
     fn header(&self, ev: &Self::Event) -> EventHeader<'_> {
-        let mut comm = [0u8; 16];
-        comm.iter_mut().zip(ev.comm.iter()).for_each(|(d, s)| *d = *s as u8);
-        EventHeader::Hook(HookHeader { ts_ns: ev.ts_ns, cpu: ev.cpu, pid: ev.pid, comm })
+        EventHeader::Hook(HookHeader { ts_ns: ev.ts_ns, cpu: ev.cpu, pid: ev.pid, comm: comm_bytes(ev) })
     }
 
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
         let local = Endpoint::new(sock_addr(ev.family, &ev.saddr), ev.sport);
         let remote = Endpoint::new(sock_addr(ev.family, &ev.daddr), ev.dport);
-        let comm: Vec<u8> = ev.comm.iter().map(|&c| c as u8).collect();
+        let comm = comm_bytes(ev);
         let w = out.w();
         if ev.pid == 0 {
             w.write_all(b"-       ")?;

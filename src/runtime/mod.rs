@@ -100,6 +100,12 @@ pub trait Printer {
     fn finish(&mut self, _out: &mut Sink) -> io::Result<()> {
         Ok(())
     }
+    /// The next event the tool made in user space (the sockmap proxy's connections: only user
+    /// space sees them pair up or fail), if any: handled like the kernel's events (printed,
+    /// counted for `--count`) after each poll, so at most 100 ms late.
+    fn user_event(&mut self) -> Option<Self::Event> {
+        None
+    }
 }
 
 pub struct Runtime {
@@ -341,6 +347,7 @@ impl Runtime {
                 break;
             };
             let polled = source.poll(timeout).and_then(|()| source.consume_unwoken());
+            state.borrow_mut().user_events();
             let paused = std::mem::take(&mut state.borrow_mut().paused);
             if let Err(e) = polled
                 && !state.borrow().done
@@ -381,6 +388,7 @@ impl Runtime {
         // only shrinks now, so this ends.
         drop(links);
         drop(follow_links);
+        state.borrow_mut().user_events();
         while !state.borrow().done {
             let _ = source.consume();
             if !std::mem::take(&mut state.borrow_mut().paused) {
@@ -623,11 +631,28 @@ impl<P: Printer> StreamState<'_, P> {
         let bytes = unsafe { plain::as_mut_bytes(&mut ev) };
         let n = data.len().min(bytes.len());
         bytes[..n].copy_from_slice(&data[..n]);
+        let trailer = data.get(size_of::<P::Event>()..).unwrap_or_default();
+        self.handle_event(&ev, trailer)
+    }
+
+    /// The events the tool made in user space, until --count or a pause.
+    fn user_events(&mut self) {
+        while !self.done
+            && let Some(ev) = self.printer.user_event()
+        {
+            if !self.handle_event(&ev, &[]) {
+                break;
+            }
+        }
+    }
+
+    /// One decoded event (and the bytes after it): print. Returns false to stop.
+    fn handle_event(&mut self, ev: &P::Event, trailer: &[u8]) -> bool {
+        let ev = *ev;
         if self.first_event.is_none() {
             self.first_event = Some(Instant::now());
         }
         self.printer.observe(&ev);
-        let trailer = data.get(size_of::<P::Event>()..).unwrap_or_default();
         let r = if !trailer.is_empty() { self.printer.trailer(&ev, trailer) } else { Ok(()) };
         let r = if r.is_err() || !self.printer.prints_events() {
             r

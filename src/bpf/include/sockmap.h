@@ -19,7 +19,8 @@ struct tk_sm_config {
 
 /* Per connection, keyed by its socket cookie. */
 struct tk_sm_conn {
-	__u64 peer;                           /* the cookie its bytes go to (itself: echo) */
+	__u64 peer;                           /* the cookie its bytes go to (itself: echo; the other
+						 * connection of the pair: proxy) */
 	__u64 bytes;                          /* bytes the verdict program redirected */
 	__u64 opened_ns;
 };

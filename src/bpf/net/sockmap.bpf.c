@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-/* `tracekit sockmap echo`: an echo server whose bytes never leave the kernel (the design of
- * Cloudflare's 2019 "SOCKMAP - TCP splicing of the future", tcp-splice echo).
+/* `tracekit sockmap echo` and `proxy`: TCP served with bytes that never leave the kernel (the
+ * design of Cloudflare's 2019 "SOCKMAP - TCP splicing of the future", tcp-splice echo).
  *
  * A sockops program on tracekit's cgroup puts each connection its listener accepts into a
  * sockhash the moment the handshake ends, before any data can arrive: data that reached the
@@ -8,7 +8,11 @@
  * sockhash's stream verdict program then sends every byte the connection receives out of
  * the connection's `peer` (itself) with bpf_sk_redirect_hash(): received, and sent again from
  * softirq, never copied to user space. User space only accepts (to keep the accept queue
- * short) and closes a connection once its peer is gone and every byte is acknowledged. */
+ * short) and closes a connection once its peer is gone and every byte is acknowledged.
+ *
+ * The proxy does not use the sockops program: user space inserts both connections of a pair
+ * (the accepted one and the one it made to the upstream) once the second one exists, first into
+ * tk_sm_peers, then into tk_sm_socks (src/tools/net/sockmap/proxy.rs says why in that order). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "transport.bpf.h"
@@ -36,6 +40,17 @@ struct {
 	__type(key, __u64);
 	__type(value, __u64);
 } tk_sm_socks SEC(".maps");
+
+/* The sockets the verdict redirects into: no programs, so entering it creates the socket's psock
+ * (what a redirect target needs) without changing how the socket receives. A connection is put
+ * here before its peer gets the verdict program in tk_sm_socks: a byte redirected to a peer not
+ * yet in the map it is looked up in would be dropped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, TK_SM_MAX_CONNS);
+	__type(key, __u64);
+	__type(value, __u64);
+} tk_sm_peers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -85,7 +100,9 @@ int sockmap__insert(struct bpf_sock_ops *skops)
 		bpf_setsockopt(skops, TK_SOL_SOCKET, TK_SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 		fresh.peer = cookie;
 		fresh.opened_ns = bpf_ktime_get_ns();
+		/* peers first: the verdict redirects into that map (here to the socket itself) */
 		if (bpf_map_update_elem(&tk_sm_conns, &cookie, &fresh, BPF_NOEXIST) ||
+		    bpf_sock_hash_update(skops, &tk_sm_peers, &cookie, BPF_NOEXIST) ||
 		    bpf_sock_hash_update(skops, &tk_sm_socks, &cookie, BPF_NOEXIST)) {
 			bpf_map_delete_elem(&tk_sm_conns, &cookie);
 			tk_sm_emit(skops, TK_SM_FULL, cookie, NULL);
@@ -127,5 +144,5 @@ int sockmap__verdict(struct __sk_buff *skb)
 		return SK_PASS;
 	peer = c->peer;
 	__sync_fetch_and_add(&c->bytes, skb->len);
-	return bpf_sk_redirect_hash(skb, &tk_sm_socks, &peer, 0);
+	return bpf_sk_redirect_hash(skb, &tk_sm_peers, &peer, 0);
 }

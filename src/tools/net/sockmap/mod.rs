@@ -1,7 +1,9 @@
 //! `tracekit sockmap`: TCP served in the kernel through a sockhash and an sk_skb verdict program
-//! (src/bpf/net/sockmap.bpf.c). `echo` sends every byte back from softirq; user space only
-//! accepts and closes.
+//! (src/bpf/net/sockmap.bpf.c). `echo` sends every byte back from softirq; `proxy` sends each
+//! client's bytes to a connection of its own to the upstream and back; user space only accepts,
+//! connects and closes.
 
+mod proxy;
 mod server;
 
 use std::io::{self, Write};
@@ -26,7 +28,7 @@ use crate::runtime::{Printer, Runtime};
 crate::packet_skel!("sockmap", OpenSockmapSkel, SockmapSkel);
 // SAFETY: generated from BTF by libbpf-cargo: integers and arrays of them only.
 unsafe impl plain::Plain for skel::types::tk_sm_event {}
-use skel::{SockmapSkelBuilder, types};
+use skel::{SockmapSkel, SockmapSkelBuilder, types};
 
 /// The layout is shared with sockmap.h: a drift must fail the build, not decode garbage.
 const _: () = assert!(size_of::<types::tk_sm_event>() == 80);
@@ -37,7 +39,8 @@ const CLOSED: u8 = 1;
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "EXAMPLES:\n    \
     tracekit sockmap echo 127.0.0.1:7000     # an echo server whose bytes stay in the kernel\n    \
-    tracekit sockmap echo '[::1]:0' --json   # any free port (printed), events as NDJSON")]
+    tracekit sockmap echo '[::1]:0' --json   # any free port (printed), events as NDJSON\n    \
+    tracekit sockmap proxy 127.0.0.1:8080 127.0.0.1:80   # a TCP proxy spliced in the kernel")]
 pub struct SockmapArgs {
     #[command(subcommand)]
     pub command: SockmapCommand,
@@ -47,6 +50,8 @@ pub struct SockmapArgs {
 pub enum SockmapCommand {
     /// An echo server in the kernel: each byte received is sent back by an sk_skb program
     Echo(EchoArgs),
+    /// A TCP proxy in the kernel: each client's connection is spliced with one of its own to UPSTREAM
+    Proxy(proxy::ProxyArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -66,6 +71,7 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 pub fn run(args: SockmapArgs) -> Result<i32, Error> {
     match args.command {
         SockmapCommand::Echo(a) => echo(a),
+        SockmapCommand::Proxy(a) => proxy(a),
     }
 }
 
@@ -113,12 +119,49 @@ fn netns_cookie(sock: &OwnedFd) -> Option<u64> {
 }
 
 fn echo(args: EchoArgs) -> Result<i32, Error> {
-    let mut rt = Runtime::for_packets(args.out.clone())?;
+    serve(args.listen, args.out, EchoPrinter::default(), true, |_, bound| {
+        Ok((server::Echo, format!("echo on {bound}: every byte received is sent back by the kernel; Ctrl-C ends")))
+    })
+}
+
+fn proxy(args: proxy::ProxyArgs) -> Result<i32, Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let upstream = args.upstream;
+    let timeout = args.connect_timeout;
+    serve(args.listen, args.out, proxy::ProxyPrinter::new(rx), false, move |skel, bound| {
+        if bound == upstream || (bound.port() == upstream.port() && bound.ip().is_unspecified()) {
+            return Err(Error::usage(
+                format!("UPSTREAM {upstream} is the proxy's own listener"),
+                Some("give the address of the server to forward to".to_owned()),
+            ));
+        }
+        let dup = |m: &libbpf_rs::MapMut<'_>| {
+            m.as_fd().try_clone_to_owned().map_err(|e| Error::io("duplicating a map fd", e))
+        };
+        let maps = (dup(&skel.maps.tk_sm_socks)?, dup(&skel.maps.tk_sm_peers)?, dup(&skel.maps.tk_sm_conns)?);
+        let service = proxy::Proxy::new(upstream, timeout, maps, tx);
+        Ok((
+            service,
+            format!("proxy on {bound} to {upstream}: the bytes of each pair are spliced by the kernel; Ctrl-C ends"),
+        ))
+    })
+}
+
+/// The run both servers share: load, attach the sockhash's parser and verdict (and for echo the
+/// sockops program that fills it), listen, serve until the end.
+fn serve<P: Printer, S: server::Service>(
+    addr: SocketAddr,
+    out: OutputArgs,
+    printer: P,
+    sockops: bool,
+    service: impl FnOnce(&SockmapSkel<'_>, SocketAddr) -> Result<(S, String), Error>,
+) -> Result<i32, Error> {
+    let mut rt = Runtime::for_packets(out)?;
     let root = cgroup2_root()?;
     let cgroup = own_cgroup(&root).unwrap_or_else(|| root.clone());
-    let (sock, bound) = bind_only(args.listen)?;
+    let (sock, bound) = bind_only(addr)?;
     let transport = rt.step("transport", || rt.transport())?;
-    rt.say(format_args!("plan: echo on {bound}; sockops on {}; transport {transport:?}", cgroup.display()));
+    rt.say(format_args!("plan: listen on {bound}; sockops on {}; transport {transport:?}", cgroup.display()));
 
     let mut storage = MaybeUninit::uninit();
     let mut open = rt.open("sockmap", SockmapSkelBuilder::default(), &mut storage)?;
@@ -129,15 +172,18 @@ fn echo(args: EchoArgs) -> Result<i32, Error> {
     // namespace is checked too where the kernel can (SO_NETNS_COOKIE and the sock_ops helper).
     let helper = ProgramType::SockOps.is_helper_supported(libbpf_sys::BPF_FUNC_get_netns_cookie).unwrap_or(false);
     ro.tk_sm_config.netns_cookie = if helper { netns_cookie(&sock).unwrap_or(0) } else { 0 };
-    rt.say(format_args!(
-        "the network namespace is {}checked (cookie {})",
-        if ro.tk_sm_config.netns_cookie == 0 { "not " } else { "" },
-        ro.tk_sm_config.netns_cookie
-    ));
+    if sockops {
+        rt.say(format_args!(
+            "the network namespace is {}checked (cookie {})",
+            if ro.tk_sm_config.netns_cookie == 0 { "not " } else { "" },
+            ro.tk_sm_config.netns_cookie
+        ));
+    }
     let skel = rt.load("sockmap", open)?;
 
     let held = std::cell::RefCell::new(None);
-    let code = rt.stream(&skel, transport, EchoPrinter::default(), |skel| {
+    let code = rt.stream(&skel, transport, printer, |skel| {
+        let (service, ready) = service(skel, bound)?;
         // The sockhash's programs first, then the program that fills it, then the listener:
         // no connection can arrive before it is spliced.
         let map = skel.maps.tk_sm_socks.as_fd();
@@ -153,13 +199,17 @@ fn echo(args: EchoArgs) -> Result<i32, Error> {
             map,
             libbpf_sys::BPF_SK_SKB_STREAM_VERDICT,
         )?;
-        let insert = attach_cgroup(
-            skel.progs.sockmap__insert.as_fd(),
-            "sockmap__insert",
-            &cgroup,
-            libbpf_sys::BPF_CGROUP_SOCK_OPS,
-        )?;
-        for a in [&parser, &verdict, &insert] {
+        let insert = if sockops {
+            Some(attach_cgroup(
+                skel.progs.sockmap__insert.as_fd(),
+                "sockmap__insert",
+                &cgroup,
+                libbpf_sys::BPF_CGROUP_SOCK_OPS,
+            )?)
+        } else {
+            None
+        };
+        for a in [Some(&parser), Some(&verdict), insert.as_ref()].into_iter().flatten() {
             eprintln!("tracekit: attached {}", a.describe());
         }
         let fd = sock.try_clone().map_err(|e| Error::io("duplicating the listening socket", e))?;
@@ -167,8 +217,8 @@ fn echo(args: EchoArgs) -> Result<i32, Error> {
             .map_err(|e| Error::io(format!("listening on {bound}"), e.into()))?;
         let conns =
             skel.maps.tk_sm_conns.as_fd().try_clone_to_owned().map_err(|e| Error::io("duplicating a map fd", e))?;
-        let srv = server::Server::start(TcpListener::from(fd), conns)?;
-        eprintln!("tracekit: echo on {bound}: every byte received is sent back by the kernel; Ctrl-C ends");
+        let srv = server::Server::start(TcpListener::from(fd), conns, service)?;
+        eprintln!("tracekit: {ready}");
         *held.borrow_mut() = Some((srv, insert, verdict, parser));
         Ok(())
     });

@@ -1,0 +1,368 @@
+//! `tracekit sockmap proxy` end to end, as root, in a network namespace this file creates, with
+//! upstreams this file runs (threads): an echo, a sink that answers with the length and hash of
+//! what it got, a server-first one that sends a banner on accept. Random payloads of 1 B to
+//! 16 MiB go through byte-identical; the banner comes first and whole; bytes the client sends
+//! right after connecting arrive; 16 connections at once; tracekit's own reads stay far below
+//! what it proxied; each pair's close reports the bytes of each direction; a refused upstream
+//! gives `upstream_failed` and a reset, and the proxy keeps serving; every way of ending leaves
+//! nothing loaded. The bad-input cases are in tests/cases/sockmap.tk.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use common::net::Netns;
+use common::{Exit, Tracer, assert_released, require_root};
+
+const PORT: u16 = 8080;
+const UP: u16 = 9000;
+
+fn proxy_in(ns: &Netns, upstream: u16, extra: &[&str]) -> Tracer {
+    let up = format!("127.0.0.1:{upstream}");
+    let args: Vec<String> = ["sockmap", "proxy", "127.0.0.1:8080", up.as_str(), "--json"]
+        .iter()
+        .chain(extra)
+        .map(|s| (*s).to_owned())
+        .collect();
+    ns.run_in(move || Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+}
+
+#[derive(Clone, Copy)]
+enum Upstream {
+    /// Sends back what it reads; half-closes after the client's FIN.
+    Echo,
+    /// Reads to the end, then answers with the length and the FNV-1a hash (16 bytes) and closes.
+    Sink,
+    /// Sends `BANNER` at once, then echoes.
+    Banner,
+}
+
+const BANNER: &[u8] = b"220 upstream ready, server speaks first\r\n";
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Runs an upstream on 127.0.0.1:`port` of `ns` (one thread per connection) for the test's life.
+fn upstream(ns: &Netns, port: u16, kind: Upstream) {
+    let l = ns.run_in(move || TcpListener::bind(("127.0.0.1", port))).expect("upstream listens");
+    thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            thread::spawn(move || {
+                if matches!(kind, Upstream::Banner) && c.write_all(BANNER).is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 1 << 16];
+                let (mut len, mut h) = (0u64, 0xcbf2_9ce4_8422_2325u64);
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => match kind {
+                            Upstream::Sink => {
+                                len += n as u64;
+                                h = buf[..n].iter().fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+                            }
+                            _ => {
+                                if c.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                        },
+                        Err(_) => return,
+                    }
+                }
+                if matches!(kind, Upstream::Sink) {
+                    let mut answer = len.to_le_bytes().to_vec();
+                    answer.extend(h.to_le_bytes());
+                    let _ = c.write_all(&answer);
+                }
+                let _ = c.shutdown(Shutdown::Write);
+            });
+        }
+    });
+}
+
+/// Random bytes (xorshift: no dependency, different per seed).
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn connect(ns: &Netns) -> TcpStream {
+    let to = SocketAddr::from(([127, 0, 0, 1], PORT));
+    let c = ns.run_in(move || TcpStream::connect_timeout(&to, Duration::from_secs(10))).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    c
+}
+
+/// Sends `data` right after connecting while reading the answer, half-closes, reads to the end.
+fn round_trip(ns: &Netns, data: Vec<u8>) -> Vec<u8> {
+    let c = connect(ns);
+    let mut reader = c.try_clone().unwrap();
+    let got = thread::spawn(move || {
+        let mut got = Vec::new();
+        match reader.read_to_end(&mut got) {
+            Ok(_) => got,
+            Err(e) => {
+                eprintln!("reading through the proxy: {e} after {} bytes", got.len());
+                b"<error>".to_vec()
+            }
+        }
+    });
+    let mut w = c;
+    w.write_all(&data).expect("send");
+    w.shutdown(Shutdown::Write).expect("half-close");
+    got.join().unwrap()
+}
+
+/// Bytes tracekit's process read through read(2)-like calls so far (/proc/PID/io `rchar`).
+fn rchar(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|v| v.trim().parse().ok()).expect("rchar")
+}
+
+const SIZES: [usize; 5] = [1, 1000, 64 << 10, 1 << 20, 16 << 20];
+
+fn closed_bytes(out: &common::Finished) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = out
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "closed")
+        .map(|e| {
+            assert_eq!(e["reset"], false, "{e}");
+            (e["bytes_up"].as_u64().unwrap(), e["bytes_down"].as_u64().unwrap())
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn payloads_go_through_byte_identical_without_entering_user_space() {
+    if !require_root("sockmap_proxy::payloads_go_through_byte_identical_without_entering_user_space") {
+        return;
+    }
+    let ns = Netns::new("smp1");
+    upstream(&ns, UP, Upstream::Echo);
+    let t = proxy_in(&ns, UP, &[]);
+    let ids = t.ids.clone();
+    let pid = t.child.id();
+    let before = rchar(pid);
+    let mut total = 0u64;
+    for (i, &n) in SIZES.iter().enumerate() {
+        let data = payload(n, i as u64 + 1);
+        let back = round_trip(&ns, data.clone());
+        assert_eq!(back.len(), n, "{n} B sent");
+        assert!(back == data, "{n} B: what came back differs");
+        total += 2 * n as u64;
+    }
+    let read = rchar(pid) - before;
+    assert!(read < total / 64, "tracekit read {read} bytes while proxying {total}: the data went through user space");
+    let out = t.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let want: Vec<(u64, u64)> = SIZES.iter().map(|&n| (n as u64, n as u64)).collect();
+    assert_eq!(closed_bytes(&out), want, "bytes each way per pair: {:?}", out.stdout);
+    let opens: Vec<_> = out.events().into_iter().filter(|e| e["event"] == "open").collect();
+    assert_eq!(opens.len(), SIZES.len());
+    for e in &opens {
+        assert_eq!(e["raddr"], "127.0.0.1", "{e}");
+        assert_eq!(e["lport"], PORT, "{e}");
+        assert_eq!(e["upstream_laddr"], "127.0.0.1", "{e}");
+        assert!(e["upstream_lport"].as_u64().unwrap() > 0, "{e}");
+    }
+    let counts = out.json().into_iter().find(|v| v["type"] == "sockmap_counts").expect("counts");
+    assert_eq!(counts["bytes"].as_u64(), Some(total), "{counts}");
+    assert_eq!(counts["connections"].as_u64(), Some(SIZES.len() as u64), "{counts}");
+    assert_released(&ids, "SIGINT");
+}
+
+#[test]
+fn a_sink_upstream_gets_everything_then_answers_after_the_half_close() {
+    if !require_root("sockmap_proxy::a_sink_upstream_gets_everything_then_answers_after_the_half_close") {
+        return;
+    }
+    let ns = Netns::new("smp2");
+    upstream(&ns, UP, Upstream::Sink);
+    let t = proxy_in(&ns, UP, &[]);
+    for (i, &n) in SIZES.iter().enumerate() {
+        let data = payload(n, 100 + i as u64);
+        let answer = round_trip(&ns, data.clone());
+        assert_eq!(answer.len(), 16, "{n} B: answer {answer:?}");
+        assert_eq!(u64::from_le_bytes(answer[..8].try_into().unwrap()), n as u64, "{n} B: length the sink got");
+        assert_eq!(u64::from_le_bytes(answer[8..].try_into().unwrap()), fnv(&data), "{n} B: hash differs");
+    }
+    let out = t.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let want: Vec<(u64, u64)> = SIZES.iter().map(|&n| (n as u64, 16)).collect();
+    assert_eq!(closed_bytes(&out), want, "{:?}", out.stdout);
+}
+
+#[test]
+fn a_banner_comes_first_and_early_client_bytes_arrive() {
+    if !require_root("sockmap_proxy::a_banner_comes_first_and_early_client_bytes_arrive") {
+        return;
+    }
+    let ns = Netns::new("smp3");
+    upstream(&ns, UP, Upstream::Banner);
+    let t = proxy_in(&ns, UP, &[]);
+    for i in 0..20u64 {
+        // Written at once after connect: before tracekit accepted, let alone connected upstream.
+        let data = payload(1000 + i as usize * 37, 7 + i);
+        let got = round_trip(&ns, data.clone());
+        assert!(got.len() >= BANNER.len() && &got[..BANNER.len()] == BANNER, "round {i}: the banner is not first");
+        assert!(got[BANNER.len()..] == data[..], "round {i}: the client's bytes differ ({} B)", got.len());
+    }
+    // The server speaks first and the client only reads: the banner alone, then the client's
+    // bytes after it.
+    let mut c = connect(&ns);
+    let mut banner = vec![0u8; BANNER.len()];
+    c.read_exact(&mut banner).expect("banner");
+    assert_eq!(banner, BANNER);
+    c.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    c.read_exact(&mut back).expect("echo after the banner");
+    assert_eq!(&back, b"hello");
+    drop(c);
+    let out = t.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn concurrent_connections_go_through_independently() {
+    if !require_root("sockmap_proxy::concurrent_connections_go_through_independently") {
+        return;
+    }
+    let ns = Netns::new("smp4");
+    upstream(&ns, UP, Upstream::Echo);
+    let t = proxy_in(&ns, UP, &[]);
+    thread::scope(|s| {
+        let handles: Vec<_> = (0..16u64)
+            .map(|i| {
+                let ns = &ns;
+                s.spawn(move || {
+                    let data = payload((i as usize + 1) * 100_000, 1000 + i);
+                    let back = round_trip(ns, data.clone());
+                    assert!(back == data, "connection {i}: differs ({} of {} B)", back.len(), data.len());
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    let out = t.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let want: Vec<(u64, u64)> = (1..=16u64).map(|i| (i * 100_000, i * 100_000)).collect();
+    assert_eq!(closed_bytes(&out), want, "{:?}", out.stdout);
+}
+
+#[test]
+fn a_refused_upstream_resets_the_client_and_the_proxy_keeps_serving() {
+    if !require_root("sockmap_proxy::a_refused_upstream_resets_the_client_and_the_proxy_keeps_serving") {
+        return;
+    }
+    let ns = Netns::new("smp5");
+    let t = proxy_in(&ns, UP, &[]);
+    for _ in 0..2 {
+        let mut c = connect(&ns);
+        let mut buf = [0u8; 16];
+        let r = c.read(&mut buf);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+            "the client must see a reset, got {r:?}"
+        );
+    }
+    // Now something listens there: the same proxy serves.
+    upstream(&ns, UP, Upstream::Echo);
+    let back = round_trip(&ns, b"still here".to_vec());
+    assert_eq!(back, b"still here");
+    let out = t.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let failed: Vec<_> = out.events().into_iter().filter(|e| e["event"] == "upstream_failed").collect();
+    assert_eq!(failed.len(), 2, "{:?}", out.stdout);
+    for e in &failed {
+        assert_eq!(e["error"], "ECONNREFUSED", "{e}");
+        assert_eq!(e["errno"], libc::ECONNREFUSED, "{e}");
+    }
+    let counts = out.json().into_iter().find(|v| v["type"] == "sockmap_counts").expect("counts");
+    assert_eq!(counts["upstream_failed"], 2, "{counts}");
+    assert_eq!(counts["connections"], 1, "{counts}");
+}
+
+#[test]
+fn every_exit_leaves_nothing_attached() {
+    if !require_root("sockmap_proxy::every_exit_leaves_nothing_attached") {
+        return;
+    }
+    let ns = Netns::new("smp6");
+    upstream(&ns, UP, Upstream::Echo);
+    for exit in [Exit::Interrupt, Exit::Terminate, Exit::Duration, Exit::Count, Exit::ClosedPipe, Exit::Kill] {
+        let how = format!("{exit:?}");
+        let mut extra = vec![];
+        match exit {
+            Exit::Duration => extra.extend(["-d", "0.5"]),
+            Exit::Count => extra.extend(["-n", "1"]),
+            _ => {}
+        }
+        let args: Vec<String> = ["sockmap", "proxy", "127.0.0.1:8080", "127.0.0.1:9000", "--json"]
+            .iter()
+            .chain(&extra)
+            .map(|s| (*s).to_owned())
+            .collect();
+        let read_stdout = !matches!(exit, Exit::ClosedPipe);
+        let mut t =
+            ns.run_in(move || Tracer::start_opts(&args.iter().map(String::as_str).collect::<Vec<_>>(), read_stdout));
+        let ids = t.ids.clone();
+        assert!(ids.links.len() >= 2 || !ids.progs.is_empty(), "{how}: {ids:?}");
+        if matches!(exit, Exit::ClosedPipe) {
+            drop(t.stdout_raw.take());
+        }
+        let mut held = None;
+        match exit {
+            Exit::Duration => {}
+            // The first event (`open`) ends these runs: a connection is enough.
+            Exit::Count | Exit::ClosedPipe => {
+                let c = connect(&ns);
+                let _ = (&c).write_all(b"ping");
+                held = Some(c);
+            }
+            _ => {
+                let back = round_trip(&ns, b"ping".to_vec());
+                if back != b"ping" {
+                    let out = t.stop();
+                    panic!(
+                        "{how}: got {:?}; tracekit:\n{}\n{:?}",
+                        String::from_utf8_lossy(&back),
+                        out.stderr,
+                        out.stdout
+                    );
+                }
+            }
+        }
+        exit.signal(&t);
+        let out = t.wait(Duration::from_secs(10));
+        exit.assert_status(&out, &how);
+        assert!(!out.stderr.contains("panicked"), "{how}: {}", out.stderr);
+        if matches!(exit, Exit::Count) {
+            let ev = out.events();
+            assert_eq!(ev.len(), 1, "{how}: {:?}", out.stdout);
+            assert_eq!(ev[0]["event"], "open", "{how}: {}", ev[0]);
+        }
+        drop(held);
+        assert_released(&ids, &how);
+        let to = SocketAddr::from(([127, 0, 0, 1], PORT));
+        let refused = ns.run_in(move || TcpStream::connect_timeout(&to, Duration::from_secs(5)));
+        assert!(refused.is_err(), "{how}: something still listens on port {PORT}");
+    }
+}

@@ -510,3 +510,41 @@ fn sockmap_tool() {
     ];
     check("sockmap", &out, &kinds);
 }
+
+// `tracekit sockmap proxy` (README "tracekit sockmap"): `open` and `closed` per pair (with the
+// upstream connection's local end and the bytes of each direction), `upstream_failed`, the totals.
+const PROXY_EVENT: Fields = &[
+    ("time_ns", UInt),
+    ("cpu", UInt),
+    ("event", Str),
+    ("cookie", UInt),
+    ("upstream_laddr", Str),
+    ("upstream_lport", UInt),
+    ("pipe_up", Any),
+    ("pipe_down", Any),
+];
+const PROXY_COUNTS: Fields =
+    &[("connections", UInt), ("bytes", UInt), ("bytes_up", UInt), ("bytes_down", UInt), ("upstream_failed", UInt)];
+
+#[test]
+fn sockmap_proxy_tool() {
+    if !require_root("schema::sockmap_proxy_tool") {
+        return;
+    }
+    let ns = net::Netns::new("schemasp");
+    let up = net::tcp_listen(&ns, std::net::Ipv4Addr::LOCALHOST, 9000);
+    let args = ["sockmap", "proxy", "127.0.0.1:7", "127.0.0.1:9000", "--json"];
+    let t = ns.run_in(|| Tracer::start(&args));
+    net::tcp_connect(&ns, std::net::Ipv4Addr::LOCALHOST, 7, Duration::from_secs(3)).expect("proxy on port 7");
+    assert_eq!(up.accepted(), 1, "the echo went through the upstream");
+    std::thread::sleep(Duration::from_millis(200));
+    let out = t.stop();
+    drop(up);
+    let kinds = [
+        Kind { name: "event", fields: vec![FLOW, PROXY_EVENT], required: true },
+        kind("sockmap_counts", &[PROXY_COUNTS], true),
+        kind("lost", &[LOST], false),
+        kind("summary", &[SUMMARY], true),
+    ];
+    check("sockmap proxy", &out, &kinds);
+}

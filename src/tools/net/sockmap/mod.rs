@@ -157,11 +157,19 @@ fn serve<P: Printer, S: server::Service>(
     service: impl FnOnce(&SockmapSkel<'_>, SocketAddr) -> Result<(S, String), Error>,
 ) -> Result<i32, Error> {
     let mut rt = Runtime::for_packets(out)?;
-    let root = cgroup2_root()?;
-    let cgroup = own_cgroup(&root).unwrap_or_else(|| root.clone());
+    // Only echo's sockops program needs a cgroup (the proxy inserts from user space).
+    let cgroup = if sockops {
+        let root = cgroup2_root()?;
+        Some(own_cgroup(&root).unwrap_or(root))
+    } else {
+        None
+    };
     let (sock, bound) = bind_only(addr)?;
     let transport = rt.step("transport", || rt.transport())?;
-    rt.say(format_args!("plan: listen on {bound}; sockops on {}; transport {transport:?}", cgroup.display()));
+    match &cgroup {
+        Some(c) => rt.say(format_args!("plan: listen on {bound}; sockops on {}; transport {transport:?}", c.display())),
+        None => rt.say(format_args!("plan: listen on {bound}; transport {transport:?}")),
+    }
 
     let mut storage = MaybeUninit::uninit();
     let mut open = rt.open("sockmap", SockmapSkelBuilder::default(), &mut storage)?;
@@ -199,15 +207,14 @@ fn serve<P: Printer, S: server::Service>(
             map,
             libbpf_sys::BPF_SK_SKB_STREAM_VERDICT,
         )?;
-        let insert = if sockops {
-            Some(attach_cgroup(
+        let insert = match &cgroup {
+            Some(c) => Some(attach_cgroup(
                 skel.progs.sockmap__insert.as_fd(),
                 "sockmap__insert",
-                &cgroup,
+                c,
                 libbpf_sys::BPF_CGROUP_SOCK_OPS,
-            )?)
-        } else {
-            None
+            )?),
+            None => None,
         };
         for a in [Some(&parser), Some(&verdict), insert.as_ref()].into_iter().flatten() {
             eprintln!("tracekit: attached {}", a.describe());

@@ -218,10 +218,15 @@ fn a_banner_comes_first_and_early_client_bytes_arrive() {
     let t = proxy_in(&ns, UP, &[]);
     for i in 0..20u64 {
         // Written at once after connect: before tracekit accepted, let alone connected upstream.
+        // The client keeps its side open, so both connections enter the sockhash: the ordering
+        // is the kernel's.
         let data = payload(1000 + i as usize * 37, 7 + i);
-        let got = round_trip(&ns, data.clone());
-        assert!(got.len() >= BANNER.len() && &got[..BANNER.len()] == BANNER, "round {i}: the banner is not first");
-        assert!(got[BANNER.len()..] == data[..], "round {i}: the client's bytes differ ({} B)", got.len());
+        let mut c = connect(&ns);
+        c.write_all(&data).expect("send");
+        let mut got = vec![0u8; BANNER.len() + data.len()];
+        c.read_exact(&mut got).unwrap_or_else(|e| panic!("round {i}: {e}"));
+        assert!(&got[..BANNER.len()] == BANNER, "round {i}: the banner is not first: {:?}", &got[..BANNER.len()]);
+        assert!(got[BANNER.len()..] == data[..], "round {i}: the client's bytes differ");
     }
     // The server speaks first and the client only reads: the banner alone, then the client's
     // bytes after it.
@@ -236,6 +241,124 @@ fn a_banner_comes_first_and_early_client_bytes_arrive() {
     drop(c);
     let out = t.stop();
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let opens: Vec<_> = out.events().into_iter().filter(|e| e["event"] == "open").collect();
+    assert_eq!(opens.len(), 21, "{:?}", out.stdout);
+    for e in &opens {
+        assert!(e["pipe_up"] == false && e["pipe_down"] == false, "spliced by the verdict program: {e}");
+    }
+}
+
+/// A client that sends its request and its FIN before the upstream connection is up: the
+/// kernel refuses a socket in CLOSE_WAIT into a sockhash from user space, so that direction goes
+/// through a splice(2) pipe, and the other too (the client's connection cannot be a redirect
+/// target without entering `tk_sm_peers`): still in the kernel, only slower. The upstream's
+/// accept queue is held full (backlog 0 and one connection waiting), so tracekit's SYN is
+/// dropped and retried a second later; the client is done long before.
+#[test]
+fn a_client_done_before_the_upstream_answers_goes_through_a_pipe() {
+    if !require_root("sockmap_proxy::a_client_done_before_the_upstream_answers_goes_through_a_pipe") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let ns = Netns::new("smp7");
+    let l = ns.run_in(|| TcpListener::bind(("127.0.0.1", UP))).expect("upstream listens");
+    // SAFETY: listen() again on a listening socket only changes its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    let to = SocketAddr::from(([127, 0, 0, 1], UP));
+    let filler = ns.run_in(move || TcpStream::connect_timeout(&to, Duration::from_secs(5))).expect("fill the queue");
+    let t = proxy_in(&ns, UP, &[]);
+    let data = payload(64 << 10, 77);
+    let mut c = connect(&ns);
+    c.write_all(&data).expect("send");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    // The client's bytes and FIN are in: tracekit's SYN is still waiting. Now the upstream
+    // serves (the filler first, then tracekit's connection).
+    let (first, _) = l.accept().expect("accept the filler");
+    drop((first, filler));
+    let sink = thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept the proxy");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read to the end");
+        let mut answer = (got.len() as u64).to_le_bytes().to_vec();
+        answer.extend(fnv(&got).to_le_bytes());
+        s.write_all(&answer).expect("answer");
+    });
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).expect("the answer through the proxy");
+    sink.join().unwrap();
+    assert_eq!(answer.len(), 16, "{answer:?}");
+    assert_eq!(u64::from_le_bytes(answer[..8].try_into().unwrap()), data.len() as u64);
+    assert_eq!(u64::from_le_bytes(answer[8..].try_into().unwrap()), fnv(&data));
+    let out = t.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let closed: Vec<_> = out.events().into_iter().filter(|e| e["event"] == "closed").collect();
+    assert_eq!(closed.len(), 1, "{:?}", out.stdout);
+    assert_eq!(closed[0]["pipe_up"], true, "{}", closed[0]);
+    assert_eq!(closed[0]["pipe_down"], true, "{}", closed[0]);
+    assert_eq!(closed[0]["bytes_up"], data.len() as u64, "{}", closed[0]);
+    assert_eq!(closed[0]["bytes_down"], 16, "{}", closed[0]);
+}
+
+/// The client's first bytes certainly wait in its connection's receive queue before the pair is
+/// spliced: the upstream's accept queue is held full, so tracekit's connection to it is up only
+/// a second later (its SYN is retried). The client keeps its side open: both connections then
+/// enter the sockhash, and the bytes that waited go first, the later ones after them.
+#[test]
+fn bytes_sent_long_before_the_upstream_is_up_go_first() {
+    if !require_root("sockmap_proxy::bytes_sent_long_before_the_upstream_is_up_go_first") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let ns = Netns::new("smp8");
+    let l = ns.run_in(|| TcpListener::bind(("127.0.0.1", UP))).expect("upstream listens");
+    // SAFETY: listen() again on a listening socket only changes its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    let to = SocketAddr::from(([127, 0, 0, 1], UP));
+    let filler = ns.run_in(move || TcpStream::connect_timeout(&to, Duration::from_secs(5))).expect("fill the queue");
+    let t = proxy_in(&ns, UP, &[]);
+    let early = payload(32 << 10, 5);
+    let late = payload(1 << 20, 6);
+    let mut c = connect(&ns);
+    c.write_all(&early).expect("send the early bytes");
+    let (first, _) = l.accept().expect("accept the filler");
+    drop((first, filler));
+    let up = thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept the proxy");
+        s.write_all(BANNER).expect("banner");
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => s.write_all(&buf[..n]).expect("echo"),
+            }
+        }
+    });
+    let mut reader = c.try_clone().unwrap();
+    let want = BANNER.len() + early.len() + late.len();
+    let got = thread::spawn(move || {
+        let mut got = vec![0u8; want];
+        reader.read_exact(&mut got).map(|()| got)
+    });
+    c.write_all(&late).expect("send the rest");
+    let got = got.join().unwrap().expect("everything back through the proxy");
+    // The end, passed on both ways: the client's FIN to the upstream, the upstream's back.
+    c.shutdown(Shutdown::Write).expect("half-close");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("the end through the proxy");
+    assert!(rest.is_empty(), "{} bytes too many", rest.len());
+    up.join().unwrap();
+    assert!(&got[..BANNER.len()] == BANNER, "the banner is not first");
+    assert!(got[BANNER.len()..BANNER.len() + early.len()] == early[..], "the early bytes differ");
+    assert!(got[BANNER.len() + early.len()..] == late[..], "the later bytes differ");
+    let out = t.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let closed: Vec<_> = out.events().into_iter().filter(|e| e["event"] == "closed").collect();
+    assert_eq!(closed.len(), 1, "{:?}", out.stdout);
+    let e = &closed[0];
+    assert!(e["pipe_up"] == false && e["pipe_down"] == false, "spliced by the verdict program: {e}");
+    assert_eq!(e["bytes_up"], (early.len() + late.len()) as u64, "{e}");
+    assert_eq!(e["bytes_down"], want as u64, "{e}");
+    assert!(e["ms"].as_f64().unwrap() > 0.0, "{e}");
 }
 
 #[test]

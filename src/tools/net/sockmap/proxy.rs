@@ -23,9 +23,10 @@
 //! (sock_map_sk_state_allowed): a client that sent its request and its FIN before the upstream
 //! connection was up is in CLOSE_WAIT and refused. All its bytes are then already in its receive
 //! queue; they go to the upstream through a pipe with splice(2) (in the kernel too, not copied
-//! to user space), and the other direction still by the verdict program when the connection
-//! could enter `tk_sm_peers` (the same holds the other way round for an upstream that sends
-//! and closes at once).
+//! to user space). The other direction goes through a pipe as well: a connection that cannot
+//! enter `tk_sm_peers` is no redirect target. The same holds the other way round for an
+//! upstream that sends and closes at once. A direction is spliced by the verdict program only
+//! when its source entered `tk_sm_socks` and its destination `tk_sm_peers`.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};

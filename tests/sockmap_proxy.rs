@@ -398,9 +398,12 @@ fn a_refused_upstream_resets_the_client_and_the_proxy_keeps_serving() {
     let ns = Netns::new("smp5");
     let t = proxy_in(&ns, UP, &[]);
     for _ in 0..2 {
-        let mut c = connect(&ns);
-        let mut buf = [0u8; 16];
-        let r = c.read(&mut buf);
+        // The reset can come before connect_timeout has read the connection's state.
+        let to = SocketAddr::from(([127, 0, 0, 1], PORT));
+        let r = ns.run_in(move || TcpStream::connect_timeout(&to, Duration::from_secs(10))).and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            c.read(&mut [0u8; 16])
+        });
         assert!(
             matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
             "the client must see a reset, got {r:?}"

@@ -368,7 +368,7 @@ impl std::fmt::Display for ErrnoName {
 impl Printer for ProxyPrinter {
     type Event = ProxyEvent;
     const COLUMNS: &'static str =
-        "CLIENT                       UPSTREAM FROM                EVENT            TO-UPSTREAM    TO-CLIENT       MS";
+        "CLIENT                       UPSTREAM FROM                EVENT     TO-UPSTREAM    TO-CLIENT       MS";
 
     fn header(&self, ev: &Self::Event) -> EventHeader<'_> {
         EventHeader::Hook(HookHeader { ts_ns: ev.ts_ns, cpu: ev.cpu, pid: 0, comm: [0; 16] })
@@ -404,7 +404,7 @@ impl Printer for ProxyPrinter {
         let name: &[u8] = if ev.flags & RESET != 0 { b"reset" } else { kind_name(ev.kind).as_bytes() };
         fastfmt::col(w, name, 8)?;
         if ev.kind == CLOSED {
-            write!(w, "{:>19} {:>12} ", ev.up, ev.down)?;
+            write!(w, "{:>12} {:>12} ", ev.up, ev.down)?;
             fastfmt::ms_col(w, ev.duration_ns, 8)?;
         }
         if ev.flags & (PIPE_UP | PIPE_DOWN) != 0 {

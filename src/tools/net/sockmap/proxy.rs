@@ -250,18 +250,24 @@ impl Proxy {
         // Before any byte can be redirected: the upstream connection's count of acknowledged
         // bytes starts at 1 (its SYN).
         let (mut a, mut b) = (Side::new(client, None), Side::new(up, None));
-        Self::update(&self.conns, a.cookie, &a.stream, Some(&[b.cookie, 0, opened_ns]));
-        Self::update(&self.conns, b.cookie, &b.stream, Some(&[a.cookie, 0, opened_ns]));
-        let a_target = Self::update(&self.peers, a.cookie, &a.stream, None);
-        let b_target = Self::update(&self.peers, b.cookie, &b.stream, None);
+        // Without its tk_sm_conns entry the verdict would pass a connection's bytes to its own
+        // psock instead of redirecting them (a full map): such a pair is relayed.
+        let tracked = Self::update(&self.conns, a.cookie, &a.stream, Some(&[b.cookie, 0, opened_ns]))
+            & Self::update(&self.conns, b.cookie, &b.stream, Some(&[a.cookie, 0, opened_ns]));
+        let a_target = tracked && Self::update(&self.peers, a.cookie, &a.stream, None);
+        let b_target = tracked && Self::update(&self.peers, b.cookie, &b.stream, None);
         let a_spliced = b_target && Self::update(&self.socks, a.cookie, &a.stream, None);
         let b_spliced = a_target && Self::update(&self.socks, b.cookie, &b.stream, None);
         for (side, spliced, bit) in [(&mut a, a_spliced, PIPE_UP), (&mut b, b_spliced, PIPE_DOWN)] {
             if spliced {
                 server::kick(&side.stream);
-            } else {
-                ev.flags |= bit;
-                side.relay = Relay::new().ok();
+                continue;
+            }
+            ev.flags |= bit;
+            match Relay::new() {
+                Ok(r) => side.relay = Some(r),
+                // No pipe (out of descriptors): nothing would carry these bytes.
+                Err(_) => side.fail(),
             }
         }
         let _ = self.events.send(ev);

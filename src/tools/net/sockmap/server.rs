@@ -101,6 +101,11 @@ impl Side {
         let acked_base = counts(&stream).map_or(0, |(_, a)| a);
         Side { stream, cookie, acked_base, relay, eof: None, passed: false, failed: false }
     }
+
+    /// Ends its pair with a reset at the next turn (a relay that could not be made).
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
 }
 
 /// Connections held together: one (echo) or two (proxy: client, upstream).

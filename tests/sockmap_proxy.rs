@@ -361,6 +361,43 @@ fn bytes_sent_long_before_the_upstream_is_up_go_first() {
     assert!(e["ms"].as_f64().unwrap() > 0.0, "{e}");
 }
 
+/// IPv6 clients, an IPv4 upstream: the families of the two connections of a pair differ.
+#[test]
+fn an_ipv6_listener_proxies_to_an_ipv4_upstream() {
+    if !require_root("sockmap_proxy::an_ipv6_listener_proxies_to_an_ipv4_upstream") {
+        return;
+    }
+    let ns = Netns::new("smp9");
+    upstream(&ns, UP, Upstream::Echo);
+    let args = ["sockmap", "proxy", "[::1]:8080", "127.0.0.1:9000", "--json"];
+    let t = ns.run_in(|| Tracer::start(&args));
+    let to: SocketAddr = "[::1]:8080".parse().unwrap();
+    for (i, n) in [10usize, 300_000].into_iter().enumerate() {
+        let data = payload(n, 40 + i as u64);
+        let c = ns.run_in(move || TcpStream::connect_timeout(&to, Duration::from_secs(10))).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut reader = c.try_clone().unwrap();
+        let got = thread::spawn(move || {
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).map(|_| got)
+        });
+        let mut w = c;
+        w.write_all(&data).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+        assert!(got.join().unwrap().expect("read back") == data, "{n} B over IPv6");
+    }
+    let out = t.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let closed: Vec<_> = out.events().into_iter().filter(|e| e["event"] == "closed").collect();
+    assert_eq!(closed.len(), 2, "{:?}", out.stdout);
+    for e in &closed {
+        assert_eq!(e["family"], "ipv6", "{e}");
+        assert_eq!(e["raddr"], "::1", "{e}");
+        assert_eq!(e["upstream_laddr"], "127.0.0.1", "{e}");
+        assert_eq!(e["bytes_up"], e["bytes_down"], "{e}");
+    }
+}
+
 #[test]
 fn concurrent_connections_go_through_independently() {
     if !require_root("sockmap_proxy::concurrent_connections_go_through_independently") {

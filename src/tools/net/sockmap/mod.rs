@@ -189,7 +189,6 @@ fn serve<P: Printer, S: server::Service>(
     }
     let skel = rt.load("sockmap", open)?;
 
-    let held = std::cell::RefCell::new(None);
     let code = rt.stream(&skel, transport, printer, |skel| {
         let (service, ready) = service(skel, bound)?;
         // The sockhash's programs first, then the program that fills it, then the listener:
@@ -226,10 +225,10 @@ fn serve<P: Printer, S: server::Service>(
             skel.maps.tk_sm_conns.as_fd().try_clone_to_owned().map_err(|e| Error::io("duplicating a map fd", e))?;
         let srv = server::Server::start(TcpListener::from(fd), conns, service)?;
         eprintln!("tracekit: {ready}");
-        *held.borrow_mut() = Some((srv, insert, verdict, parser));
-        Ok(())
+        // Dropped by the runtime before it takes the last events: the server first (its thread
+        // ends after its last turn, whose events are then still printed), then the links.
+        Ok((srv, insert, verdict, parser))
     });
-    drop(held);
     drop(sock);
     code
 }

@@ -24,7 +24,8 @@
 #define TK_SO_SNDBUF 7
 /* A redirected skb that does not fit the send buffer waits in the psock's backlog and is
  * retried from a workqueue; a large send buffer keeps the echo on the fast path (the fix of
- * the Cloudflare post). */
+ * the Cloudflare post). The kernel caps this at net.core.wmem_max (as setsockopt(SO_SNDBUF));
+ * it covers the bytes before accept(), after which user space sets 8 MiB with SO_SNDBUFFORCE. */
 #define TK_SM_SNDBUF (8 << 20)
 
 char LICENSE[] SEC("license") = "GPL";

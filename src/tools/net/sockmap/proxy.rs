@@ -43,12 +43,6 @@ use crate::runtime::cli::output::OutputArgs;
 use crate::runtime::fastfmt::{self, Endpoint};
 use crate::runtime::output::{EventHeader, HookHeader, Sink, sock_addr};
 
-/// SO_SNDBUFFORCE (asm-generic/socket.h): SO_SNDBUF past `net.core.wmem_max` (CAP_NET_ADMIN).
-const SO_SNDBUFFORCE: libc::c_int = 32;
-/// The send buffer of both connections of a pair (the kernel doubles it): a redirected
-/// message that does not fit waits in the psock's backlog and is retried from a workqueue
-/// (the fix of the Cloudflare post, as echo's sockops program does).
-const SNDBUF: libc::c_int = 8 << 20;
 const AF_INET: u16 = libc::AF_INET as u16;
 const AF_INET6: u16 = libc::AF_INET6 as u16;
 
@@ -147,13 +141,6 @@ fn cpu() -> u32 {
     unsafe { libc::sched_getcpu() }.max(0) as u32
 }
 
-fn set_int(fd: &impl AsRawFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) {
-    // SAFETY: setsockopt reads one int; the fd is open.
-    unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, opt, (&raw const v).cast(), size_of::<libc::c_int>() as libc::socklen_t)
-    };
-}
-
 /// A connection to UPSTREAM under way for an accepted client.
 struct Pending {
     client: TcpStream,
@@ -186,7 +173,7 @@ impl Proxy {
     fn connect(&self) -> io::Result<(TcpStream, bool)> {
         let family = if self.upstream.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
-        set_int(&fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF);
+        server::large_send_buffer(&fd);
         let done = match connect(fd.as_raw_fd(), &SockaddrStorage::from(self.upstream)) {
             Ok(()) => true,
             Err(nix::errno::Errno::EINPROGRESS) => false,
@@ -242,7 +229,7 @@ impl Proxy {
 
     /// Splices the pair (module comment: the order matters) and announces it.
     fn splice(&self, client: TcpStream, up: TcpStream) -> Pair {
-        set_int(&client, libc::SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF);
+        server::large_send_buffer(&client);
         // Relayed directions splice(2) with the sockets' own blocking mode: never block here.
         let _ = client.set_nonblocking(true);
         let mut ev = self.event(OPEN, &client, Some(&up));

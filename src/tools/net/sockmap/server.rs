@@ -373,6 +373,29 @@ pub fn kick(s: &TcpStream) {
     };
 }
 
+/// SO_SNDBUFFORCE (asm-generic/socket.h): SO_SNDBUF past `net.core.wmem_max` (CAP_NET_ADMIN).
+const SO_SNDBUFFORCE: libc::c_int = 32;
+/// The send buffer of every spliced connection (the kernel doubles it): a redirected message
+/// that does not fit waits in the psock's backlog and is retried from a workqueue (the fix of
+/// the Cloudflare post). Set from user space: the sockops program's bpf_setsockopt(SO_SNDBUF)
+/// is capped at `net.core.wmem_max`, as setsockopt(SO_SNDBUF) is.
+const SNDBUF: libc::c_int = 8 << 20;
+
+/// Gives the connection its large send buffer.
+pub fn large_send_buffer(s: &impl AsRawFd) {
+    let size = SNDBUF;
+    // SAFETY: setsockopt reads one int; the fd is open.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_SNDBUFFORCE,
+            (&raw const size).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
 pub fn cookie(s: &impl AsRawFd) -> Option<u64> {
     let mut cookie = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;
@@ -383,11 +406,12 @@ pub fn cookie(s: &impl AsRawFd) -> Option<u64> {
 }
 
 /// Echo: each accepted connection is already spliced (by the sockops program); it only needs
-/// its kick.
+/// its full send buffer and its kick.
 pub struct Echo;
 
 impl Service for Echo {
     fn accepted(&mut self, conn: TcpStream) -> Option<Pair> {
+        large_send_buffer(&conn);
         kick(&conn);
         let mut side = Side::new(conn, None);
         // Whatever it sent (if anything) is the echo of what it received.

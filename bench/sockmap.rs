@@ -482,6 +482,9 @@ struct Contender {
     argv: Vec<String>,
     port: u16,
     tracekit: bool,
+    /// How many times each byte sent passes tracekit's kernel side: 1 for the echo, 2 for the
+    /// proxy (to the upstream and back).
+    passes: u64,
     /// Why it is not measured (not installed, command missing).
     missing: Option<String>,
 }
@@ -600,13 +603,14 @@ fn rounds(
 }
 
 /// The table of a flow scenario (echo, proxy, bypass).
-fn flow_table(title: &str, cs: &[Contender], runs: &[Runs], rounds: usize, base: usize) -> String {
+/// `notes[i]`, when given, is row i's checks column.
+fn flow_table(title: &str, cs: &[Contender], runs: &[Runs], rounds: usize, base: usize, notes: &[String]) -> String {
     let mut t = format!(
         "\n| {title} (median of {rounds}) | server | MB/s, 64 KiB writes | MB/s, 1 MiB writes | RTT p50 (64 B) | RTT p99 | CPU per GB, 64 KiB / 1 MiB | checks |\n|---|---|---|---|---|---|---|---|\n"
     );
     let med = |r: &Runs, f: &dyn Fn(&Sample) -> f64| median(r.samples.iter().map(f).collect());
     let base_mbs = [med(&runs[base], &|s| s.mbs[0]), med(&runs[base], &|s| s.mbs[1])];
-    for (c, r) in cs.iter().zip(runs) {
+    for (i, (c, r)) in cs.iter().zip(runs).enumerate() {
         let lead = format!("| {title} | {} |", c.name);
         if let Some(why) = c.missing.as_ref().or(r.failed.as_ref()) {
             t.push_str(&format!("{lead} {} | | | | | |\n", why.replace('|', "/")));
@@ -618,8 +622,10 @@ fn flow_table(title: &str, cs: &[Contender], runs: &[Runs], rounds: usize, base:
         let (m0, m1) = (med(r, &|s| s.mbs[0]), med(r, &|s| s.mbs[1]));
         let sent: u64 = r.samples.iter().map(|s| s.sent).sum();
         let checks = match c.tracekit {
+            _ if notes.len() > i => notes[i].clone(),
             true => match r.kernel_bytes {
-                Some(b) => format!("kernel moved {b} of {sent} B; tracekit read {} B", r.rchar),
+                Some(b) if c.passes == 1 => format!("kernel moved {b} of {sent} B; tracekit read {} B", r.rchar),
+                Some(b) => format!("kernel moved {b} of {} × {sent} B; tracekit read {} B", c.passes, r.rchar),
                 None => format!("tracekit reported no byte count; it read {} B", r.rchar),
             },
             false => "–".to_owned(),
@@ -656,6 +662,7 @@ fn echo_contenders() -> Vec<Contender> {
             argv: vec![tk, "sockmap".into(), "echo".into(), at(TK_ECHO_PORT), "--json".into()],
             port: TK_ECHO_PORT,
             tracekit: true,
+            passes: 1,
             missing: None,
         },
         Contender {
@@ -663,6 +670,7 @@ fn echo_contenders() -> Vec<Contender> {
             argv: vec![bench_exe(), "__sm".into(), "echo".into(), USER_ECHO_PORT.to_string()],
             port: USER_ECHO_PORT,
             tracekit: false,
+            passes: 1,
             missing: None,
         },
         Contender {
@@ -672,6 +680,7 @@ fn echo_contenders() -> Vec<Contender> {
             argv: sv(&["socat", &format!("TCP-LISTEN:{SOCAT_ECHO_PORT},bind=127.0.0.1,fork,reuseaddr"), "EXEC:cat"]),
             port: SOCAT_ECHO_PORT,
             tracekit: false,
+            passes: 1,
             missing: socat_missing(),
         },
     ]
@@ -686,6 +695,7 @@ fn proxy_contenders() -> Vec<Contender> {
             argv: Vec::new(),
             port: UPSTREAM_PORT,
             tracekit: false,
+            passes: 1,
             missing: None,
         },
         Contender {
@@ -693,6 +703,7 @@ fn proxy_contenders() -> Vec<Contender> {
             argv: vec![tk, "sockmap".into(), "proxy".into(), at(TK_PROXY_PORT), at(UPSTREAM_PORT), "--json".into()],
             port: TK_PROXY_PORT,
             tracekit: true,
+            passes: 2,
             missing: tracekit_lacks("proxy"),
         },
         Contender {
@@ -706,6 +717,7 @@ fn proxy_contenders() -> Vec<Contender> {
             ],
             port: USER_PROXY_PORT,
             tracekit: false,
+            passes: 1,
             missing: None,
         },
         Contender {
@@ -717,9 +729,17 @@ fn proxy_contenders() -> Vec<Contender> {
             ]),
             port: SOCAT_PROXY_PORT,
             tracekit: false,
+            passes: 1,
             missing: socat_missing(),
         },
     ]
+}
+
+/// Bytes the namespace's `lo` received so far.
+fn lo_bytes(ns: &Ns) -> u64 {
+    let out = Command::new("ip").args(["-n", &ns.name, "-s", "-j", "link", "show", "lo"]).output();
+    let v: serde_json::Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+    v[0]["stats64"]["rx"]["bytes"].as_u64().unwrap_or(0)
 }
 
 /// The bypass rows: the same client and echo server in one process (`__sm pair`), run plainly
@@ -728,6 +748,8 @@ fn bypass(ns: &Ns, n: usize, sz: Sizes, dir: &Path, results: &mut Vec<serde_json
     let names = ["plain loopback TCP", "tracekit sockmap bypass -- CMD"];
     let missing = [None, tracekit_lacks("bypass")];
     let mut runs: Vec<Runs> = names.iter().map(|_| Runs::default()).collect();
+    // what crossed the loopback interface: bypassed bytes do not
+    let mut lo = [0u64; 2];
     for round in 0..n {
         for k in 0..names.len() {
             let i = (k + round) % names.len();
@@ -744,8 +766,10 @@ fn bypass(ns: &Ns, n: usize, sz: Sizes, dir: &Path, results: &mut Vec<serde_json
             let res = (|| -> Result<Sample, String> {
                 let mut c = Command::new(&argv[0]);
                 c.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+                let lo0 = lo_bytes(ns);
                 let child = spawn_in(&ns.name, None, &mut c).map_err(|e| format!("start {}: {e}", argv[0]))?;
                 let out = child.wait_with_output().map_err(|e| e.to_string())?;
+                lo[i] += lo_bytes(ns) - lo0;
                 let text = fs::read_to_string(&file).map_err(|_| {
                     format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim().replace('\n', " / "))
                 })?;
@@ -761,7 +785,7 @@ fn bypass(ns: &Ns, n: usize, sz: Sizes, dir: &Path, results: &mut Vec<serde_json
                         "bench: sockmap-bypass / {}: {:.0} / {:.0} MB/s, RTT p50 {:.1} µs",
                         names[i], s.mbs[0], s.mbs[1], s.p50_us
                     );
-                    results.push(serde_json::json!({"scenario": "sockmap-bypass", "server": names[i], "round": round, "sample": s.json()}));
+                    results.push(serde_json::json!({"scenario": "sockmap-bypass", "server": names[i], "round": round, "sample": s.json(), "lo_rx_bytes_total": lo[i]}));
                     runs[i].samples.push(s);
                 }
                 Err(e) => {
@@ -774,9 +798,16 @@ fn bypass(ns: &Ns, n: usize, sz: Sizes, dir: &Path, results: &mut Vec<serde_json
     let cs: Vec<Contender> = names
         .iter()
         .zip(missing)
-        .map(|(name, missing)| Contender { name, argv: Vec::new(), port: 0, tracekit: false, missing })
+        .map(|(name, missing)| Contender { name, argv: Vec::new(), port: 0, tracekit: false, passes: 1, missing })
         .collect();
-    flow_table("sockmap bypass (client and echo server in one process)", &cs, &runs, n, 0)
+    let notes: Vec<String> = runs
+        .iter()
+        .zip(lo)
+        .map(|(r, lo)| {
+            format!("`lo` received {lo} B for 2 × {} B echoed", r.samples.iter().map(|s| s.sent).sum::<u64>())
+        })
+        .collect();
+    flow_table("sockmap bypass (client and echo server in one process)", &cs, &runs, n, 0, &notes)
 }
 
 // ---------------------------------------------------------------- sk_lookup
@@ -1076,7 +1107,7 @@ pub fn run(smoke: bool, flows: bool, sklookup_rows: bool, dir: &Path, results: &
     );
     let cs = echo_contenders();
     let runs = rounds(&ns, &cs, n, sz, "sockmap-echo", results);
-    t.push_str(&flow_table("sockmap echo", &cs, &runs, n, 1));
+    t.push_str(&flow_table("sockmap echo", &cs, &runs, n, 1, &[]));
 
     let cs = proxy_contenders();
     if let Some(why) = &cs[1].missing {
@@ -1088,7 +1119,7 @@ pub fn run(smoke: bool, flows: bool, sklookup_rows: bool, dir: &Path, results: &
         match Server::start(&ns, &up, UPSTREAM_PORT, false) {
             Ok(_upstream) => {
                 let runs = rounds(&ns, &cs, n, sz, "sockmap-proxy", results);
-                t.push_str(&flow_table("sockmap proxy (to a user-space echo server)", &cs, &runs, n, 2));
+                t.push_str(&flow_table("sockmap proxy (to a user-space echo server)", &cs, &runs, n, 2, &[]));
             }
             Err(e) => {
                 t.push_str(&format!("\n| sockmap proxy | the upstream echo server did not start: {e} |\n|---|---|\n"))

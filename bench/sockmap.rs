@@ -512,6 +512,10 @@ fn sv(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// tracekit's own account of a run: the bytes it says the kernel moved (when it said) and the
+/// bytes it read itself.
+type Account = (Option<u64>, u64);
+
 /// What one contender gave over the rounds.
 struct Runs {
     samples: Vec<Sample>,
@@ -546,7 +550,7 @@ fn rounds(
             if c.missing.is_some() || runs[i].failed.is_some() {
                 continue;
             }
-            let res = (|| -> Result<(Sample, Option<(Option<u64>, u64)>), String> {
+            let res = (|| -> Result<(Sample, Option<Account>), String> {
                 let mut srv = match c.argv.is_empty() {
                     true => None,
                     false => Some(Server::start(ns, &c.argv, c.port, c.tracekit)?),
@@ -924,6 +928,9 @@ fn threads_of(pid: u32) -> Vec<PathBuf> {
     fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten().map(|e| e.path()).collect()
 }
 
+/// lookups, hits, misses (tracekit's counters), events printed.
+type SklCounts = (u64, u64, u64, u64);
+
 struct SklRun {
     rate: f64,
     /// CPU time of the client thread per connection (µs): its connect() runs the whole
@@ -932,8 +939,7 @@ struct SklRun {
     client_us: f64,
     /// CPU time of tracekit's threads per connection (µs): reading and printing the events.
     tracekit_us: f64,
-    /// lookups, hits, misses (tracekit's counters), events printed.
-    said: Option<(u64, u64, u64, u64)>,
+    said: Option<SklCounts>,
 }
 
 fn skl_once(ns: &Ns, steer: Steer, n: u64, dir: &Path) -> Result<SklRun, String> {
@@ -976,9 +982,9 @@ fn skl_once(ns: &Ns, steer: Steer, n: u64, dir: &Path) -> Result<SklRun, String>
 }
 
 fn sklookup(ns: &Ns, smoke: bool, dir: &Path, results: &mut Vec<serde_json::Value>) -> String {
-    let (rounds, n) = if smoke { (1, 300u64) } else { (8, 50_000u64) };
+    let (rounds, n) = if smoke { (1, 300u64) } else { (12, 50_000u64) };
     eprintln!("bench: sklookup ({n} connections a run, {rounds} rounds, load average {})", load_average());
-    let _accept = ns.run(|| {
+    ns.run(|| {
         let l = TcpListener::bind(("127.0.0.1", SKL_PORT)).expect("listen on 127.0.0.1:8000 in the namespace");
         crate::cgroup::serve_accepts(l)
     });
@@ -1046,9 +1052,7 @@ fn sklookup(ns: &Ns, smoke: bool, dir: &Path, results: &mut Vec<serde_json::Valu
             Steer::None => ("–".to_owned(), "–".to_owned()),
             _ => (format!("{cost:.1} %"), format!("≤ 5 %: {}", if cost <= 5.0 { "met" } else { "not met" })),
         };
-        let sum = |f: &dyn Fn(&(u64, u64, u64, u64)) -> u64| {
-            runs[i].iter().filter_map(|r| r.said.as_ref()).map(f).sum::<u64>()
-        };
+        let sum = |f: &dyn Fn(&SklCounts) -> u64| runs[i].iter().filter_map(|r| r.said.as_ref()).map(f).sum::<u64>();
         let said = match s {
             Steer::None => "–".to_owned(),
             _ => format!(

@@ -129,7 +129,7 @@ fn benchmark_smoke_run() {
             // "kernel moved X of Y B; tracekit read Z B"
             let w: Vec<&str> = cols[8].split(' ').collect();
             assert_eq!(w[2], w[4], "every byte sent came back through the kernel: {cols:?}");
-            let (moved, read): (u64, u64) = (w[2].parse().unwrap(), w[7].parse().unwrap());
+            let (moved, read): (u64, u64) = (w[2].parse().unwrap(), w[8].parse().unwrap());
             assert!(moved > 0 && read < moved / 64, "the bytes stayed in the kernel: {cols:?}");
         }
     }

@@ -46,7 +46,7 @@ const HINT: &str = "tkbcg";
 
 // ---------------------------------------------------------------- the workload (in the cgroup)
 
-fn abort_linger(fd: i32) {
+pub(crate) fn abort_linger(fd: i32) {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: a valid socket fd and a linger struct of the size given.
     unsafe {
@@ -140,9 +140,16 @@ pub fn work(args: &[String]) -> ! {
 /// and closing them sends nothing: every connection makes the same packets.
 fn listener() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("listen on 127.0.0.1");
+    let port = l.local_addr().unwrap().port();
+    serve_accepts(l);
+    port
+}
+
+/// The accept side of `listener` (sockmap.rs's sk_lookup rows use it too): a backlog of 4096,
+/// a thread accepting at high priority, the 64 newest connections held.
+pub(crate) fn serve_accepts(l: TcpListener) {
     // SAFETY: listen() again on a listening socket only changes its backlog.
     unsafe { libc::listen(l.as_raw_fd(), 4096) };
-    let port = l.local_addr().unwrap().port();
     thread::spawn(move || {
         // above the workload and tracekit (as root), so that the queue does not fill while
         // both keep the two CPUs busy
@@ -161,7 +168,6 @@ fn listener() -> u16 {
             }
         }
     });
-    port
 }
 
 /// TcpExt ListenOverflows so far (/proc/net/netstat): SYNs dropped at a full accept queue.

@@ -9,7 +9,8 @@
 //! cgroup`'s cost to the connect, bind and TCP throughput of a cgroup's processes in cgroup.rs;
 //! `tracekit forward`'s packet rate and latency next to the kernel's forwarding in forward.rs;
 //! `tracekit tcpcc load`'s congestion control algorithms next to the kernel's, over netem, in
-//! tcpcc.rs. `--out FILE` writes the raw results as JSON; `--json` prints them on stdout instead
+//! tcpcc.rs; `tracekit sockmap` and `tracekit sklookup` next to user-space servers and socat,
+//! on loopback, in sockmap.rs. `--out FILE` writes the raw results as JSON; `--json` prints them on stdout instead
 //! of the table (which then goes to stderr).
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 mod cgroup;
 mod forward;
 mod net;
+mod sockmap;
 mod tcpcc;
 
 const WORK_COMM: &str = "tkb-work";
@@ -514,6 +516,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("__cgwork") {
         cgroup::work(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("__sm") {
+        sockmap::work(&args[1..]);
+    }
     let smoke = args.iter().any(|a| a == "--smoke");
     let out_json = args.windows(2).find(|w| w[0] == "--out").map(|w| PathBuf::from(&w[1]));
     let only: Vec<&str> = args.windows(2).filter(|w| w[0] == "--scenario").map(|w| w[1].as_str()).collect();
@@ -640,6 +645,18 @@ fn main() {
     }
     if only.is_empty() || only.contains(&"forward") {
         table.push_str(&forward::run(smoke, &mut results));
+    }
+    // `--scenario sockmap` runs the echo, proxy and bypass rows, `--scenario sklookup` the
+    // sk_lookup rows; a full run both
+    let (flows, sklookup) = (only.contains(&"sockmap"), only.contains(&"sklookup"));
+    if only.is_empty() || flows || sklookup {
+        table.push_str(&sockmap::run(
+            smoke,
+            only.is_empty() || flows,
+            only.is_empty() || sklookup,
+            dir.path(),
+            &mut results,
+        ));
     }
     if only.is_empty() || only.contains(&"tcpcc") {
         table.push_str(&tcpcc::run(smoke, only.contains(&"tcpcc"), &args, &mut results));

@@ -40,8 +40,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -159,21 +157,7 @@ impl Drop for Veth {
 
 /// A command that runs in namespace `ns` (setns before exec) and dies with the bench.
 fn spawn_in(ns: &str, c: &mut Command) -> std::io::Result<Child> {
-    let nsf = fs::File::open(format!("/run/netns/{ns}"))?;
-    let fd = nsf.as_raw_fd();
-    crate::cgroup::die_with_parent(c, libc::SIGTERM);
-    // SAFETY: setns is async-signal-safe; the fd stays open in the parent until spawn returns.
-    unsafe {
-        c.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    let child = c.spawn();
-    drop(nsf);
-    child
+    crate::sockmap::spawn_in(ns, None, c)
 }
 
 // ---------------------------------------------------------------- tracekit and iperf3
@@ -210,14 +194,9 @@ fn available() -> Vec<String> {
         .collect()
 }
 
-/// Whether something listens on PORT in the namespace of `pid` (its /proc/PID/net).
+/// Whether iperf3 listens on PORT in the namespace of `pid`.
 fn listening(pid: u32) -> bool {
-    let port = format!(":{PORT:04X} ");
-    ["tcp", "tcp6"].iter().any(|f| {
-        fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default().lines().any(|l| {
-            l.split_whitespace().nth(1).is_some_and(|a| format!("{a} ").ends_with(&port)) && l.contains(" 0A ")
-        })
-    })
+    crate::sockmap::listening(pid, PORT)
 }
 
 struct Server(Child);

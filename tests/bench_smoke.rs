@@ -105,6 +105,66 @@ fn benchmark_smoke_run() {
         let connect_targets = rows.iter().filter(|c| c[4].contains('%') && c[5].starts_with('≤')).count();
         assert_eq!(connect_targets, if workload == "connect()+close()" { 2 } else { 0 }, "{rows:?}");
     }
+    // sockmap echo: the three servers measured (socat: or said missing), the same client; every
+    // byte tracekit's kernel side echoed is accounted for and it read almost none of them
+    let cols_of = |prefix: &str| -> Vec<String> {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no row `{prefix}` in\n{table}\n{err}"));
+        row.split('|').map(|c| c.trim().to_owned()).collect()
+    };
+    for server in ["tracekit sockmap echo", "user-space echo (thread per connection)", "socat EXEC:cat"] {
+        let cols = cols_of(&format!("| sockmap echo | {server} |"));
+        if server == "socat EXEC:cat" && cols[3].contains("not installed") {
+            continue;
+        }
+        for c in &cols[3..5] {
+            let mbs: f64 = c.split(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("MB/s: {cols:?}\n{err}"));
+            assert!(mbs > 0.0, "{cols:?}");
+        }
+        assert!(cols[5].ends_with(" µs") && cols[6].ends_with(" µs"), "RTT p50, p99: {cols:?}");
+        assert!(cols[7].contains(" s / ") && cols[7].ends_with(" s"), "CPU per GB: {cols:?}");
+        if server == "tracekit sockmap echo" {
+            // "kernel moved X of Y B; tracekit read Z B"
+            let w: Vec<&str> = cols[8].split(' ').collect();
+            assert_eq!(w[2], w[4], "every byte sent came back through the kernel: {cols:?}");
+            let (moved, read): (u64, u64) = (w[2].parse().unwrap(), w[8].parse().unwrap());
+            assert!(moved > 0 && read < moved / 64, "the bytes stayed in the kernel: {cols:?}");
+        }
+    }
+    // proxy and bypass: measured, or skipped with the reason when this build lacks the command
+    for what in ["sockmap proxy", "sockmap bypass"] {
+        assert!(table.contains(&format!("| {what}")), "a {what} row, measured or skipped:\n{table}");
+        assert!(!table.contains("failed"), "{table}\n{err}");
+    }
+    // sk_lookup: every connection steered was counted as a hit and printed once; none when the
+    // clients use another port than the steered one
+    let skl: Vec<Vec<String>> = table
+        .lines()
+        .filter(|l| l.starts_with("| sk_lookup | "))
+        .map(|l| l.split('|').map(|c| c.trim().to_owned()).collect())
+        .collect();
+    assert_eq!(skl.len(), 4, "four sk_lookup rows in\n{table}\n{err}");
+    for cols in &skl {
+        let rate: f64 = cols[3].strip_suffix(" k/s").and_then(|r| r.parse().ok()).unwrap_or(0.0);
+        assert!(rate > 0.0, "{cols:?}\n{err}");
+        assert!(cols[6].ends_with(" µs") || cols[6].contains(" µs ("), "client CPU per connection: {cols:?}");
+        if cols[2] == "no program" {
+            continue;
+        }
+        assert!(cols[7].ends_with(" µs"), "tracekit CPU per connection: {cols:?}");
+        // "lookups / hits / misses / events (connections made: N)"
+        let n: Vec<u64> = cols[8].replace(['(', ')', ':'], " ").split(' ').filter_map(|x| x.parse().ok()).collect();
+        let [lookups, hits, misses, events, made] = n[..] else { panic!("{cols:?}") };
+        assert!(lookups >= made, "a lookup per connection at least: {cols:?}");
+        assert_eq!(misses, 0, "{cols:?}");
+        if cols[2].contains("no hit") {
+            assert_eq!((hits, events), (0, 0), "{cols:?}");
+        } else {
+            assert_eq!((hits, events), (made, made), "{cols:?}");
+        }
+    }
     let raw: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(raw.as_array().unwrap().len() >= 10);
 }

@@ -2,6 +2,7 @@
 //! (src/bpf/net/sockmap.bpf.c). `echo` sends every byte back from softirq; user space only
 //! accepts and closes.
 
+mod bypass;
 mod server;
 
 use std::io::{self, Write};
@@ -37,7 +38,8 @@ const CLOSED: u8 = 1;
 #[derive(Debug, Clone, Args)]
 #[command(after_help = "EXAMPLES:\n    \
     tracekit sockmap echo 127.0.0.1:7000     # an echo server whose bytes stay in the kernel\n    \
-    tracekit sockmap echo '[::1]:0' --json   # any free port (printed), events as NDJSON")]
+    tracekit sockmap echo '[::1]:0' --json   # any free port (printed), events as NDJSON\n    \
+    tracekit sockmap bypass -- ./app         # app's local TCP skips the loopback stack")]
 pub struct SockmapArgs {
     #[command(subcommand)]
     pub command: SockmapCommand,
@@ -47,6 +49,8 @@ pub struct SockmapArgs {
 pub enum SockmapCommand {
     /// An echo server in the kernel: each byte received is sent back by an sk_skb program
     Echo(EchoArgs),
+    /// Local TCP connections of a cgroup skip the loopback stack: sendmsg() data goes straight to the peer
+    Bypass(bypass::BypassArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -66,6 +70,7 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 pub fn run(args: SockmapArgs) -> Result<i32, Error> {
     match args.command {
         SockmapCommand::Echo(a) => echo(a),
+        SockmapCommand::Bypass(a) => bypass::run(a),
     }
 }
 

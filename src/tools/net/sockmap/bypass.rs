@@ -70,6 +70,13 @@ pub struct BypassArgs {
 }
 
 pub fn run(args: BypassArgs) -> Result<i32, Error> {
+    // A bare `--` would silently mean "every connection of the system".
+    if args.command.is_empty() && std::env::args_os().last().is_some_and(|a| a == "--") {
+        return Err(Error::usage(
+            "`--` must be followed by the command to run",
+            Some("write `-- CMD [ARGS...]`, or drop `--` to bypass every local connection of the system".to_owned()),
+        ));
+    }
     let ports = port_list("--port", &args.ports, MAX_PORTS, "bypass without the port filter")?;
     let mut rt = Runtime::for_packets(args.out.clone())?;
     let root = cgroup2_root()?;

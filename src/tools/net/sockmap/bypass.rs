@@ -192,7 +192,7 @@ fn bytes16(c: &[std::ffi::c_char; 16]) -> [u8; 16] {
 
 impl Printer for BypassPrinter<'_> {
     type Event = types::tk_bp_event;
-    const COLUMNS: &'static str = "PID     COMM       LADDR:LPORT                  RADDR:RPORT                  EVENT";
+    const COLUMNS: &'static str = "PID     COMM       LADDR:LPORT           RADDR:RPORT           EVENT";
 
     fn header(&self, ev: &Self::Event) -> EventHeader<'_> {
         EventHeader::Hook(HookHeader { ts_ns: ev.ts_ns, cpu: ev.cpu, pid: ev.pid, comm: bytes16(&ev.comm) })
@@ -209,15 +209,15 @@ impl Printer for BypassPrinter<'_> {
             fastfmt::int_col(w, ev.pid, 7)?;
         }
         fastfmt::col(w, c_str(&comm).as_bytes(), 10)?;
-        fastfmt::col(w, local.as_str().as_bytes(), 28)?;
-        fastfmt::col(w, remote.as_str().as_bytes(), 28)?;
+        fastfmt::col(w, local.as_str().as_bytes(), 21)?;
+        fastfmt::col(w, remote.as_str().as_bytes(), 21)?;
         match ev.kind {
             PAIR => {
                 let peer = bytes16(&ev.peer_comm);
-                write!(w, "bypassed (peer {} {})", ev.peer_pid, c_str(&peer))
+                write!(w, "bypassed, peer {} {}", ev.peer_pid, c_str(&peer))
             }
             CLOSED => {
-                write!(w, "closed {} B in {} msgs, ", ev.bytes, ev.msgs)?;
+                write!(w, "closed {} B ", ev.bytes)?;
                 fastfmt::ms_col(w, ev.duration_ns, 0)?;
                 w.write_all(b" ms")
             }
@@ -254,7 +254,7 @@ impl Printer for BypassPrinter<'_> {
         }
         writeln!(
             out.w(),
-            "{} sockets, {} pairs bypassed, {} closed; {} bytes in {} messages redirected, {} messages passed to TCP",
+            "sockets {}, pairs {}, closed {}; {} bytes in {} messages redirected, {} messages left to TCP",
             c[0],
             c[1],
             c[2],

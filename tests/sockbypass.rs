@@ -25,7 +25,7 @@ fn python() -> &'static str {
     if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
 }
 
-/// HOST N PAUSE REPORT [GATE]: listens on HOST, forks a child that connects and sends N bytes
+/// HOST N PAUSE REPORT [GATE]: listens on HOST (port $PAIR_PORT, else any), forks a child that connects and sends N bytes
 /// of a fixed pattern (with GATE: half, then waits until the file GATE exists, then the rest),
 /// reads them (sleeping PAUSE seconds after each read of up to 64 KiB; REPORT.mid appears
 /// after the first MiB) and writes what it received and both SHA-256 sums to REPORT.
@@ -36,7 +36,7 @@ host, n, pause, report = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.
 gate = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "-v" else None
 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
 l = socket.socket(fam)
-l.bind((host, 0))
+l.bind((host, int(os.environ.get("PAIR_PORT", "0"))))
 l.listen()
 port = l.getsockname()[1]
 pid = os.fork()
@@ -96,8 +96,13 @@ fn pair_args(ns: &Netns, host: &str, n: usize, pause: f64, report: &Path, gate: 
 
 /// A PAIR run started by the test itself, in the cgroup `cgroup` (None: where the test runs).
 fn spawn_pair(args: &[String], cgroup: Option<&Path>) -> Child {
+    spawn_pair_on(args, cgroup, 0)
+}
+
+/// Like `spawn_pair`, listening on `port` (0: any).
+fn spawn_pair_on(args: &[String], cgroup: Option<&Path>, port: u16) -> Child {
     let mut cmd = Command::new(&args[0]);
-    cmd.args(&args[1..]).stdin(Stdio::null());
+    cmd.args(&args[1..]).stdin(Stdio::null()).env("PAIR_PORT", port.to_string());
     if let Some(cg) = cgroup {
         let procs = CString::new(cg.join("cgroup.procs").to_str().unwrap()).unwrap();
         // SAFETY: between fork and exec only async-signal-safe calls: open, write, close on a
@@ -300,6 +305,12 @@ fn connections_work_before_during_and_after_every_exit() {
             let during = dir.path().join(format!("during-{how}"));
             let r = finish_pair(spawn_pair(&pair_args(&ns, "127.0.0.1", M, 0.0, &during, None), Some(&cg.0)), &during);
             assert_identical(&r, M, &format!("{how}: during"));
+            // The same transfer outside the cgroup, meanwhile: TCP's path, across lo.
+            let outside = dir.path().join(format!("outside-{how}"));
+            let before = lo_bytes(&ns);
+            let r = finish_pair(spawn_pair(&pair_args(&ns, "127.0.0.1", M, 0.0, &outside, None), None), &outside);
+            assert_identical(&r, M, &format!("{how}: outside the cgroup"));
+            assert!(lo_bytes(&ns) - before > M as u64, "{how}: a connection outside the cgroup was bypassed");
         }
         exit.signal(&t);
         let out = t.wait(Duration::from_secs(20));
@@ -371,4 +382,35 @@ fn killed_mid_transfer_loses_nothing() {
         return;
     }
     ended_mid_transfer(Exit::Kill, "bp4");
+}
+
+#[test]
+fn only_the_given_ports_are_bypassed() {
+    if !require_root("sockbypass::only_the_given_ports_are_bypassed") {
+        return;
+    }
+    let ns = Netns::new("bp5");
+    let cg = TestCgroup::new("bp5");
+    let dir = tempfile::tempdir().unwrap();
+    let cgroup = cg.0.to_str().unwrap().to_owned();
+    const M: usize = 2 << 20;
+    const PORT: u16 = 7777;
+    let t = Tracer::start(&["sockmap", "bypass", "--json", "--cgroup", &cgroup, "--port", "80,7777"]);
+    let (kept, other) = (dir.path().join("kept"), dir.path().join("other"));
+    let before = lo_bytes(&ns);
+    let r = finish_pair(spawn_pair_on(&pair_args(&ns, "127.0.0.1", M, 0.0, &kept, None), Some(&cg.0), PORT), &kept);
+    assert_identical(&r, M, "port 7777");
+    let lo = lo_bytes(&ns) - before;
+    assert!(lo < M as u64 / 100, "port 7777 is bypassed: lo carried {lo} B");
+    let before = lo_bytes(&ns);
+    let r = finish_pair(spawn_pair_on(&pair_args(&ns, "127.0.0.1", M, 0.0, &other, None), Some(&cg.0), 0), &other);
+    assert_identical(&r, M, "another port");
+    let lo = lo_bytes(&ns) - before;
+    assert!(lo > M as u64, "another port keeps TCP's path: lo carried {lo} B");
+    let out = t.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let c = counts(&out);
+    assert_eq!((num(&c, "sockets"), num(&c, "pairs"), num(&c, "bytes")), (2, 1, M as u64), "{c}");
+    let events = out.events();
+    assert!(events.iter().all(|e| e["lport"] == u64::from(PORT) || e["rport"] == u64::from(PORT)), "{events:?}");
 }

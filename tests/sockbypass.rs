@@ -414,3 +414,45 @@ fn only_the_given_ports_are_bypassed() {
     let events = out.events();
     assert!(events.iter().all(|e| e["lport"] == u64::from(PORT) || e["rport"] == u64::from(PORT)), "{events:?}");
 }
+
+/// One end in the cgroup, the other outside: the sk_msg program runs for the inside end, finds
+/// no peer and returns SK_PASS without a target, which is TCP's path (skmsg.c,
+/// sk_psock_map_verd). Every byte arrives, across lo.
+#[test]
+fn a_peer_outside_the_cgroup_keeps_tcps_path() {
+    if !require_root("sockbypass::a_peer_outside_the_cgroup_keeps_tcps_path") {
+        return;
+    }
+    let ns = Netns::new("bp6");
+    let cg = TestCgroup::new("bp6");
+    let cgroup = cg.0.to_str().unwrap().to_owned();
+    const CLIENT: &str = "import socket, sys\nc = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+        c.sendall(bytes(range(256)) * 4096)\nc.close()\n";
+    let listener = ns.run_in(|| std::net::TcpListener::bind("127.0.0.1:0")).expect("listen");
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        use std::io::Read;
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        got
+    });
+    let t = Tracer::start(&["sockmap", "bypass", "--json", "--cgroup", &cgroup]);
+    let before = lo_bytes(&ns);
+    let args: Vec<String> = ["ip", "netns", "exec", ns.name(), python(), "-c", CLIENT, &port.to_string()]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let status = spawn_pair(&args, Some(&cg.0)).wait().unwrap();
+    assert!(status.success(), "the client: {status}");
+    let got = server.join().unwrap();
+    let want: Vec<u8> = (0..4096).flat_map(|_| 0..=255u8).collect();
+    assert!(got == want, "{} of {} bytes, or different ones", got.len(), want.len());
+    assert!(lo_bytes(&ns) - before > want.len() as u64, "TCP's path: across lo");
+    let out = t.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
+    let c = counts(&out);
+    assert_eq!((num(&c, "sockets"), num(&c, "pairs"), num(&c, "bytes")), (1, 0, 0), "{c}");
+    assert!(num(&c, "passed") > 0, "the sk_msg program ran and passed: {c}");
+}

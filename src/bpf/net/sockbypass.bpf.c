@@ -16,9 +16,10 @@
  *
  * Nothing takes a socket out before that, on purpose: a socket leaving the sockhash loses its
  * psock, and with it the messages redirected to it that its application has not read yet (a
- * silent loss, measured on 5.10 and 6.18: the reader sees EOF early). Each socket's psock holds this
- * sk_msg program, which holds the sockhash it uses: so after tracekit exits, even by SIGKILL,
- * the sockhash lives on until the last connection in it closes, and no data is lost. */
+ * silent loss, measured on 5.10 and 6.18: the reader sees EOF early). Each socket's psock
+ * holds this sk_msg program, which holds the sockhash it uses: so after tracekit exits, even
+ * by SIGKILL, the sockhash lives on until the last connection in it closes, and no data is
+ * lost. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>

@@ -548,3 +548,40 @@ fn sockmap_proxy_tool() {
     ];
     check("sockmap proxy", &out, &kinds);
 }
+
+const SOCKBYPASS_EVENT: Fields = &[("time_ns", UInt), ("cpu", UInt), ("pid", UInt), ("comm", Str), ("event", Str)];
+const SOCKBYPASS_COUNTS: Fields = &[
+    ("sockets", UInt),
+    ("pairs", UInt),
+    ("closed", UInt),
+    ("bytes", UInt),
+    ("msgs", UInt),
+    ("passed", UInt),
+    ("full", UInt),
+];
+
+#[test]
+fn sockbypass_tool() {
+    if !require_root("schema::sockbypass_tool") {
+        return;
+    }
+    let ns = net::Netns::new("schemabp");
+    // One connection to itself in CMD's cgroup, 1000 bytes across; prints nothing (CMD shares
+    // stdout with the JSON).
+    const PAIR: &str = "import socket\nl = socket.socket()\nl.bind(('127.0.0.1', 0))\nl.listen()\n\
+        c = socket.create_connection(l.getsockname())\ns, _ = l.accept()\nc.sendall(b'x' * 1000)\n\
+        n = 0\nwhile n < 1000:\n    n += len(s.recv(2000))\nc.close()\ns.close()\n";
+    // `-v` before CMD: `Tracer::start` appends its own after CMD.
+    let args = ["sockmap", "bypass", "-v", "--json", "--", "ip", "netns", "exec", ns.name(), "python3", "-c", PAIR];
+    let out = Tracer::start(&args).wait(Duration::from_secs(30));
+    let kinds = [
+        Kind { name: "event", fields: vec![FLOW, SOCKBYPASS_EVENT], required: true },
+        kind("sockbypass_counts", &[SOCKBYPASS_COUNTS], true),
+        kind("lost", &[LOST], false),
+        kind("summary", &[SUMMARY], true),
+    ];
+    check("sockbypass", &out, &kinds);
+    let events: Vec<Value> = out.stdout.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"] == "bypassed" && e["peer_pid"].is_u64()), "{:?}", out.stdout);
+    assert!(events.iter().any(|e| e["event"] == "closed" && e["bytes"] == 1000), "{:?}", out.stdout);
+}

@@ -43,6 +43,7 @@ const SUITES: &[(&str, u32)] = &[
     ("sklookup", 2),
     ("sockmap", 2),
     ("sockmap_proxy", 2),
+    ("sockbypass", 2),
 ];
 /// A hang guard, not an expected time: with every suite a TCG guest took 997 s (5.10, one test
 /// at a time) before the forward suite added about 250 s there.

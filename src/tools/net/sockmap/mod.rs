@@ -1,8 +1,10 @@
 //! `tracekit sockmap`: TCP served in the kernel through a sockhash and an sk_skb verdict program
 //! (src/bpf/net/sockmap.bpf.c). `echo` sends every byte back from softirq; `proxy` sends each
 //! client's bytes to a connection of its own to the upstream and back; user space only accepts,
-//! connects and closes.
+//! connects and closes. `bypass` (bypass.rs, its own object) lets a cgroup's local connections skip
+//! the loopback stack with an sk_msg program.
 
+mod bypass;
 mod proxy;
 mod server;
 
@@ -40,7 +42,8 @@ const CLOSED: u8 = 1;
 #[command(after_help = "EXAMPLES:\n    \
     tracekit sockmap echo 127.0.0.1:7000     # an echo server whose bytes stay in the kernel\n    \
     tracekit sockmap echo '[::1]:0' --json   # any free port (printed), events as NDJSON\n    \
-    tracekit sockmap proxy 127.0.0.1:8080 127.0.0.1:80   # a TCP proxy spliced in the kernel")]
+    tracekit sockmap proxy 127.0.0.1:8080 127.0.0.1:80   # a TCP proxy spliced in the kernel\n    \
+    tracekit sockmap bypass -- ./app         # app's local TCP skips the loopback stack")]
 pub struct SockmapArgs {
     #[command(subcommand)]
     pub command: SockmapCommand,
@@ -52,6 +55,8 @@ pub enum SockmapCommand {
     Echo(EchoArgs),
     /// A TCP proxy in the kernel: each client's connection is spliced with one of its own to UPSTREAM
     Proxy(proxy::ProxyArgs),
+    /// Local TCP connections of a cgroup skip the loopback stack: sendmsg() data goes straight to the peer
+    Bypass(bypass::BypassArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -72,6 +77,7 @@ pub fn run(args: SockmapArgs) -> Result<i32, Error> {
     match args.command {
         SockmapCommand::Echo(a) => echo(a),
         SockmapCommand::Proxy(a) => proxy(a),
+        SockmapCommand::Bypass(a) => bypass::run(a),
     }
 }
 

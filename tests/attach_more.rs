@@ -8,10 +8,11 @@ mod common;
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::cgroup::cgroup2_root;
 use common::net::{Netns as TestNs, load_trivial_prog};
 use libbpf_rs::libbpf_sys as sys;
 use serde_json::Value;
@@ -19,11 +20,6 @@ use tracekit::error::Error;
 use tracekit::runtime::attach::{
     Netns, TransientCgroup, attach_cgroup, attach_sk_lookup, attach_sockmap, attach_sockmap_legacy,
 };
-
-/// Where cgroup2 is mounted (this host: /sys/fs/cgroup/unified).
-fn cgroup2_root() -> PathBuf {
-    tracekit::runtime::kernel::cgroup2_mount().expect("a cgroup2 mount in /proc/mounts")
-}
 
 fn prog_id(fd: BorrowedFd<'_>) -> u32 {
     let mut info = sys::bpf_prog_info::default();

@@ -16,11 +16,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cgroup::{TestCgroup, cgroup2_root};
 use common::{BpfIds, Exit, Finished, Tracer, assert_released};
 use libbpf_rs::libbpf_sys as sys;
 use serde_json::{Value, json};
@@ -48,11 +48,6 @@ const ALL_HOOKS: [&str; 15] = [
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
-
-/// Where cgroup2 is mounted (this host: /sys/fs/cgroup/unified).
-fn cgroup2_root() -> PathBuf {
-    tracekit::runtime::kernel::cgroup2_mount().expect("a cgroup2 mount in /proc/mounts")
-}
 
 /// The attach types of the hooks tracekit cgroup uses.
 const ATTACH_TYPES: [sys::bpf_attach_type; 15] = [
@@ -148,57 +143,6 @@ fn assert_nothing_left(ids: &BpfIds, dir: &Path, how: &str) {
     }
     let tree = bpftool_tree_progs();
     assert!(!ids.progs.iter().any(|id| tree.contains(&u64::from(*id))), "{how}: in `bpftool cgroup tree`: {tree:?}");
-}
-
-/// A cgroup of one test: `tk-test-TAG-PID-N` directly below the cgroup2 mount, removed on
-/// drop (also on panic) after moving what is left in it to the root. Not `TransientCgroup`:
-/// its `tracekit-HINT-PID-N` names are what `tracekit cgroup -- CMD` sweeps as stale when
-/// empty and PID is not a tracekit, and the tests here run such commands in parallel.
-struct TestCgroup {
-    path: PathBuf,
-}
-
-impl TestCgroup {
-    fn new(tag: &str) -> TestCgroup {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = cgroup2_root().join(format!("tk-test-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        TestCgroup { path }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Moves process `pid` (all its threads) into the cgroup.
-    fn add_pid(&self, pid: u32) -> std::io::Result<()> {
-        std::fs::write(self.path.join("cgroup.procs"), pid.to_string())
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // A task that has just exited keeps a cgroup busy for a moment: retry for a second.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            if let Ok(procs) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
-                for pid in procs.split_whitespace() {
-                    let _ = std::fs::write(cgroup2_root().join("cgroup.procs"), pid);
-                }
-            }
-            match std::fs::remove_dir(&self.path) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    let _ = writeln!(std::io::stderr(), "warning: rmdir {}: {e}", self.path.display());
-                    return;
-                }
-                _ => return,
-            }
-        }
-    }
 }
 
 /// `tracekit cgroup --json --cgroup DIR EXTRA... -v`, returned once attached.

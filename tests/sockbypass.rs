@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::cgroup::TestCgroup;
 use common::net::Netns;
 use common::{Exit, Finished, Tracer, assert_released, require_root};
 use serde_json::Value;
@@ -170,39 +171,6 @@ fn counts(out: &Finished) -> Value {
     out.json().into_iter().find(|v| v["type"] == "sockbypass_counts").unwrap_or_else(|| panic!("{:?}", out.stdout))
 }
 
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup2 mount")
-}
-
-/// A child cgroup of the cgroup2 root for the test's processes, removed on drop.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(tag: &str) -> TestCgroup {
-        let p = cgroup2_root().join(format!("tk-test-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir(&p);
-        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-        TestCgroup(p)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 const N: usize = 16 << 20;
 
 #[test]
@@ -277,13 +245,13 @@ fn connections_work_before_during_and_after_every_exit() {
     let ns = Netns::new("bp2");
     let cg = TestCgroup::new("bp2");
     let dir = tempfile::tempdir().unwrap();
-    let cgroup = cg.0.to_str().unwrap().to_owned();
+    let cgroup = cg.path().to_str().unwrap().to_owned();
     const M: usize = 2 << 20;
     for exit in [Exit::Interrupt, Exit::Terminate, Exit::Duration, Exit::Count, Exit::ClosedPipe, Exit::Kill] {
         let how = format!("{exit:?}");
         // A connection of the cgroup made before tracekit starts, half sent.
         let (early, gate) = (dir.path().join(format!("early-{how}")), dir.path().join(format!("gate-{how}")));
-        let early_run = spawn_pair(&pair_args(&ns, "127.0.0.1", M, 0.0, &early, Some(&gate)), Some(&cg.0));
+        let early_run = spawn_pair(&pair_args(&ns, "127.0.0.1", M, 0.0, &early, Some(&gate)), Some(cg.path()));
         wait_file(&PathBuf::from(format!("{}.half", early.display())), 30);
 
         let mut args = vec!["sockmap", "bypass", "--json", "--cgroup", &cgroup];
@@ -303,7 +271,8 @@ fn connections_work_before_during_and_after_every_exit() {
         if !matches!(exit, Exit::Duration) {
             // One bypassed connection (its `bypassed` event ends the --count and closed-pipe runs).
             let during = dir.path().join(format!("during-{how}"));
-            let r = finish_pair(spawn_pair(&pair_args(&ns, "127.0.0.1", M, 0.0, &during, None), Some(&cg.0)), &during);
+            let r =
+                finish_pair(spawn_pair(&pair_args(&ns, "127.0.0.1", M, 0.0, &during, None), Some(cg.path())), &during);
             assert_identical(&r, M, &format!("{how}: during"));
             // The same transfer outside the cgroup, meanwhile: TCP's path, across lo.
             let outside = dir.path().join(format!("outside-{how}"));
@@ -324,7 +293,7 @@ fn connections_work_before_during_and_after_every_exit() {
         assert_released(&ids, &how);
         let after = dir.path().join(format!("after-{how}"));
         let before = lo_bytes(&ns);
-        let r = finish_pair(spawn_pair(&pair_args(&ns, "127.0.0.1", M, 0.0, &after, None), Some(&cg.0)), &after);
+        let r = finish_pair(spawn_pair(&pair_args(&ns, "127.0.0.1", M, 0.0, &after, None), Some(cg.path())), &after);
         assert_identical(&r, M, &format!("{how}: after"));
         assert!(lo_bytes(&ns) - before > M as u64, "{how}: nothing bypasses loopback any more");
     }
@@ -338,12 +307,12 @@ fn ended_mid_transfer(exit: Exit, tag: &str) {
     let ns = Netns::new(tag);
     let cg = TestCgroup::new(tag);
     let dir = tempfile::tempdir().unwrap();
-    let cgroup = cg.0.to_str().unwrap().to_owned();
+    let cgroup = cg.path().to_str().unwrap().to_owned();
     const M: usize = 8 << 20;
     let t = Tracer::start(&["sockmap", "bypass", "--json", "--cgroup", &cgroup]);
     let ids = t.ids.clone();
     let (report, gate) = (dir.path().join("slow"), dir.path().join("gate"));
-    let run = spawn_pair(&pair_args(&ns, "127.0.0.1", M, 0.02, &report, Some(&gate)), Some(&cg.0));
+    let run = spawn_pair(&pair_args(&ns, "127.0.0.1", M, 0.02, &report, Some(&gate)), Some(cg.path()));
     wait_file(&PathBuf::from(format!("{}.half", report.display())), 60);
     wait_file(&PathBuf::from(format!("{}.mid", report.display())), 60);
     exit.signal(&t);
@@ -392,18 +361,18 @@ fn only_the_given_ports_are_bypassed() {
     let ns = Netns::new("bp5");
     let cg = TestCgroup::new("bp5");
     let dir = tempfile::tempdir().unwrap();
-    let cgroup = cg.0.to_str().unwrap().to_owned();
+    let cgroup = cg.path().to_str().unwrap().to_owned();
     const M: usize = 2 << 20;
     const PORT: u16 = 7777;
     let t = Tracer::start(&["sockmap", "bypass", "--json", "--cgroup", &cgroup, "--port", "80,7777"]);
     let (kept, other) = (dir.path().join("kept"), dir.path().join("other"));
     let before = lo_bytes(&ns);
-    let r = finish_pair(spawn_pair_on(&pair_args(&ns, "127.0.0.1", M, 0.0, &kept, None), Some(&cg.0), PORT), &kept);
+    let r = finish_pair(spawn_pair_on(&pair_args(&ns, "127.0.0.1", M, 0.0, &kept, None), Some(cg.path()), PORT), &kept);
     assert_identical(&r, M, "port 7777");
     let lo = lo_bytes(&ns) - before;
     assert!(lo < M as u64 / 100, "port 7777 is bypassed: lo carried {lo} B");
     let before = lo_bytes(&ns);
-    let r = finish_pair(spawn_pair_on(&pair_args(&ns, "127.0.0.1", M, 0.0, &other, None), Some(&cg.0), 0), &other);
+    let r = finish_pair(spawn_pair_on(&pair_args(&ns, "127.0.0.1", M, 0.0, &other, None), Some(cg.path()), 0), &other);
     assert_identical(&r, M, "another port");
     let lo = lo_bytes(&ns) - before;
     assert!(lo > M as u64, "another port keeps TCP's path: lo carried {lo} B");
@@ -425,7 +394,7 @@ fn a_peer_outside_the_cgroup_keeps_tcps_path() {
     }
     let ns = Netns::new("bp6");
     let cg = TestCgroup::new("bp6");
-    let cgroup = cg.0.to_str().unwrap().to_owned();
+    let cgroup = cg.path().to_str().unwrap().to_owned();
     const CLIENT: &str = "import socket, sys\nc = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
         c.sendall(bytes(range(256)) * 4096)\nc.close()\n";
     let listener = ns.run_in(|| std::net::TcpListener::bind("127.0.0.1:0")).expect("listen");
@@ -444,7 +413,7 @@ fn a_peer_outside_the_cgroup_keeps_tcps_path() {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    let status = spawn_pair(&args, Some(&cg.0)).wait().unwrap();
+    let status = spawn_pair(&args, Some(cg.path())).wait().unwrap();
     assert!(status.success(), "the client: {status}");
     let got = server.join().unwrap();
     let want: Vec<u8> = (0..4096).flat_map(|_| 0..=255u8).collect();

@@ -14,7 +14,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use common::net::Netns;
+use common::net::{Netns, payload, rchar, send_and_read_back};
 use common::{Exit, Tracer, assert_released, require_root};
 
 const PORT: u16 = 8080;
@@ -86,19 +86,6 @@ fn upstream(ns: &Netns, port: u16, kind: Upstream) {
     });
 }
 
-/// Random bytes (xorshift: no dependency, different per seed).
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn connect(ns: &Netns) -> TcpStream {
     let to = SocketAddr::from(([127, 0, 0, 1], PORT));
     let c = ns.run_in(move || TcpStream::connect_timeout(&to, Duration::from_secs(10))).expect("connect");
@@ -108,28 +95,7 @@ fn connect(ns: &Netns) -> TcpStream {
 
 /// Sends `data` right after connecting while reading the answer, half-closes, reads to the end.
 fn round_trip(ns: &Netns, data: Vec<u8>) -> Vec<u8> {
-    let c = connect(ns);
-    let mut reader = c.try_clone().unwrap();
-    let got = thread::spawn(move || {
-        let mut got = Vec::new();
-        match reader.read_to_end(&mut got) {
-            Ok(_) => got,
-            Err(e) => {
-                eprintln!("reading through the proxy: {e} after {} bytes", got.len());
-                b"<error>".to_vec()
-            }
-        }
-    });
-    let mut w = c;
-    w.write_all(&data).expect("send");
-    w.shutdown(Shutdown::Write).expect("half-close");
-    got.join().unwrap()
-}
-
-/// Bytes tracekit's process read through read(2)-like calls so far (/proc/PID/io `rchar`).
-fn rchar(pid: u32) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
-    io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|v| v.trim().parse().ok()).expect("rchar")
+    send_and_read_back(connect(ns), &data, "reading through the proxy")
 }
 
 const SIZES: [usize; 5] = [1, 1000, 64 << 10, 1 << 20, 16 << 20];

@@ -2,6 +2,7 @@
 //! attached, collect its output, and check that nothing of it stays in the kernel.
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod fwd;
 pub mod net;
 

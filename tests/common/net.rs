@@ -942,3 +942,44 @@ pub fn bulk_transfer(pair: &VethPair, port: u16, cc: &str, bytes: usize, pacing:
     server.join().expect("the receiver");
     lport
 }
+
+/// Random bytes (xorshift: no dependency, different per seed).
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes `data` on `c` while a thread reads what comes back, half-closes, and returns what
+/// was read to the end (`<error>` after a read error, which `what` names on stderr).
+pub fn send_and_read_back(c: std::net::TcpStream, data: &[u8], what: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut reader = c.try_clone().unwrap();
+    let what = what.to_owned();
+    let got = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        match reader.read_to_end(&mut got) {
+            Ok(_) => got,
+            Err(e) => {
+                eprintln!("{what}: {e} after {} bytes", got.len());
+                b"<error>".to_vec()
+            }
+        }
+    });
+    let mut w = c;
+    w.write_all(data).expect("send");
+    w.shutdown(std::net::Shutdown::Write).expect("half-close");
+    got.join().unwrap()
+}
+
+/// Bytes process `pid` read through read(2)-like calls so far (/proc/PID/io `rchar`).
+pub fn rchar(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).and_then(|v| v.trim().parse().ok()).expect("rchar")
+}

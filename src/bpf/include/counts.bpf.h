@@ -17,14 +17,20 @@ static __always_inline void tk_count_in(void *map, const void *key)
 		tk_count_drop();
 }
 
-/* One more at `index` of a per-CPU array of __u64 counts (a tool's counters, summed by user
+/* `add` more at `index` of a per-CPU array of __u64 counts (a tool's counters, summed by user
  * space): no atomics needed, each CPU has its own slot. */
-static __always_inline void tk_count_at(void *map, __u32 index)
+static __always_inline void tk_count_add(void *map, __u32 index, __u64 add)
 {
 	__u64 *n = bpf_map_lookup_elem(map, &index);
 
 	if (n)
-		*n += 1;
+		*n += add;
+}
+
+/* One more at `index` (tk_count_add). */
+static __always_inline void tk_count_at(void *map, __u32 index)
+{
+	tk_count_add(map, index, 1);
 }
 
 #endif

@@ -72,14 +72,6 @@ struct {
 	__type(value, __u64);
 } tk_bp_counts SEC(".maps");
 
-static __always_inline void tk_bp_add(__u32 index, __u64 n)
-{
-	__u64 *v = bpf_map_lookup_elem(&tk_bp_counts, &index);
-
-	if (v)
-		*v += n;
-}
-
 static __always_inline bool tk_bp_port_in(__u16 port)
 {
 	for (int i = 0; i < TK_BP_MAX_PORTS; i++)
@@ -177,20 +169,20 @@ static __always_inline void tk_bp_established(struct bpf_sock_ops *skops)
 	if (bpf_map_update_elem(&tk_bp_conns, &key, &fresh, BPF_ANY) ||
 	    bpf_sock_hash_update(skops, &tk_bp_socks, &key, BPF_ANY)) {
 		bpf_map_delete_elem(&tk_bp_conns, &key);
-		tk_bp_add(TK_BP_C_FULL, 1);
+		tk_count_at(&tk_bp_counts, TK_BP_C_FULL);
 		e = tk_bp_event(skops, TK_BP_FULL);
 		if (e)
 			tk_submit(skops, e, sizeof(*e));
 		return;
 	}
-	tk_bp_add(TK_BP_C_SOCKETS, 1);
+	tk_count_at(&tk_bp_counts, TK_BP_C_SOCKETS);
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	/* The second end in: the pair is bypassed from now on. */
 	tk_bp_swap(&key);
 	peer = bpf_map_lookup_elem(&tk_bp_conns, &key);
 	if (!peer)
 		return;
-	tk_bp_add(TK_BP_C_PAIRS, 1);
+	tk_count_at(&tk_bp_counts, TK_BP_C_PAIRS);
 	e = tk_bp_event(skops, TK_BP_PAIR);
 	if (!e)
 		return;
@@ -211,7 +203,7 @@ static __always_inline void tk_bp_closed(struct bpf_sock_ops *skops)
 	c = bpf_map_lookup_elem(&tk_bp_conns, &key);
 	if (!c)
 		return;
-	tk_bp_add(TK_BP_C_CLOSED, 1);
+	tk_count_at(&tk_bp_counts, TK_BP_C_CLOSED);
 	e = tk_bp_event(skops, TK_BP_CLOSED);
 	if (e) {
 		e->bytes = c->bytes;
@@ -252,7 +244,7 @@ int sockbypass__redirect(struct sk_msg_md *msg)
 	__u64 size = msg->size;
 
 	if (tk_bp_draining) {
-		tk_bp_add(TK_BP_C_PASSED, 1);
+		tk_count_at(&tk_bp_counts, TK_BP_C_PASSED);
 		return SK_PASS;
 	}
 	/* The peer's key: this end's 4-tuple reversed. */
@@ -276,11 +268,11 @@ int sockbypass__redirect(struct sk_msg_md *msg)
 		peer.netns = bpf_get_netns_cookie(msg);
 	if (bpf_msg_redirect_hash(msg, &tk_bp_socks, &peer, BPF_F_INGRESS) != SK_PASS) {
 		/* the peer is not in the sockhash: no target set, so SK_PASS is TCP's path */
-		tk_bp_add(TK_BP_C_PASSED, 1);
+		tk_count_at(&tk_bp_counts, TK_BP_C_PASSED);
 		return SK_PASS;
 	}
-	tk_bp_add(TK_BP_C_BYTES, size);
-	tk_bp_add(TK_BP_C_MSGS, 1);
+	tk_count_add(&tk_bp_counts, TK_BP_C_BYTES, size);
+	tk_count_at(&tk_bp_counts, TK_BP_C_MSGS);
 	/* this end's own counters: its key is the peer's reversed back */
 	tk_bp_swap(&peer);
 	c = bpf_map_lookup_elem(&tk_bp_conns, &peer);

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod echo;
 pub mod fastfmt;
 pub mod filter;
+pub mod hist;
 pub mod kernel;
 pub mod libbpf_log;
 mod lifecycle;

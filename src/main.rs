@@ -47,6 +47,8 @@ enum Command {
     RawTp(tools::trace::rawtp::RawTpArgs),
     /// Count a tracepoint's events per comm or process, in the kernel
     Count(tools::trace::count::CountArgs),
+    /// How long user functions take, entry to return: in-kernel histograms (like BCC's)
+    Funclatency(tools::trace::funclatency::FunclatencyArgs),
     /// CPU profile: sampled kernel and user stacks, counted, symbolized
     Profile(tools::trace::profile::ProfileArgs),
     /// Classic tracepoints, every field decoded by name from its format
@@ -95,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Kprobe(a) => tools::trace::kprobe::run(a)?,
         Command::Profile(a) => tools::trace::profile::run(a)?,
         Command::Count(a) => tools::trace::count::run(a)?,
+        Command::Funclatency(a) => tools::trace::funclatency::run(a)?,
         Command::TpBtf(a) => tools::trace::rawtp::run(a, true)?,
         Command::RawTp(a) => tools::trace::rawtp::run(a, false)?,
         Command::Tracepoint(a) => tools::trace::tracepoint::run(a)?,

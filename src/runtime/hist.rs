@@ -12,6 +12,10 @@ use std::io::{self, Write};
 
 use libbpf_rs::{MapCore, MapFlags, MapMut};
 
+use std::time::{Duration, Instant};
+
+use super::Runtime;
+use super::child::GatedChild;
 use super::output::{Sink, c_str};
 
 /// Must match hist.h.
@@ -279,6 +283,28 @@ impl Reader {
         }
         out
     }
+}
+
+/// Waits like [`Runtime::wait`] (Ctrl-C, --duration, `-- CMD`, `-p`, a closed stdout), calling
+/// `show` every `interval`; returns the first write error (the run ends at it: nobody reads).
+pub fn print_every(
+    rt: &Runtime,
+    child: Option<&mut GatedChild>,
+    interval: Option<Duration>,
+    mut show: impl FnMut() -> io::Result<()>,
+) -> Option<io::Error> {
+    let mut next = interval.map(|i| Instant::now() + i);
+    let mut error = None;
+    rt.wait(child, || {
+        if let (Some(t), Some(i)) = (next.as_mut(), interval)
+            && Instant::now() >= *t
+            && error.is_none()
+        {
+            *t += i;
+            error = show().err();
+        }
+    });
+    error
 }
 
 /// The comm of a key, as text.

@@ -6,7 +6,12 @@ use libbpf_rs::{MapCore, MapFlags, MapMut};
 
 /// Sum over CPUs of `tk_drops[0]`.
 pub fn read_drops(map: &MapMut<'_>) -> u64 {
-    let key = 0u32.to_ne_bytes();
+    read_percpu_u64(map, 0)
+}
+
+/// Slot `index` of a per-CPU array of __u64 counters (counts.bpf.h's tk_count_at), summed.
+pub fn read_percpu_u64(map: &MapMut<'_>, index: u32) -> u64 {
+    let key = index.to_ne_bytes();
     match map.lookup_percpu(&key, MapFlags::ANY) {
         Ok(Some(per_cpu)) => {
             per_cpu.iter().filter_map(|v| v.get(..8).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))).sum()

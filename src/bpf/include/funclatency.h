@@ -7,7 +7,7 @@
 
 #define TK_FL_MAX_PROBES 64
 /* Nested entries timed per thread and function (recursion); deeper ones are counted, not timed. */
-#define TK_FL_DEPTH 16
+#define TK_FL_DEPTH 16        /* a power of two: indexes are masked with it */
 
 struct tk_fl_config {
 	__u64 unit_ns;        /* latencies are divided by this before slotting: 1, 1000, 1000000 */

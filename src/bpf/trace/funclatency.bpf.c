@@ -65,18 +65,21 @@ int uprobe__funclat(struct pt_regs *ctx)
 			return 0;
 	}
 	d = s->depth;
-	if (d < TK_FL_DEPTH)
-		s->ts[d] = bpf_ktime_get_ns();
-	else
-		tk_count_at(&tk_fl_counters, TK_FL_TOO_DEEP);
 	s->depth = d + 1;
+	if (d >= TK_FL_DEPTH) {
+		tk_count_at(&tk_fl_counters, TK_FL_TOO_DEEP);
+		return 0;
+	}
+	/* masked after a barrier, or clang drops the mask and the verifier loses the bound */
+	asm volatile("" : "+r"(d));
+	s->ts[d & (TK_FL_DEPTH - 1)] = bpf_ktime_get_ns();
 	return 0;
 }
 
 SEC("uretprobe")
 int uretprobe__funclat(struct pt_regs *ctx)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_ns(), lat;
 	struct tk_hist_key hkey = {};
 	struct tk_fl_key key;
 	struct tk_fl_stack *s;
@@ -93,12 +96,14 @@ int uretprobe__funclat(struct pt_regs *ctx)
 	s->depth = d;
 	if (d >= TK_FL_DEPTH)
 		return 0; /* counted at its entry */
+	asm volatile("" : "+r"(d)); /* as at the entry */
+	lat = now - s->ts[d & (TK_FL_DEPTH - 1)];
 	hkey.idx = key.idx;
 	if (tk_fl.by_pid)
 		hkey.pid = bpf_get_current_pid_tgid() >> 32;
 	if (tk_fl.by_pid || tk_fl.by_comm)
 		bpf_get_current_comm(hkey.comm, sizeof(hkey.comm));
-	tk_hist_add(&hkey, (now - s->ts[d]) / (tk_fl.unit_ns ? tk_fl.unit_ns : 1), 0);
+	tk_hist_add(&hkey, lat / (tk_fl.unit_ns ? tk_fl.unit_ns : 1), 0);
 	return 0;
 }
 

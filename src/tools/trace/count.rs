@@ -133,16 +133,7 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
         let mut show = |sink: &mut Sink, counted: &mut u64| {
             print_hists(&skel.maps.tk_hists, &mut reader, sink, &format.name, f, args.by, scale, counted)
         };
-        rt.wait(child.as_mut(), || {
-            if let (Some(t), Some(i)) = (next.as_mut(), args.interval)
-                && Instant::now() >= *t
-            {
-                *t += i;
-                if let Err(e) = show(&mut sink, &mut counted) {
-                    write_error.get_or_insert(e);
-                }
-            }
-        });
+        let mut write_error = hist::print_every(&rt, child.as_mut(), args.interval, || show(&mut sink, &mut counted));
         drop(link);
         let code = child.map_or(0, |c| c.finish());
         let dropped = lost::read_drops(skel.drops_map());

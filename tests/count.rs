@@ -100,3 +100,62 @@ fn counts_per_stack_name_the_frames() {
         assert!(leaf.contains("kill"), "the user leaf is libc's kill(): {line}");
     }
 }
+
+/// The test program's `read N`: read() of exactly 100, 1000 and 5000 bytes N times each, as
+/// thread "tk-reader" (the loader's reads before it are under the program's name).
+fn reads(extra: &[&str]) -> common::Finished {
+    let prog = common::target_program();
+    let mut args = vec!["count", "syscalls:sys_exit_read", "--hist", "ret"];
+    args.extend_from_slice(extra);
+    args.extend(["--", prog.to_str().unwrap(), "read", "7"]);
+    run(&args)
+}
+
+fn bucket(h: &serde_json::Value, lo: u64) -> u64 {
+    h["buckets"].as_array().unwrap().iter().find(|b| b["lo"] == lo).map_or(0, |b| b["count"].as_u64().unwrap())
+}
+
+#[test]
+fn hist_of_read_sizes_is_exact() {
+    if !require_root("count::hist_of_read_sizes_is_exact") {
+        return;
+    }
+    let out = reads(&["--json"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let json = out.json();
+    let h = json.iter().find(|v| v["type"] == "hist" && v["key"]["comm"] == "tk-reader").expect("tk-reader's hist");
+    assert_eq!((&h["key"]["tracepoint"], &h["key"]["field"]), (&"syscalls:sys_exit_read".into(), &"ret".into()));
+    assert_eq!((bucket(h, 64), bucket(h, 512), bucket(h, 4096)), (7, 7, 7), "{h}");
+    assert_eq!(h["count"], 21);
+    assert_eq!(h["sum"], 7 * (100 + 1000 + 5000));
+    let buckets = h["buckets"].as_array().unwrap();
+    assert_eq!((&buckets[0]["lo"], &buckets[0]["hi"]), (&64.into(), &128.into()), "trimmed below: {h}");
+    assert_eq!(buckets.last().unwrap()["hi"], 8192, "trimmed above: {h}");
+
+    let out = reads(&["--linear", "1000", "--by", "pid", "--json"]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let json = out.json();
+    let h = json.iter().find(|v| v["type"] == "hist" && v["key"]["comm"] == "tk-reader").expect("tk-reader's hist");
+    assert!(h["key"]["pid"].as_u64().unwrap() > 0);
+    assert_eq!(h["scale"], "linear");
+    // 100 in [0, 1000); 1000 in [1000, 2000); 5000 in [5000, 6000)
+    assert_eq!((bucket(h, 0), bucket(h, 1000), bucket(h, 5000)), (7, 7, 7), "{h}");
+}
+
+#[test]
+fn hist_table_as_bpftrace_prints_it() {
+    if !require_root("count::hist_table_as_bpftrace_prints_it") {
+        return;
+    }
+    let out = reads(&[]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let start = out.stdout.iter().position(|l| l == "syscalls:sys_exit_read ret of tk-reader:").expect("title");
+    let rows = &out.stdout[start + 1..];
+    assert!(rows[0].starts_with("[64, 128)              7 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|"));
+    let find = |label: &str| rows.iter().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("{rows:#?}"));
+    assert!(find("[512, 1K) ").contains("       7 |@@@@"));
+    assert!(find("[4K, 8K) ").contains("       7 |@@@@"));
+    assert!(find("[128, 256) ").contains("       0 |      "));
+    assert!(rows.iter().take_while(|l| l.starts_with('[')).all(|l| l.len() == 79), "{rows:#?}");
+    assert!(rows.iter().any(|l| l == "count 21, average 2033.3, total 42700"), "{rows:#?}");
+}

@@ -25,6 +25,9 @@ enum Ty {
     StrArr,
     /// A value of any type, even null: only its presence is checked.
     Any,
+    /// A histogram's buckets: `[{"lo": uint|null, "hi": uint|null, "count": uint}, ...]`, in
+    /// order, each starting where the one before ends.
+    Buckets,
 }
 
 use Ty::*;
@@ -37,6 +40,16 @@ fn has_type(v: &Value, ty: Ty) -> bool {
         Obj => v.is_object(),
         StrArr => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
         Any => true,
+        Buckets => v.as_array().is_some_and(|a| {
+            let bound = |b: &Value| b.is_null() || b.is_u64();
+            a.iter().all(|b| {
+                b.as_object().is_some_and(|o| o.len() == 3)
+                    && bound(&b["lo"])
+                    && bound(&b["hi"])
+                    && b["count"].is_u64()
+                    && !(b["lo"].is_null() && b["hi"].is_null())
+            }) && a.windows(2).all(|w| w[0]["hi"] == w[1]["lo"])
+        }),
     }
 }
 
@@ -61,6 +74,10 @@ const LOST: Fields = &[("count", UInt), ("total", UInt)];
 const SUMMARY: Fields = &[("schema", UInt), ("events", UInt), ("lost", UInt), ("duration_s", Num)];
 const PROFILE_SUMMARY: Fields = &[("samples", UInt), ("stacks", UInt)];
 const COUNT: Fields = &[("comm", Str), ("count", UInt)];
+/// An in-kernel histogram (count --hist, funclatency): `key` holds the tool's key fields.
+const HIST: Fields =
+    &[("key", Obj), ("unit", Str), ("scale", Str), ("buckets", Buckets), ("sum", UInt), ("count", UInt)];
+const FUNCLATENCY_SUMMARY: Fields = &[("no_entry", UInt), ("too_deep", UInt), ("pending", UInt)];
 const STACK: Fields = &[("pid", UInt), ("comm", Str), ("count", UInt), ("kernel", StrArr), ("user", StrArr)];
 const KERNEL: Fields = &[("name", Str), ("release", Str), ("arch", Str), ("status", Str), ("detail", Str)];
 const FEATURE: Fields = &[("name", Str), ("status", Str), ("detail", Str)];
@@ -232,7 +249,28 @@ fn counting_tools() {
     check("count --by stack", &by_stack, &[kind("stack", &[STACK], true), summary]);
 
     let prog = target_program();
-    let out = run(&["profile", "-F", "99", "--json", "--", prog.to_str().unwrap(), "spin", "1"]);
+    let target = prog.to_str().unwrap();
+    let out = run(&["count", "syscalls:sys_exit_read", "--hist", "ret", "--json", "--", target, "read", "2"]);
+    check("count --hist", &out, &[kind("hist", &[HIST], true), kind("summary", &[SUMMARY], true)]);
+    let counted: u64 = out.json().iter().filter(|v| v["type"] == "hist").map(|v| v["count"].as_u64().unwrap()).sum();
+    assert_eq!(out.summary()["events"], counted, "count --hist's summary counts the values");
+    let out = run(&[
+        "count", "syscalls:sys_exit_read", "--hist", "ret", "--linear", "1000", "--by", "pid", "--json", "--", target,
+        "read", "2",
+    ]);
+    check("count --hist --linear", &out, &[kind("hist", &[HIST], true), kind("summary", &[SUMMARY], true)]);
+    let sym = format!("{target}:tk_sleep_ms");
+    let out = run(&["funclatency", &sym, "--json", "--by", "pid", "--", target, "sleeps", "1"]);
+    check(
+        "funclatency",
+        &out,
+        &[kind("hist", &[HIST], true), kind("summary", &[SUMMARY, FUNCLATENCY_SUMMARY], true)],
+    );
+    let h = out.json().into_iter().find(|v| v["type"] == "hist").unwrap();
+    assert_eq!((&h["key"]["func"], &h["unit"], &h["scale"]), (&"tk_sleep_ms".into(), &"nsecs".into(), &"log2".into()));
+    assert!(h["key"]["pid"].is_u64() && h["key"]["comm"] == "uprobe_target", "{h}");
+
+    let out = run(&["profile", "-F", "99", "--json", "--", target, "spin", "1"]);
     check("profile", &out, &[kind("stack", &[STACK], true), kind("summary", &[SUMMARY, PROFILE_SUMMARY], true)]);
     let s = out.summary();
     assert_eq!(s["events"], s["samples"], "profile's events are its samples: {s}");

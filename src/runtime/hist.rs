@@ -384,8 +384,10 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "read (bytes):");
-        assert!(lines[1].starts_with("[64, 128)              3 |@@@@@@@@@@@@@@@@@@@@@@@@@@ "), "{text}");
-        assert!(lines[7].starts_with("[4K, 8K)                6 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|"));
+        // label 16 wide, count 8, a bar of 52 for the largest count
+        assert_eq!(lines[1], format!("{:<16}{:>8} |{:<52}|", "[64, 128)", 3, "@".repeat(26)), "{text}");
+        assert_eq!(lines[2], format!("{:<16}{:>8} |{:<52}|", "[128, 256)", 0, ""), "{text}");
+        assert_eq!(lines[7], format!("{:<16}{:>8} |{}|", "[4K, 8K)", 6, "@".repeat(52)), "{text}");
         assert_eq!(lines.len(), 10, "{text}");
         assert!(lines[1..8].iter().all(|l| l.len() == 79), "{text}");
         assert_eq!(lines[8], "count 9, average 3366.7 bytes, total 30300 bytes");

@@ -30,6 +30,16 @@ struct {
 	__type(value, __u64);
 } tk_fl_counters SEC(".maps");
 
+/* 1 while timing: set by user space once every probe is attached, cleared before any is
+ * detached, so that attaching and detaching one probe after the other neither times a call
+ * half-seen nor leaves an entry that would never be popped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} tk_fl_on SEC(".maps");
+
 struct tk_fl_stack _tk_fl_stack = {};
 struct tk_fl_key _tk_fl_key = {};
 
@@ -37,7 +47,10 @@ static __always_inline int traced(struct pt_regs *ctx, struct tk_fl_key *key)
 {
 	__u64 id = tk_fl.have_cookie ? bpf_get_attach_cookie(ctx) : 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 zero = 0, *on = bpf_map_lookup_elem(&tk_fl_on, &zero);
 
+	if (!on || !*on)
+		return 0;
 	if (!tk_filter_allows())
 		return 0;
 	if (tk_fl.self_tgid && pid_tgid >> 32 == tk_fl.self_tgid)

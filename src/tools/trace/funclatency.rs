@@ -144,16 +144,16 @@ pub fn run(args: FunclatencyArgs) -> Result<i32, Error> {
             Ok(())
         })?;
     let (mut child, _follow) = rt.start_child(&skel)?;
-    let links = rt.step("attach", || {
-        let mut links = Vec::new();
+    let (entries, returns) = rt.step("attach", || {
+        let (mut entries, mut returns) = (Vec::new(), Vec::new());
         for (id, s) in syms.iter().enumerate() {
             let target = UprobeTarget { label: &s.label, path: &s.path, file_offset: s.file_offset };
-            // the return probe first: an entry without its return would stay pending
-            links.push(tracing::uprobe(&skel.progs.uretprobe__funclat, &target, pid, true, id as u64)?);
-            links.push(tracing::uprobe(&skel.progs.uprobe__funclat, &target, pid, false, id as u64)?);
+            returns.push(tracing::uprobe(&skel.progs.uretprobe__funclat, &target, pid, true, id as u64)?);
+            entries.push(tracing::uprobe(&skel.progs.uprobe__funclat, &target, pid, false, id as u64)?);
         }
-        Ok::<_, Error>(links)
+        Ok::<_, Error>((entries, returns))
     })?;
+    set_on(&skel, true)?;
     rt.attached();
     if let Some(c) = child.as_mut() {
         c.release()?;
@@ -165,7 +165,11 @@ pub fn run(args: FunclatencyArgs) -> Result<i32, Error> {
         print(&skel.maps.tk_hists, &mut reader, sink, &syms, args.by, unit, scale, timed)
     };
     let write_error = hist::print_every(&rt, child.as_mut(), args.interval, || show(&mut sink, &mut timed));
-    drop(links);
+    // Stopped before detaching: the calls in flight now stay pending, none is half-seen.
+    let stopped = set_on(&skel, false);
+    drop(entries);
+    drop(returns);
+    stopped?;
     let code = child.map_or(0, |c| c.finish());
     let untimed = [
         lost::read_percpu_u64(&skel.maps.tk_fl_counters, NO_ENTRY),
@@ -204,6 +208,14 @@ pub fn run(args: FunclatencyArgs) -> Result<i32, Error> {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(Error::io("writing output", e)),
         _ => Ok(code),
     }
+}
+
+/// Starts or stops the timing (`tk_fl_on`).
+fn set_on(skel: &FunclatencySkel<'_>, on: bool) -> Result<(), Error> {
+    skel.maps
+        .tk_fl_on
+        .update(&0u32.to_ne_bytes(), &u32::from(on).to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+        .map_err(|e| Error::runtime(format!("switching the timing on or off: {e}"), None))
 }
 
 /// Calls entered and not returned, over every thread's stack of pending entries.

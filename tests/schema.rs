@@ -255,17 +255,24 @@ fn counting_tools() {
     let counted: u64 = out.json().iter().filter(|v| v["type"] == "hist").map(|v| v["count"].as_u64().unwrap()).sum();
     assert_eq!(out.summary()["events"], counted, "count --hist's summary counts the values");
     let out = run(&[
-        "count", "syscalls:sys_exit_read", "--hist", "ret", "--linear", "1000", "--by", "pid", "--json", "--", target,
-        "read", "2",
+        "count",
+        "syscalls:sys_exit_read",
+        "--hist",
+        "ret",
+        "--linear",
+        "1000",
+        "--by",
+        "pid",
+        "--json",
+        "--",
+        target,
+        "read",
+        "2",
     ]);
     check("count --hist --linear", &out, &[kind("hist", &[HIST], true), kind("summary", &[SUMMARY], true)]);
     let sym = format!("{target}:tk_sleep_ms");
     let out = run(&["funclatency", &sym, "--json", "--by", "pid", "--", target, "sleeps", "1"]);
-    check(
-        "funclatency",
-        &out,
-        &[kind("hist", &[HIST], true), kind("summary", &[SUMMARY, FUNCLATENCY_SUMMARY], true)],
-    );
+    check("funclatency", &out, &[kind("hist", &[HIST], true), kind("summary", &[SUMMARY, FUNCLATENCY_SUMMARY], true)]);
     let h = out.json().into_iter().find(|v| v["type"] == "hist").unwrap();
     assert_eq!((&h["key"]["func"], &h["unit"], &h["scale"]), (&"tk_sleep_ms".into(), &"nsecs".into(), &"log2".into()));
     assert!(h["key"]["pid"].is_u64() && h["key"]["comm"] == "uprobe_target", "{h}");

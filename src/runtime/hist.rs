@@ -160,12 +160,12 @@ pub fn slot_label(scale: Scale, slot: usize, w: &mut impl Write) -> io::Result<(
 }
 
 /// The slots that print: first to last non-empty one (bpftrace trims both ends).
-fn shown(h: &HistValue) -> std::ops::RangeInclusive<usize> {
+fn shown(h: &HistValue) -> std::ops::Range<usize> {
     let first = h.slots.iter().position(|&c| c > 0);
     let last = h.slots.iter().rposition(|&c| c > 0);
     match (first, last) {
-        (Some(a), Some(b)) => a..=b,
-        _ => 1..=0,
+        (Some(a), Some(b)) => a..b + 1,
+        _ => 0..0,
     }
 }
 
@@ -269,7 +269,7 @@ impl Reader {
 
     pub fn take(&mut self, map: &MapMut<'_>) -> Vec<(HistKey, HistValue)> {
         let mut now = read_all(map);
-        now.sort_by(|a, b| (a.0.idx, a.0.pid, a.0.comm).cmp(&(b.0.idx, b.0.pid, b.0.comm)));
+        now.sort_by_key(|(k, _)| (k.idx, k.pid, k.comm));
         let mut out = Vec::with_capacity(now.len());
         for (k, v) in now {
             let d = match (self.cumulative, self.last.get(&k)) {

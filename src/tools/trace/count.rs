@@ -88,7 +88,10 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
         ));
     }
     if args.linear == Some(0) {
-        return Err(Error::usage("--linear 0: a bucket must be at least 1 wide", Some("give --linear STEP > 0".into())));
+        return Err(Error::usage(
+            "--linear 0: a bucket must be at least 1 wide",
+            Some("give --linear STEP > 0".into()),
+        ));
     }
     let scale = args.linear.map_or(Scale::Log2, |step| Scale::Linear { step });
     rt.stack = args.by == By::Stack;
@@ -140,7 +143,9 @@ pub fn run(args: CountArgs) -> Result<i32, Error> {
         let r = match write_error.take() {
             Some(e) => Err(e),
             None => show(&mut sink, &mut counted)
-                .and_then(|()| if sink.json { stackcount::summary(&mut sink, counted, dropped, started, &[]) } else { Ok(()) })
+                .and_then(|()| {
+                    if sink.json { stackcount::summary(&mut sink, counted, dropped, started, &[]) } else { Ok(()) }
+                })
                 .and_then(|()| sink.flush()),
         };
         if dropped > 0 {

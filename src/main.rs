@@ -45,7 +45,7 @@ enum Command {
     /// Raw tracepoints (raw_tp), arguments decoded from BTF
     #[command(name = "raw_tp")]
     RawTp(tools::trace::rawtp::RawTpArgs),
-    /// Count a tracepoint's events per comm or process, in the kernel
+    /// Count a tracepoint's events per comm or process, or a field's distribution, in the kernel
     Count(tools::trace::count::CountArgs),
     /// How long user functions take, entry to return: in-kernel histograms (like BCC's)
     Funclatency(tools::trace::funclatency::FunclatencyArgs),

@@ -323,6 +323,8 @@ pub struct GuestRun {
     pub stderr: String,
     pub console: String,
     pub elapsed: Duration,
+    /// KVM (not TCG emulation).
+    pub accelerated: bool,
 }
 
 impl GuestRun {
@@ -342,6 +344,19 @@ impl GuestRun {
             Some(first) => Some(format!("{why}; first kernel report:\n{first}\n[…]\nconsole tail:\n{tail}")),
             None => Some(format!("{why}; console tail:\n{tail}")),
         }
+    }
+
+    /// Whether the guest kernel died of an `int3` trap at a patch site in its own text, the first
+    /// report on its console: a static key or jump label whose text_poke_bp() another vCPU ran
+    /// half-done. The kernel's int3 handler covers that window on hardware and under KVM; under
+    /// QEMU's multi-threaded TCG a vCPU can still run a stale translation holding the int3 after
+    /// the patch is complete, and the handler then finds no patch and oopses (seen in the 6.12
+    /// guest at boot, before any test ran, and in __schedule while a suite enabled a tracepoint).
+    pub fn emulator_int3(&self) -> bool {
+        let lines: Vec<&str> = self.console.lines().collect();
+        self.console.contains("Kernel panic")
+            && !self.accelerated
+            && first_kernel_report(&lines).is_some_and(|r| r.lines().next().is_some_and(|l| l.contains("Oops: int3")))
     }
 }
 
@@ -452,5 +467,6 @@ pub fn run(kernel: Kernel, script: &str, env: &[(&str, String)], timeout: Durati
         stderr: read("stderr"),
         console: console_text,
         elapsed: start.elapsed(),
+        accelerated: accel == "kvm",
     }
 }

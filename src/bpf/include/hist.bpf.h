@@ -72,7 +72,7 @@ static __always_inline void tk_hist_add(const struct tk_hist_key *key, __u64 v, 
 {
 	static const struct tk_hist zero; /* 544 bytes: more than the BPF stack holds */
 	struct tk_hist *h = bpf_map_lookup_elem(&tk_hists, key);
-	__u32 slot;
+	__u64 slot;
 
 	if (!h) {
 		/* EEXIST: another CPU added it first, which is as good */
@@ -84,6 +84,10 @@ static __always_inline void tk_hist_add(const struct tk_hist_key *key, __u64 v, 
 		}
 	}
 	slot = tk_hist_slot(v, is_signed);
+	/* clang can prove slot < TK_HIST_SLOTS and would drop the check; 5.10's verifier cannot
+	 * follow the log2 arithmetic and needs it ("unbounded memory access"): the barrier hides
+	 * the range from clang, and the 64-bit compare bounds the very register the index uses */
+	asm volatile("" : "+r"(slot));
 	if (slot >= TK_HIST_SLOTS)
 		return;
 	__sync_fetch_and_add(&h->slots[slot], 1);

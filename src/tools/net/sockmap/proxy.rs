@@ -360,8 +360,7 @@ impl std::fmt::Display for ErrnoName {
 
 impl Printer for ProxyPrinter {
     type Event = ProxyEvent;
-    const COLUMNS: &'static str =
-        "CLIENT                       UPSTREAM FROM                EVENT     TO-UPSTREAM    TO-CLIENT       MS";
+    const COLUMNS: &'static str = "CLIENT               UPSTREAM FROM        EVENT    UP BYTES DOWN BYTES       MS";
 
     fn header(&self, ev: &Self::Event) -> EventHeader<'_> {
         EventHeader::Hook(HookHeader { ts_ns: ev.ts_ns, cpu: ev.cpu, pid: 0, comm: [0; 16] })
@@ -386,22 +385,22 @@ impl Printer for ProxyPrinter {
     fn row(&mut self, ev: &Self::Event, out: &mut Sink) -> io::Result<()> {
         let client = Endpoint::new(sock_addr(ev.family, &ev.raddr), ev.rport);
         let w = out.w();
-        fastfmt::col(w, client.as_str().as_bytes(), 28)?;
+        fastfmt::col(w, client.as_str().as_bytes(), 20)?;
         if ev.kind == UPSTREAM_FAILED {
-            fastfmt::col(w, b"-", 28)?;
+            fastfmt::col(w, b"-", 20)?;
             fastfmt::col(w, kind_name(ev.kind).as_bytes(), 16)?;
             return write!(w, "{}", ErrnoName(ev.errno));
         }
         let from = Endpoint::new(sock_addr(ev.ufamily, &ev.uladdr), ev.ulport);
-        fastfmt::col(w, from.as_str().as_bytes(), 28)?;
+        fastfmt::col(w, from.as_str().as_bytes(), 20)?;
         let name: &[u8] = if ev.flags & RESET != 0 { b"reset" } else { kind_name(ev.kind).as_bytes() };
-        fastfmt::col(w, name, 8)?;
+        fastfmt::col(w, name, 6)?;
         if ev.kind == CLOSED {
-            write!(w, "{:>12} {:>12} ", ev.up, ev.down)?;
+            write!(w, "{:>10} {:>10} ", ev.up, ev.down)?;
             fastfmt::ms_col(w, ev.duration_ns, 8)?;
         }
         if ev.flags & (PIPE_UP | PIPE_DOWN) != 0 {
-            w.write_all(b" (splice(2) pipe)")?;
+            w.write_all(b" (pipe)")?;
         }
         Ok(())
     }

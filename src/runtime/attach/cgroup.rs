@@ -440,6 +440,16 @@ fn tasks_below(dir: &Path) -> Vec<i32> {
     out
 }
 
+/// Which cgroup a cgroup-wide tool (sockops, sockmap bypass) works on, as its plan line says:
+/// the directory given, CMD's transient cgroup, or the whole system (the root).
+pub fn scope_description(given: Option<&Path>, with_command: bool, root: &Path) -> String {
+    match (given, with_command) {
+        (Some(d), _) => d.display().to_string(),
+        (None, true) => "a transient cgroup for CMD".to_owned(),
+        (None, false) => format!("{} (all)", root.display()),
+    }
+}
+
 /// tracekit's own cgroup v2 (the `0::` line of /proc/self/cgroup), as a directory.
 pub fn own_cgroup(root: &Path) -> Option<PathBuf> {
     let text = fs::read_to_string("/proc/self/cgroup").ok()?;

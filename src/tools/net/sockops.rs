@@ -15,7 +15,7 @@ use libbpf_rs::{MapCore, MapFlags, MapMut, ProgramType};
 
 use crate::error::Error;
 use crate::runtime::attach::attach_cgroup;
-use crate::runtime::attach::cgroup::{cgroup_dir, cgroup2_root};
+use crate::runtime::attach::cgroup::{cgroup_dir, cgroup2_root, scope_description};
 use crate::runtime::cli::net::port_list;
 use crate::runtime::cli::output::OutputArgs;
 use crate::runtime::cli::task::parse_duration;
@@ -121,11 +121,7 @@ pub fn run(args: SockopsArgs) -> Result<i32, Error> {
     let with_mdev = helper(libbpf_sys::BPF_FUNC_skc_to_tcp_sock);
     rt.say(format_args!(
         "plan: sockops on {}; task at connect/listen: {}; RTT deviation: {}; transport {transport:?}",
-        match (&given, args.command.is_empty()) {
-            (Some(d), _) => d.display().to_string(),
-            (None, false) => "a transient cgroup for CMD".to_owned(),
-            (None, true) => format!("{} (all)", root.display()),
-        },
+        scope_description(given.as_deref(), !args.command.is_empty(), &root),
         if with_task { "yes" } else { "no (the kernel gives sock_ops no task helper)" },
         if with_mdev { "yes" } else { "no (no bpf_skc_to_tcp_sock for sock_ops)" },
     ));

@@ -13,7 +13,7 @@ use clap::Args;
 use libbpf_rs::{MapCore, MapFlags, MapMut, ProgramType, libbpf_sys};
 
 use crate::error::Error;
-use crate::runtime::attach::cgroup::{cgroup_dir, cgroup2_root};
+use crate::runtime::attach::cgroup::{cgroup_dir, cgroup2_root, scope_description};
 use crate::runtime::attach::{attach_cgroup, attach_sockmap};
 use crate::runtime::cli::net::port_list;
 use crate::runtime::cli::output::OutputArgs;
@@ -89,11 +89,7 @@ pub fn run(args: BypassArgs) -> Result<i32, Error> {
         && ProgramType::SkMsg.is_helper_supported(libbpf_sys::BPF_FUNC_get_netns_cookie).unwrap_or(false);
     rt.say(format_args!(
         "plan: sockops on {}; task at connect/listen: {}; network namespace in the key: {}; transport {transport:?}",
-        match (&given, args.command.is_empty()) {
-            (Some(d), _) => d.display().to_string(),
-            (None, false) => "a transient cgroup for CMD".to_owned(),
-            (None, true) => format!("{} (all)", root.display()),
-        },
+        scope_description(given.as_deref(), !args.command.is_empty(), &root),
         if with_task { "yes" } else { "no (the kernel gives sock_ops no task helper)" },
         if with_netns { "yes" } else { "no (bpf_get_netns_cookie: sock_ops and sk_msg, 5.15)" },
     ));

@@ -222,6 +222,15 @@ impl Sink {
         fastfmt::int(&mut self.out, v)
     }
 
+    /// Counters as fields, one per name (a tool's counts object: the names and the values its
+    /// per-CPU array holds, in the same order).
+    pub fn fields_u64(&mut self, names: &[&str], values: impl IntoIterator<Item = u64>) -> io::Result<()> {
+        for (name, v) in names.iter().zip(values) {
+            self.field_u64(name, v)?;
+        }
+        Ok(())
+    }
+
     /// A value that is already JSON (`null`, `true`).
     pub fn field_raw(&mut self, key: &str, json: &str) -> io::Result<()> {
         self.key(key)?;

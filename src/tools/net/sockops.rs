@@ -223,9 +223,7 @@ impl SockopsPrinter<'_> {
         let c = self.read();
         if out.json {
             out.obj_start("sockops_counts")?;
-            for (name, n) in KINDS.iter().zip(c) {
-                out.field_u64(name, n)?;
-            }
+            out.fields_u64(&KINDS, c)?;
             return out.obj_end();
         }
         writeln!(

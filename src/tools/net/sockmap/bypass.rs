@@ -243,9 +243,7 @@ impl Printer for BypassPrinter<'_> {
         let c = self.read();
         if out.json {
             out.obj_start("sockbypass_counts")?;
-            for (name, n) in COUNTS.iter().zip(c) {
-                out.field_u64(name, n)?;
-            }
+            out.fields_u64(&COUNTS, c)?;
             return out.obj_end();
         }
         writeln!(

@@ -300,9 +300,7 @@ impl<'a> CcPrinter<'a> {
             if out.json {
                 out.obj_start("tcpcc_counts")?;
                 out.field_str("algo", algo.name())?;
-                for (name, n) in REASONS.iter().zip(c) {
-                    out.field_u64(name, n)?;
-                }
+                out.fields_u64(&REASONS, c)?;
                 out.obj_end()?;
                 continue;
             }

@@ -431,10 +431,7 @@ fn every_exit_leaves_nothing_behind() {
                 net::tcp_connect(&ns, LO4, 77, TIMEOUT).unwrap_or_else(|e| panic!("{how}: :77 {e}"));
             }
         }
-        exit.signal(&t);
-        let out = t.wait(Duration::from_secs(10));
-        exit.assert_status(&out, &how);
-        assert!(!out.stderr.contains("panicked"), "{how}: {}", out.stderr);
+        let out = exit.end(t, Duration::from_secs(10), &how);
         if matches!(exit, Exit::Count) {
             assert_eq!(out.events().len(), 2, "{how}: {:?}", out.stdout);
         }

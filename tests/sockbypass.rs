@@ -281,15 +281,8 @@ fn connections_work_before_during_and_after_every_exit() {
             assert_identical(&r, M, &format!("{how}: outside the cgroup"));
             assert!(lo_bytes(&ns) - before > M as u64, "{how}: a connection outside the cgroup was bypassed");
         }
-        exit.signal(&t);
-        let out = t.wait(Duration::from_secs(20));
-        exit.assert_status(&out, &how);
-        assert!(!out.stderr.contains("panicked"), "{how}: {}", out.stderr);
-        if matches!(exit, Exit::Count) {
-            let ev = out.events();
-            assert_eq!(ev.len(), 1, "{how}: {:?}", out.stdout);
-            assert_eq!(ev[0]["event"], "bypassed", "{how}: {}", ev[0]);
-        }
+        let out = exit.end(t, Duration::from_secs(20), &how);
+        exit.the_counted_event(&out, "bypassed", &how);
         assert_released(&ids, &how);
         let after = dir.path().join(format!("after-{how}"));
         let before = lo_bytes(&ns);

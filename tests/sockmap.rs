@@ -139,15 +139,8 @@ fn every_exit_leaves_nothing_attached() {
                 }
             }
         }
-        exit.signal(&t);
-        let out = t.wait(Duration::from_secs(10));
-        exit.assert_status(&out, &how);
-        assert!(!out.stderr.contains("panicked"), "{how}: {}", out.stderr);
-        if matches!(exit, Exit::Count) {
-            let ev = out.events();
-            assert_eq!(ev.len(), 1, "{how}: {:?}", out.stdout);
-            assert_eq!(ev[0]["event"], "open", "{how}: {}", ev[0]);
-        }
+        let out = exit.end(t, Duration::from_secs(10), &how);
+        exit.the_counted_event(&out, "open", &how);
         assert_released(&ids, &how);
         // The port is free again: nothing of tracekit listens or splices any more.
         let to = SocketAddr::from(([127, 0, 0, 1], PORT));

@@ -327,15 +327,9 @@ fn every_exit_leaves_nothing_attached() {
         if !matches!(exit, Exit::Duration) {
             assert_eq!(send_from(&ns, to, 10).1, "10");
         }
-        exit.signal(&t);
-        let out = t.wait(Duration::from_secs(10));
-        exit.assert_status(&out, &how);
-        assert!(!out.stderr.contains("panicked"), "{how}: {}", out.stderr);
-        if matches!(exit, Exit::Count) {
-            let ev = out.events();
-            assert_eq!(ev.len(), 1, "{how}: {:?}", out.stdout);
-            assert_eq!(ev[0]["event"], "connect", "{how}: {}", ev[0]);
-            assert_eq!(ev[0]["rport"], u64::from(port), "{how}: {}", ev[0]);
+        let out = exit.end(t, Duration::from_secs(10), &how);
+        if let Some(ev) = exit.the_counted_event(&out, "connect", &how) {
+            assert_eq!(ev["rport"], u64::from(port), "{how}: {ev}");
         }
         assert_released(&ids, &how);
     }

@@ -839,10 +839,7 @@ fn every_exit_leaves_nothing_registered() {
         if !matches!(exit, Exit::Duration) {
             use_reno_once(&ns);
         }
-        exit.signal(&t);
-        let out = t.wait(Duration::from_secs(10));
-        exit.assert_status(&out, &how);
-        assert!(!out.stderr.contains("panicked"), "{how}: {}", out.stderr);
+        let out = exit.end(t, Duration::from_secs(10), &how);
         if !matches!(exit, Exit::Kill | Exit::ClosedPipe) {
             let (reno, vegas) = (counts(&out, "tk_reno"), counts(&out, "tk_vegas"));
             let used = u64::from(!matches!(exit, Exit::Duration));

@@ -313,6 +313,28 @@ impl Exit {
         }
     }
 
+    /// Ends `t` this way (signals it, or waits for it to end by itself) and checks how it
+    /// ended: the status, and no panic.
+    pub fn end(self, t: Tracer, timeout: Duration, how: &str) -> Finished {
+        self.signal(&t);
+        let out = t.wait(timeout);
+        self.assert_status(&out, how);
+        assert!(!out.stderr.contains("panicked"), "{how}: {}", out.stderr);
+        out
+    }
+
+    /// A run ended by `-n 1` printed exactly one event, an `event` one; returns it (None for
+    /// the other ways of ending).
+    pub fn the_counted_event(self, out: &Finished, event: &str, how: &str) -> Option<Value> {
+        if !matches!(self, Exit::Count) {
+            return None;
+        }
+        let ev = out.events();
+        assert_eq!(ev.len(), 1, "{how}: {:?}", out.stdout);
+        assert_eq!(ev[0]["event"], event, "{how}: {}", ev[0]);
+        ev.into_iter().next()
+    }
+
     /// The status a run ended this way must have: killed by SIGKILL, else exit 0.
     pub fn assert_status(self, out: &Finished, what: &str) {
         use std::os::unix::process::ExitStatusExt;

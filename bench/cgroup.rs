@@ -172,7 +172,12 @@ pub(crate) fn serve_accepts(l: TcpListener) {
 
 /// TcpExt ListenOverflows so far (/proc/net/netstat): SYNs dropped at a full accept queue.
 fn listen_overflows() -> u64 {
-    let text = fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    listen_overflows_in("/proc/net/netstat")
+}
+
+/// TcpExt ListenOverflows of the netstat file at `path` (the namespace of whoever reads it).
+pub fn listen_overflows_in(path: &str) -> u64 {
+    let text = fs::read_to_string(path).unwrap_or_default();
     let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
     let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
     names

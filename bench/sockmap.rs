@@ -902,16 +902,7 @@ fn start_sklookup(argv: &[String], file: &Path) -> Result<Server, String> {
 
 /// TcpExt ListenOverflows of the namespace (read from a thread inside it).
 fn listen_overflows(ns: &Ns) -> u64 {
-    ns.run(|| {
-        let text = fs::read_to_string("/proc/thread-self/net/netstat").unwrap_or_default();
-        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-        let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
-        names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(n, _)| *n == "ListenOverflows")
-            .map_or(0, |(_, v)| v.parse().unwrap_or(0))
-    })
+    ns.run(|| crate::cgroup::listen_overflows_in("/proc/thread-self/net/netstat"))
 }
 
 /// Nanoseconds the threads of `task_dir` (/proc/PID/task or /proc/thread-self/..) ran so far:
